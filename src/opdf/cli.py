@@ -1,0 +1,65 @@
+"""The ``opdf`` command line: one sub-command per module in :mod:`opdf.commands`.
+
+Each verb module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. User errors
+(:class:`opdf.errors.OpdfError`, ``ValueError``, ``FileNotFoundError``) are printed as one line and
+exit with code 2, never as a traceback; ``OPDF_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from opdf import __version__
+from opdf.errors import OpdfError
+
+# Verb name -> module under opdf.commands. Order is the order of `opdf --help`.
+VERBS = ["inspect", "finetune", "distill", "merge", "report", "methods"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opdf",
+        description=(
+            "Knowledge distillation with an over-parameterized student: every chosen weight is "
+            "trained as a matrix product operator (MPO) and merged back after training, so the "
+            "deployed student keeps its size and latency."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"opdf {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        try:
+            module = importlib.import_module(f"opdf.commands.{verb}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"opdf.commands.{verb}":
+                continue  # verb not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (OpdfError, ValueError, FileNotFoundError, KeyError) as exc:
+        if os.environ.get("OPDF_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"opdf {args.verb}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"opdf {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The ``MPO`` container: cores plus the modes they factor, and what can be read off them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from opdf.mpo.contract import contract
+from opdf.mpo.shapes import central_index
+
+__all__ = ["MPO"]
+
+
+@dataclass
+class MPO:
+    """A matrix product operator: ``cores[k]`` has shape ``[d_{k-1}, i_k, j_k, d_k]``.
+
+    ``row_modes`` factor the rows (``out_features`` of an ``nn.Linear`` weight), ``col_modes`` the
+    columns (``in_features``; ``in * kh * kw`` for a Conv2d). ``weight_shape`` is the shape of the
+    weight that was decomposed, so a Conv2d kernel can be restored with :meth:`to_weight`.
+    """
+
+    cores: list[torch.Tensor]
+    row_modes: list[int]
+    col_modes: list[int]
+    weight_shape: tuple[int, ...] | None = None
+
+    @property
+    def num_cores(self) -> int:
+        return len(self.cores)
+
+    @property
+    def bond_dims(self) -> list[int]:
+        """``[d_0, d_1, ..., d_n]``, starting and ending with 1."""
+        return [self.cores[0].shape[0]] + [int(c.shape[3]) for c in self.cores]
+
+    @property
+    def num_params(self) -> int:
+        return sum(c.numel() for c in self.cores)
+
+    @property
+    def central_index(self) -> int:
+        """``(n - 1) // 2``; every other core is auxiliary."""
+        return central_index(self.num_cores)
+
+    @property
+    def auxiliary_indices(self) -> list[int]:
+        return [k for k in range(self.num_cores) if k != self.central_index]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows = 1
+        cols = 1
+        for i, j in zip(self.row_modes, self.col_modes, strict=True):
+            rows *= i
+            cols *= j
+        return rows, cols
+
+    def to_matrix(self) -> torch.Tensor:
+        """Contract the cores into the 2-D matrix."""
+        return contract(self.cores)
+
+    def to_weight(self) -> torch.Tensor:
+        """The matrix reshaped to the decomposed weight's shape (e.g. a 4-D Conv2d kernel)."""
+        matrix = self.to_matrix()
+        return matrix if self.weight_shape is None else matrix.reshape(self.weight_shape)
