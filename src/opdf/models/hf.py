@@ -1,0 +1,141 @@
+"""``load_model``: a built-in name or a local transformers folder -> (classifier, tokenizer).
+
+Everything loads from local files (``local_files_only=True`` and ``HF_HUB_OFFLINE=1``): no Hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from opdf.models._quiet import quiet_transformers
+from opdf.models.builtin import BUILTINS, prepare_builtin
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A built-in name (prepared on first use) or a transformers folder -> that folder."""
+    name = str(name_or_path)
+    if name in BUILTINS:
+        return prepare_builtin(name)
+    path = Path(name).expanduser()
+    valid = ", ".join(BUILTINS)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"unknown model {name!r}: not a built-in name ({valid}) and no such folder"
+        )
+    if not path.is_dir():
+        raise ValueError(f"model path {path} is a file; give a transformers model folder")
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"{path} is not a transformers model folder (no config.json); give a folder written "
+            f"by save_pretrained, or a built-in name ({valid})"
+        )
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise ValueError(f"{path} has a config.json but no weights ({', '.join(WEIGHT_FILES)})")
+    return path
+
+
+def load_tokenizer(name_or_path: str | Path):
+    """The tokenizer stored with a model (built-in name or folder)."""
+    from transformers import AutoTokenizer
+
+    _offline()
+    folder = resolve_model_dir(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{folder}: no usable tokenizer files ({e})") from None
+
+
+def load_model(
+    name_or_path: str | Path,
+    num_labels: int = 2,
+    *,
+    seed: int | None = None,
+    **config_overrides,
+):
+    """Load a sequence classifier and its tokenizer, offline.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A built-in name (``minilm-l6``, ``minilm-l3``, ``mpnet-base``, ``tiny-bert``; see
+        :mod:`opdf.models.builtin`) or a local folder written by ``save_pretrained``.
+    num_labels : int
+        Number of classes; 1 means regression (``problem_type="regression"``, MSE loss). A
+        folder whose saved head has another label count gets a new head (the encoder loads).
+    seed : int, optional
+        Seed for the newly initialized head (and pooler), without touching the global RNG.
+    **config_overrides
+        Set on the config before loading, e.g. ``hidden_dropout_prob=0.0``.
+
+    Returns
+    -------
+    (model, tokenizer)
+        An ``AutoModelForSequenceClassification`` in train mode and its ``AutoTokenizer``.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
+    _offline()
+    folder = resolve_model_dir(name_or_path)
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    new_head = config.num_labels != num_labels
+    if new_head:
+        # a fresh head: drop the folder's label names, they belong to the old head
+        config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+    config.num_labels = num_labels
+    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    for key, value in config_overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"{folder}: config has no attribute {key!r} to override")
+        setattr(config, key, value)
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng, quiet_transformers():
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(folder),
+                config=config,
+                local_files_only=True,
+                ignore_mismatched_sizes=new_head,  # a saved head for another label count
+                output_loading_info=True,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"{folder}: cannot load a sequence classifier: {e}") from None
+    prefix = getattr(model, "base_model_prefix", "")
+    body = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    body = [k for k in body if prefix and k.startswith(prefix + ".")]
+    if body:  # only the head may be re-initialized, never the encoder
+        raise ValueError(f"{folder}: encoder weights have the wrong shape: {', '.join(body)}")
+    model.train()
+    return model, load_tokenizer(folder)
+
+
+def load_encoder(name_or_path: str | Path):
+    """The bare encoder (``AutoModel``, e.g. ``BertModel``) of a built-in or folder, eval mode."""
+    from transformers import AutoModel
+
+    _offline()
+    folder = resolve_model_dir(name_or_path)
+    with quiet_transformers():
+        return AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+
+
+def base_model(model) -> torch.nn.Module:
+    """The encoder in a task model (``model.bert``, ``model.mpnet``, ...), else the model."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return getattr(model, prefix, model) if prefix else model

@@ -1,0 +1,75 @@
+"""Students made of chosen teacher layers (what BERT-of-Theseus, LGTM and DBKD start from)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+from torch import nn
+
+
+def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ``ModuleList`` of encoder layers: ``(dotted name, list)``.
+
+    Generic: the ModuleList whose length is ``config.num_hidden_layers`` and whose name ends in
+    ``layer`` or ``layers`` (``bert.encoder.layer``, ``mpnet.encoder.layer``, ...), the shallowest
+    one if several.
+    """
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    found = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.ModuleList)
+        and name.split(".")[-1] in ("layer", "layers")
+        and (n is None or len(mod) == n)
+    ]
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__}: found no ModuleList of {n} encoder layers "
+            "(expected e.g. bert.encoder.layer)"
+        )
+    found.sort(key=lambda x: x[0].count("."))
+    return found[0]
+
+
+def _set_submodule(root: nn.Module, dotted: str, value: nn.Module) -> None:
+    parent_name, _, attr = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, value)
+
+
+def default_student_layers(n_teacher: int) -> list[int]:
+    """The bottom half: 12 -> [0..5], 6 -> [0, 1, 2]."""
+    return list(range(max(1, n_teacher // 2)))
+
+
+def student_from_teacher(teacher: nn.Module, layers: Sequence[int] | None = None) -> nn.Module:
+    """A new model (deep copy) keeping only teacher encoder ``layers``, in the given order.
+
+    Same width; embeddings, pooler and classification head are copied;
+    ``config.num_hidden_layers`` is updated so ``save_pretrained``/``from_pretrained`` round-trip.
+    The chosen teacher indices are recorded in ``config.opdf_teacher_layers``. Default: the bottom
+    half of the layers. The teacher is not modified.
+    """
+    name, teacher_layers = find_layer_list(teacher)
+    n = len(teacher_layers)
+    chosen = default_student_layers(n) if layers is None else [int(i) for i in layers]
+    if not chosen:
+        raise ValueError("layers is empty: keep at least one teacher layer")
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the teacher has {n} layers (0..{n - 1})")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"layers {chosen} repeat an index; each teacher layer can be kept once")
+
+    student = copy.deepcopy(teacher)
+    old = student.get_submodule(name)
+    _set_submodule(student, name, nn.ModuleList([old[i] for i in chosen]))
+    for new_idx, layer in enumerate(student.get_submodule(name)):
+        for mod in layer.modules():  # cache bookkeeping in attention (BERT's layer_idx)
+            if isinstance(getattr(mod, "layer_idx", None), int):
+                mod.layer_idx = new_idx
+    config = student.config
+    config.num_hidden_layers = len(chosen)
+    config.opdf_teacher_layers = list(chosen)
+    return student
