@@ -1,0 +1,94 @@
+"""``opdf inspect``: a dry run of over-parameterization (no training, no decomposition).
+
+Prints which modules would be over-parameterized, their mode shapes, bond dimensions and the
+train/inference parameter counts; with ``--teacher`` also the core pairing of the alignment loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from torch import nn
+
+from opdf.errors import OpdfError
+
+# Architectures that need no weights to inspect: the paper's BERT-base shapes.
+ARCHITECTURES = {
+    "bert-base": dict(num_hidden_layers=12),
+    "bert-base-6": dict(num_hidden_layers=6),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="dry run: show what over-parameterization would do to a model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model",
+        help="a local transformers folder, a built-in model name (see `opdf.models`), or "
+        f"an architecture with random weights: {', '.join(ARCHITECTURES)}",
+    )
+    p.add_argument("--scheme", default="mpo", choices=["mpo", "svd", "none"])
+    p.add_argument("--unit-modes", type=int, default=3, help="unit modes L (scheme mpo)")
+    p.add_argument("--num-labels", type=int, default=2, help="classifier size (default 2)")
+    p.add_argument(
+        "--targets", nargs="+", help="module names or patterns (default: encoder block Linears)"
+    )
+    p.add_argument("--teacher", help="also print the alignment pairing against this teacher")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="with --teacher: pair only same-shaped cores instead of failing on a width mismatch",
+    )
+    p.set_defaults(run=run)
+
+
+def build_model(name: str, num_labels: int) -> nn.Module:
+    """A classifier with the architecture of ``name``; weights are random (a dry run needs none)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+    from transformers import BertForSequenceClassification as Bert
+
+    if num_labels < 1:
+        raise OpdfError(f"--num-labels must be >= 1, got {num_labels}")
+    if name in ARCHITECTURES:
+        return Bert(BertConfig(num_labels=num_labels, **ARCHITECTURES[name]))
+    from opdf.models.hf import resolve_model_dir
+
+    config = AutoConfig.from_pretrained(str(resolve_model_dir(name)), num_labels=num_labels)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    from opdf.overparam import plan
+
+    model = build_model(args.model, args.num_labels)
+    entries = plan(model, args.scheme, args.unit_modes, args.targets)
+    dense_total = sum(p.numel() for p in model.parameters())
+    added = sum(e.core_params - e.dense_params for e in entries)
+    print(f"model {args.model}: scheme={args.scheme}, unit_modes={args.unit_modes}")
+    print(f"{'module':<50} {'weight':>10} {'row modes':>18} {'col modes':>18} {'bond dims':>26}")
+    for e in entries:
+        bonds = str(e.bond_dims)
+        bonds = bonds if len(bonds) <= 26 else bonds[:23] + "..."
+        print(
+            f"{e.name:<50} {'x'.join(map(str, e.weight_shape)):>10} {str(e.row_modes):>18} "
+            f"{str(e.col_modes):>18} {bonds:>26}"
+        )
+    print(f"over-parameterized modules: {len(entries)}")
+    print(f"train params:     {dense_total + added:,}")
+    print(f"inference params: {dense_total:,}")
+    if args.teacher:
+        from opdf.align import pairing_plan
+
+        teacher = build_model(args.teacher, args.num_labels)
+        pairs, skipped = pairing_plan(
+            model, teacher, args.scheme, args.unit_modes, args.targets, args.allow_partial
+        )
+        print(f"\nalignment pairs with teacher {args.teacher} (auxiliary cores):")
+        for student_name, teacher_name, shape in pairs:
+            print(f"  {student_name:<58} <- {teacher_name}  {shape}")
+        print(f"pairs: {len(pairs)}; skipped modules (no same-shaped teacher cores): {skipped}")
+    return 0

@@ -1,0 +1,442 @@
+"""Model surgery: train chosen weights as MPO cores, then merge them back into plain weights.
+
+``overparameterize`` registers a :mod:`torch.nn.utils.parametrize` parametrization on each chosen
+``weight``: the module keeps its class, ``forward`` and attribute names, while its trainable
+parameters become the cores (``<module>.parametrizations.weight.original0 .. original{n-1}``). No
+dense copy of the weight is stored; each forward contracts the cores once (cheapest order) and the
+module's own ``forward`` uses the result. ``merge`` contracts once more and puts a plain
+``weight`` parameter back, so ``state_dict()`` keys and outputs equal the original model's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fnmatch
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from opdf.errors import OpdfError
+from opdf.mpo import contract, count_params, decompose, mpo_shapes, validate_modes
+from opdf.mpo.decompose import as_matrix
+from opdf.mpo.shapes import bond_dims, central_index
+
+__all__ = [
+    "SCHEMES",
+    "MPOParametrization",
+    "overparameterize",
+    "merge",
+    "cores",
+    "mpo_modules",
+    "accumulate",
+    "param_report",
+    "ParamReport",
+    "default_targets",
+    "plan",
+]
+
+SCHEMES = ("mpo", "svd", "none")
+Shapes = tuple[Sequence[int], Sequence[int]]
+
+
+class MPOParametrization(nn.Module):
+    """``weight = contract(cores)``, reshaped to the weight's shape.
+
+    ``right_inverse`` is the decomposition, so ``register_parametrization`` stores the cores (not
+    the dense weight) as the module's parameters. ``override`` lets :func:`accumulate` substitute
+    one shared contraction for every forward of an optimizer step.
+    """
+
+    def __init__(
+        self,
+        row_modes: Sequence[int],
+        col_modes: Sequence[int],
+        weight_shape: Sequence[int],
+        scheme: str,
+        max_bond: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.row_modes = list(row_modes)
+        self.col_modes = list(col_modes)
+        self.weight_shape = tuple(weight_shape)
+        self.scheme = scheme
+        self.max_bond = max_bond
+        self.override: torch.Tensor | None = None
+        self.param_order: list[str] = []  # the module's parameter order, restored by merge()
+
+    @property
+    def central_index(self) -> int:
+        return central_index(len(self.row_modes))
+
+    def forward(self, *cores: torch.Tensor) -> torch.Tensor:
+        if self.override is not None:
+            return self.override
+        return contract(cores).reshape(self.weight_shape)
+
+    def right_inverse(self, weight: torch.Tensor) -> list[torch.Tensor]:
+        mpo = decompose(weight, self.row_modes, self.col_modes, max_bond=self.max_bond)
+        return mpo.cores
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.scheme}, row_modes={self.row_modes}, col_modes={self.col_modes}"
+
+
+# ----------------------------------------------------------------------------- target selection
+
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def _repeated_blocks(model: nn.Module) -> list[str]:
+    """Names of the ModuleLists of identical blocks (an encoder's layers), largest first."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            kinds = {type(child) for child in module}
+            if len(kinds) == 1 and any(
+                isinstance(m, nn.Linear) for m in next(iter(module)).modules()
+            ):
+                found.append((len(module), name))
+    return [name for _, name in sorted(found, key=lambda t: -t[0])]
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """Module names the paper decomposes.
+
+    transformers models: every ``nn.Linear`` inside the repeated encoder blocks (attention
+    query/key/value/output and both FFN matrices); embeddings, pooler and classifier stay dense.
+    Other models: every ``nn.Linear`` and ``nn.Conv2d`` except the last ``nn.Linear`` (the final
+    classifier).
+    """
+    if _is_transformers_model(model):
+        blocks = _repeated_blocks(model)
+        if blocks:
+            prefix = blocks[0] + "."
+            return [
+                name
+                for name, module in model.named_modules()
+                if name.startswith(prefix) and isinstance(module, nn.Linear)
+            ]
+    layers = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | nn.Conv2d) and name
+    ]
+    linears = [name for name in layers if isinstance(model.get_submodule(name), nn.Linear)]
+    if linears:
+        layers.remove(linears[-1])
+    return layers
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern):
+        return True
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def _select(model: nn.Module, targets: Sequence[str] | str | None) -> list[str]:
+    if targets is None:
+        return default_targets(model)
+    if isinstance(targets, str):
+        targets = [targets]
+    candidates = [
+        name
+        for name, module in model.named_modules()
+        if name and isinstance(module, nn.Linear | nn.Conv2d)
+    ]
+    chosen: list[str] = []
+    for pattern in targets:
+        hits = [name for name in candidates if _matches(pattern, name)]
+        if not hits:
+            suffixes = sorted({n.rsplit(".", 1)[-1] for n in candidates})
+            close = difflib.get_close_matches(pattern, candidates + suffixes, n=6, cutoff=0.4)
+            hint = ", ".join(close) if close else ", ".join(candidates[:8])
+            raise OpdfError(
+                f"target pattern {pattern!r} matches no nn.Linear/nn.Conv2d module; similar "
+                f"names: {hint}. Patterns match a full name, a '.'-suffix ('query'), a glob "
+                f"('*.attention.*') or a regular expression."
+            )
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
+
+
+def _shape_for(
+    name: str,
+    weight: torch.Tensor,
+    scheme: str,
+    unit_modes: int,
+    shapes: Mapping[str, Shapes] | None,
+) -> tuple[list[int], list[int]]:
+    rows, cols = as_matrix(weight).shape
+    for pattern, (row, col) in (shapes or {}).items():
+        if _matches(pattern, name):
+            try:
+                return validate_modes(rows, cols, row, col)
+            except ValueError as exc:
+                raise OpdfError(f"shapes[{pattern!r}] does not fit {name}: {exc}") from None
+    return mpo_shapes(rows, cols, unit_modes if scheme == "mpo" else 0)
+
+
+# ----------------------------------------------------------------------------- the public calls
+
+
+@dataclass
+class PlanEntry:
+    """One weight that would be over-parameterized (used by ``opdf inspect`` and reports)."""
+
+    name: str
+    weight_shape: tuple[int, ...]
+    row_modes: list[int]
+    col_modes: list[int]
+    bond_dims: list[int]
+    core_params: int
+    dense_params: int
+
+
+def plan(
+    model: nn.Module,
+    scheme: str = "mpo",
+    unit_modes: int = 3,
+    targets: Sequence[str] | str | None = None,
+    shapes: Mapping[str, Shapes] | None = None,
+    max_bond: int | None = None,
+) -> list[PlanEntry]:
+    """What :func:`overparameterize` would do, without decomposing anything (a dry run)."""
+    _check_scheme(scheme, unit_modes)
+    if scheme == "none":
+        return []
+    entries = []
+    for name in _select(model, targets):
+        module = model.get_submodule(name)
+        if parametrize.is_parametrized(module, "weight"):
+            continue
+        weight = module.weight
+        row, col = _shape_for(name, weight, scheme, unit_modes, shapes)
+        entries.append(
+            PlanEntry(
+                name=name,
+                weight_shape=tuple(weight.shape),
+                row_modes=row,
+                col_modes=col,
+                bond_dims=bond_dims(row, col, max_bond),
+                core_params=count_params(row, col, max_bond),
+                dense_params=weight.numel(),
+            )
+        )
+    return entries
+
+
+def overparameterize(
+    model: nn.Module,
+    scheme: str = "mpo",
+    unit_modes: int = 3,
+    targets: Sequence[str] | str | None = None,
+    shapes: Mapping[str, Shapes] | None = None,
+    *,
+    freeze_central: bool = False,
+    train_only_central: bool = False,
+    max_bond: int | None = None,
+) -> nn.Module:
+    """Replace each chosen weight by trainable MPO cores, in place; returns ``model``.
+
+    Parameters
+    ----------
+    scheme
+        ``"mpo"`` (OPDF: ``unit_modes`` unit modes between two balanced factors), ``"svd"`` (the
+        paper's baseline: the same two factors, a two-core MPO) or ``"none"`` (no-op).
+    unit_modes
+        Over-parameterization scale ``L``; each unit mode adds a ``d x d`` core starting at I.
+    targets
+        Module names or patterns (full name, ``.``-suffix, glob or regex); default: see
+        :func:`default_targets`.
+    shapes
+        ``{pattern: (row_modes, col_modes)}`` overriding the default modes per module.
+    freeze_central, train_only_central
+        Freeze the central core, or train only it (MPOP-style); bias stays as it was.
+    max_bond
+        Truncate bonds (lossy); ``None`` keeps the decomposition exact.
+    """
+    if freeze_central and train_only_central:
+        raise OpdfError("freeze_central and train_only_central exclude each other; pick one")
+    for entry in plan(model, scheme, unit_modes, targets, shapes, max_bond):
+        module = model.get_submodule(entry.name)
+        trainable = module.weight.requires_grad
+        param = MPOParametrization(
+            entry.row_modes, entry.col_modes, entry.weight_shape, scheme, max_bond
+        )
+        param.param_order = list(module._parameters)
+        parametrize.register_parametrization(module, "weight", param, unsafe=True)
+        originals = module.parametrizations.weight
+        center = param.central_index
+        for k in range(len(entry.row_modes)):
+            core = getattr(originals, f"original{k}")
+            if train_only_central:
+                core.requires_grad_(trainable and k == center)
+            elif freeze_central:
+                core.requires_grad_(trainable and k != center)
+            else:
+                core.requires_grad_(trainable)
+    return model
+
+
+def mpo_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, MPOParametrization]]:
+    """``(name, module, parametrization)`` for every over-parameterized weight."""
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            param = module.parametrizations.weight[0]
+            if isinstance(param, MPOParametrization):
+                yield name, module, param
+
+
+def cores(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Module name -> its cores in order (live parameters)."""
+    out = {}
+    for name, module, param in mpo_modules(model):
+        originals = module.parametrizations.weight
+        out[name] = [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
+    return out
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Contract every over-parameterized weight into a plain ``weight`` parameter, in place.
+
+    Idempotent. Afterwards the model is a stock PyTorch / transformers model: same class, same
+    ``state_dict()`` keys, same outputs, and ``save_pretrained`` needs no opdf to load.
+    """
+    for _name, module, param in list(mpo_modules(model)):
+        originals = module.parametrizations.weight
+        core_list = [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
+        trainable = any(c.requires_grad for c in core_list)
+        with torch.no_grad():
+            weight = contract(core_list).reshape(param.weight_shape).clone()
+        param.override = nn.Parameter(weight, requires_grad=True)
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        plain = module.weight
+        if "weight" in module._buffers:  # pragma: no cover - defensive, torch registers a Parameter
+            del module._buffers["weight"]
+        module.weight = nn.Parameter(plain.detach(), requires_grad=trainable)
+        # keep state_dict() key order identical to the original model ("weight" before "bias")
+        order = [k for k in param.param_order if k in module._parameters]
+        rest = [k for k in module._parameters if k not in order]
+        module._parameters = {k: module._parameters[k] for k in order + rest}
+    return model
+
+
+@contextlib.contextmanager
+def accumulate(model: nn.Module) -> Iterator[nn.Module]:
+    """Gradient accumulation with one contraction per optimizer step.
+
+    Inside the block each over-parameterized weight is contracted once; every micro-batch forward
+    uses that weight and every backward accumulates into its gradient. On a clean exit the summed
+    gradient flows back through the one contraction into the cores, so the cores' ``.grad`` equal
+    plain accumulation while the contraction cost no longer grows with the number of
+    micro-batches::
+
+        with opdf.accumulate(model):
+            for batch in micro_batches:
+                (loss_fn(model(**batch)) / len(micro_batches)).backward()
+        optimizer.step()
+    """
+    held = []
+    for _name, module, param in mpo_modules(model):
+        if param.override is not None:
+            raise OpdfError("opdf.accumulate() blocks cannot be nested on the same model")
+        originals = module.parametrizations.weight
+        core_list = [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
+        weight = contract(core_list).reshape(param.weight_shape)
+        leaf = weight.detach().requires_grad_(weight.requires_grad)
+        param.override = leaf
+        held.append((param, weight, leaf))
+    ok = False
+    try:
+        yield model
+        ok = True
+    finally:
+        for param, _weight, _leaf in held:
+            param.override = None
+        if ok:
+            pairs = [
+                (w, leaf.grad) for _, w, leaf in held if w.requires_grad and leaf.grad is not None
+            ]
+            if pairs:
+                torch.autograd.backward([w for w, _ in pairs], [g for _, g in pairs])
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+@dataclass
+class ParamReport:
+    """Parameter counts now (training) and after :func:`merge` (inference)."""
+
+    total_params: int
+    train_params: int
+    inference_params: int
+    modules: list[PlanEntry] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rows = [
+            f"{'module':<48} {'weight':>12} {'row modes':>18} {'col modes':>18} "
+            f"{'bond dims':>28} {'cores':>11} {'dense':>10}"
+        ]
+        for e in self.modules:
+            rows.append(
+                f"{e.name:<48} {'x'.join(map(str, e.weight_shape)):>12} "
+                f"{str(e.row_modes):>18} {str(e.col_modes):>18} {_short(e.bond_dims):>28} "
+                f"{e.core_params:>11,} {e.dense_params:>10,}"
+            )
+        rows.append(
+            f"{len(self.modules)} over-parameterized modules; total params {self.total_params:,}; "
+            f"train params {self.train_params:,}; inference params {self.inference_params:,}"
+        )
+        return "\n".join(rows)
+
+
+def _short(dims: list[int]) -> str:
+    text = str(dims)
+    return text if len(text) <= 28 else text[:25] + "..."
+
+
+def param_report(model: nn.Module) -> ParamReport:
+    """Counts for ``model`` as it is now; works on plain and over-parameterized models."""
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    entries, saved = [], 0
+    for name, _module, param in mpo_modules(model):
+        dense = 1
+        for s in param.weight_shape:
+            dense *= s
+        core_params = count_params(param.row_modes, param.col_modes, param.max_bond)
+        saved += core_params - dense
+        entries.append(
+            PlanEntry(
+                name=name,
+                weight_shape=param.weight_shape,
+                row_modes=param.row_modes,
+                col_modes=param.col_modes,
+                bond_dims=bond_dims(param.row_modes, param.col_modes, param.max_bond),
+                core_params=core_params,
+                dense_params=dense,
+            )
+        )
+    return ParamReport(total, train, total - saved, entries)
+
+
+def _check_scheme(scheme: str, unit_modes: int) -> None:
+    if scheme not in SCHEMES:
+        raise OpdfError(f"unknown scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
+    if not isinstance(unit_modes, int) or isinstance(unit_modes, bool) or unit_modes < 0:
+        raise OpdfError(f"unit_modes must be an integer >= 0, got {unit_modes!r}")

@@ -1,0 +1,294 @@
+"""overparameterize / merge / cores / accumulate / param_report on real transformers and CNNs."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification
+
+import opdf
+from opdf.cli import main as cli_main
+from opdf.errors import OpdfError
+from opdf.overparam import default_targets, mpo_modules, plan
+
+
+def tiny_bert(layers: int = 2, hidden: int = 32, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
+    return BertForSequenceClassification(cfg).eval()
+
+
+def batch(n: int = 4, length: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(0, 100, (n, length), generator=g),
+        "labels": torch.randint(0, 3, (n,), generator=g),
+    }
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 4 * 4, 32)
+        self.classifier = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.classifier(torch.relu(self.fc(x.flatten(1))))
+
+
+@pytest.fixture(scope="module")
+def bert6_mpo():
+    """The paper's 6-layer BERT-base-width student (2 labels), plain and over-parameterized."""
+    torch.manual_seed(0)
+    plain = BertForSequenceClassification(BertConfig(num_hidden_layers=6, num_labels=2)).eval()
+    model = opdf.overparameterize(copy.deepcopy(plain), scheme="mpo", unit_modes=3)
+    return plain, model
+
+
+def test_paper_parameter_counts_mpo(bert6_mpo):
+    plain, model = bert6_mpo
+    assert opdf.param_report(plain).train_params == 66_956_546
+    report = opdf.param_report(model)
+    assert report.train_params == 162_508_034
+    assert report.inference_params == 66_956_546
+    assert len(report.modules) == 36
+    assert "162,508,034" in str(report)
+
+
+def test_paper_parameter_counts_svd_dry_run(bert6_mpo):
+    plain, _ = bert6_mpo
+    entries = plan(plain, scheme="svd")
+    added = sum(e.core_params - e.dense_params for e in entries)
+    assert 66_956_546 + added == 90_844_418
+    assert all(len(e.row_modes) == 2 for e in entries)
+
+
+def test_same_function_then_merge_keeps_it_and_keys(bert6_mpo, tmp_path):
+    plain, model = bert6_mpo
+    x = torch.randint(0, 30522, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = plain(x).logits
+        assert float((model(x).logits - ref).abs().max()) <= 1e-4
+    merged = opdf.merge(copy.deepcopy(model))
+    assert list(merged.state_dict()) == list(plain.state_dict())
+    assert opdf.param_report(merged).train_params == 66_956_546
+    with torch.no_grad():
+        assert float((merged(x).logits - ref).abs().max()) <= 1e-4
+    assert opdf.merge(merged) is merged  # idempotent
+    assert type(merged.bert.encoder.layer[0].attention.self.query) is nn.Linear
+
+
+def test_svd_scheme_counts_on_small_model():
+    model = tiny_bert()
+    dense = opdf.param_report(model).train_params
+    opdf.overparameterize(model, scheme="svd")
+    report = opdf.param_report(model)
+    assert all(len(cs) == 2 for cs in opdf.cores(model).values())
+    assert report.inference_params == dense
+    assert report.train_params > dense
+
+
+def test_scheme_none_is_a_noop_and_bad_scheme_errors():
+    model = tiny_bert()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opdf.overparameterize(model, scheme="none")
+    assert not opdf.cores(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(OpdfError, match="valid schemes: mpo, svd, none"):
+        opdf.overparameterize(model, scheme="tucker")
+
+
+def test_gradients_reach_every_core_and_training_changes_the_merged_weight(tmp_path):
+    model = tiny_bert()
+    plain_copy = copy.deepcopy(model)
+    opdf.overparameterize(model, unit_modes=2)
+    model.train()
+    loss = model(**batch()).loss
+    loss.backward()
+    all_cores = opdf.cores(model)
+    assert len(all_cores) == 12
+    for name, cs in all_cores.items():
+        for k, core in enumerate(cs):
+            assert core.grad is not None and float(core.grad.abs().sum()) > 0, (name, k)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt.step()
+    model.eval()
+    x = batch(seed=3)["input_ids"]
+    with torch.no_grad():
+        trained = model(x).logits
+    opdf.merge(model)
+    w_new = model.bert.encoder.layer[0].attention.self.query.weight
+    w_old = plain_copy.bert.encoder.layer[0].attention.self.query.weight
+    assert not torch.allclose(w_new, w_old)
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, trained, atol=1e-5)
+    # round trip through save_pretrained / from_pretrained
+    model.save_pretrained(tmp_path / "student")
+    again = BertForSequenceClassification.from_pretrained(tmp_path / "student").eval()
+    with torch.no_grad():
+        assert torch.allclose(again(x).logits, trained, atol=1e-5)
+
+
+def test_merged_model_loads_in_stock_transformers_without_opdf(tmp_path):
+    model = opdf.overparameterize(tiny_bert(), unit_modes=1)
+    x = batch()["input_ids"]
+    with torch.no_grad():
+        expected = model(x).logits
+    opdf.merge(model).save_pretrained(tmp_path / "m")
+    torch.save({"x": x, "logits": expected}, tmp_path / "io.pt")
+    code = (
+        "import sys; sys.modules['opdf'] = None\n"  # importing opdf now fails
+        "import torch\n"
+        "from transformers import AutoModelForSequenceClassification as A\n"
+        f"m = A.from_pretrained({str(tmp_path / 'm')!r}).eval()\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "n = sum(p.numel() for p in m.parameters())\n"
+        "d = (m(io['x']).logits - io['logits']).abs().max().item()\n"
+        "print(n, d)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    n, diff = out.stdout.split()
+    assert int(n) == opdf.param_report(model).inference_params
+    assert float(diff) <= 1e-5
+
+
+def test_accumulate_matches_plain_accumulation():
+    base = opdf.overparameterize(tiny_bert(), unit_modes=2)
+    base.train()
+    micro = [batch(n=2, seed=s) for s in range(4)]
+
+    def plain_grads(model):
+        for b in micro:
+            (model(**b).loss / len(micro)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref_model = copy.deepcopy(base)
+    torch.manual_seed(0)
+    ref = plain_grads(ref_model)
+    acc_model = copy.deepcopy(base)
+    torch.manual_seed(0)
+    with opdf.accumulate(acc_model):
+        for b in micro:
+            (acc_model(**b).loss / len(micro)).backward()
+    got = {n: p.grad for n, p in acc_model.named_parameters() if p.grad is not None}
+    assert set(got) == set(ref)
+    for name, g in ref.items():
+        rel = float((got[name] - g).norm() / g.norm().clamp_min(1e-12))
+        assert rel <= 1e-4, name
+    # contraction happens once per block: the parametrization override is cleared afterwards
+    assert all(p.override is None for _, _, p in mpo_modules(acc_model))
+
+
+def test_accumulate_contracts_once(monkeypatch):
+    model = opdf.overparameterize(tiny_bert(), unit_modes=1)
+    import opdf.overparam as op
+
+    calls = {"n": 0}
+    real = op.contract
+
+    def counting(cs):
+        calls["n"] += 1
+        return real(cs)
+
+    monkeypatch.setattr(op, "contract", counting)
+    with opdf.accumulate(model):
+        for s in range(3):
+            model(**batch(seed=s)).loss.backward()
+    assert calls["n"] == 12  # once per over-parameterized weight, not per micro-batch
+
+
+def test_freeze_central_and_train_only_central():
+    m1 = opdf.overparameterize(tiny_bert(), unit_modes=2, freeze_central=True)
+    m2 = opdf.overparameterize(tiny_bert(), unit_modes=2, train_only_central=True)
+    for cs in opdf.cores(m1).values():
+        assert [c.requires_grad for c in cs] == [True, False, True, True]  # central = 1
+    for cs in opdf.cores(m2).values():
+        assert [c.requires_grad for c in cs] == [False, True, False, False]
+    with pytest.raises(OpdfError, match="exclude each other"):
+        opdf.overparameterize(tiny_bert(), freeze_central=True, train_only_central=True)
+
+
+def test_target_patterns_and_errors():
+    model = tiny_bert()
+    names = default_targets(model)
+    assert len(names) == 12 and all(".encoder.layer." in n for n in names)
+    assert "classifier" not in " ".join(names) and "pooler" not in " ".join(names)
+    opdf.overparameterize(model, targets=["query", "*.intermediate.dense", r".*\.1\.output\.dense"])
+    got = sorted(opdf.cores(model))
+    assert got == sorted(
+        [f"bert.encoder.layer.{i}.attention.self.query" for i in range(2)]
+        + [f"bert.encoder.layer.{i}.intermediate.dense" for i in range(2)]
+        + ["bert.encoder.layer.1.output.dense"]
+    )
+    with pytest.raises(OpdfError, match="querry.*similar names: .*query"):
+        opdf.overparameterize(tiny_bert(), targets=["querry"])
+
+
+def test_explicit_shapes_override():
+    model = tiny_bert()
+    opdf.overparameterize(model, targets=["query"], shapes={"query": ([4, 2, 4], [2, 4, 4])})
+    cs = opdf.cores(model)["bert.encoder.layer.0.attention.self.query"]
+    assert [tuple(c.shape[1:3]) for c in cs] == [(4, 2), (2, 4), (4, 4)]
+    with pytest.raises(OpdfError, match="multiply to 30"):
+        opdf.overparameterize(tiny_bert(), targets=["query"], shapes={"query": ([5, 6], [32, 1])})
+
+
+def test_conv2d_models_work_the_same_way(tmp_path):
+    torch.manual_seed(0)
+    cnn = SmallCNN().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = cnn(x)
+    model = opdf.overparameterize(copy.deepcopy(cnn), unit_modes=2)
+    assert sorted(opdf.cores(model)) == ["conv1", "conv2", "fc"]  # classifier stays dense
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref, atol=1e-5)
+    model.train()
+    model(x).square().mean().backward()
+    assert all(c.grad is not None for cs in opdf.cores(model).values() for c in cs)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    with torch.no_grad():
+        trained = model(x)
+    opdf.merge(model)
+    assert list(model.state_dict()) == list(cnn.state_dict())
+    assert model.conv1.weight.shape == (8, 3, 3, 3)
+    with torch.no_grad():
+        assert torch.allclose(model(x), trained, atol=1e-5)
+    torch.save(model.state_dict(), tmp_path / "cnn.pt")
+    fresh = SmallCNN()
+    fresh.load_state_dict(torch.load(tmp_path / "cnn.pt"))
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x), trained, atol=1e-5)
+
+
+def test_inspect_cli_dry_run(capsys):
+    assert cli_main(["inspect", "bert-base-6", "--scheme", "svd"]) == 0
+    out = capsys.readouterr().out
+    assert "train params:     90,844,418" in out
+    assert "inference params: 66,956,546" in out
+    assert "bert.encoder.layer.5.output.dense" in out and "[32, 24]" in out
+    assert cli_main(["inspect", "bert-base-6", "--unit-modes", "3"]) == 0
+    assert "162,508,034" in capsys.readouterr().out
+
+
+def test_inspect_cli_reports_bad_input_without_traceback(capsys):
+    assert cli_main(["inspect", "no-such-model-here"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model" in err and "Traceback" not in err
