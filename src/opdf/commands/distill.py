@@ -1,0 +1,96 @@
+"""``opdf distill CONFIG [key=value ...]``: run one distillation config end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = """\
+Run one distillation config: the YAML file is validated first (unknown keys, bad values and
+missing files are reported with the valid choices before any work), then the teacher is
+fine-tuned (or taken from the cache), the student is built, over-parameterized (overparam:
+none|svd|mpo), trained with the method's loss (+ the alignment loss when align.weight > 0),
+selected on dev, merged and evaluated on test.
+
+Writes OUTPUT_DIR/metrics.jsonl, checkpoints/, summary.json and student/ (the merged student,
+loadable with stock transformers)."""
+
+EPILOG = """\
+examples:
+  opdf distill configs/smoke-kd.yaml
+  opdf distill configs/rt-polarity-kd-opdf.yaml seed=2 output_dir=runs/kd-opdf-s2
+  opdf distill configs/rt-polarity-kd-base.yaml overparam=mpo unit_modes=3 max_steps=200
+  opdf distill configs/rt-polarity-kd-opdf.yaml --resume    # continue after an interruption"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "distill",
+        help="run one distillation config (KD, BERT-of-Theseus, ...)",
+        description=HELP,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        metavar="key=value",
+        help="dotted overrides, e.g. seed=1 output_dir=runs/x max_steps=100 checkpoint_every=50 "
+        "overparam=svd data.max_train_samples=512 kd.temperature=2",
+    )
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in output_dir from its last checkpoint")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing, non-empty output_dir first")  # fmt: skip
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (all defaults) and exit")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+    global _PARSER
+    _PARSER = p
+
+
+_PARSER = None
+
+
+def _split_flags(args):
+    """Options given after the overrides (``CONFIG seed=1 --resume``) are parsed here."""
+    flags = [o for o in args.overrides if o.startswith("-")]
+    if flags:
+        late = _PARSER.parse_args([*flags, args.config])
+        for key, value in vars(late).items():
+            if key not in ("config", "overrides") and value:
+                setattr(args, key, value)
+    args.overrides = [o for o in args.overrides if not o.startswith("-")]
+    return args
+
+
+def run(args) -> int:
+    args = _split_flags(args)
+    from opdf.run.config import dump_config, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    if args.resume and args.overwrite:
+        from opdf.errors import ConfigError
+
+        raise ConfigError("--resume and --overwrite exclude each other")
+    from opdf.run.runner import run_distill
+
+    summary = run_distill(
+        cfg, resume=args.resume, overwrite=args.overwrite,
+        progress=False if args.no_progress else None,
+    )  # fmt: skip
+    main = summary["main_metric"]
+    print(json.dumps({
+        "output_dir": cfg.output_dir, "method": summary["method"],
+        "overparam": summary["overparam"], "align": bool(summary["align"]),
+        f"dev_{main}": round(summary["dev"][main], 4),
+        f"test_{main}": round(summary["test"][main], 4),
+        "train_params": summary["train_params"], "inference_params": summary["inference_params"],
+        "seconds_per_step": summary["seconds_per_step"], "wall_time": summary["wall_time"],
+    }))  # fmt: skip
+    return 0

@@ -1,0 +1,63 @@
+"""``opdf finetune CONFIG``: fine-tune (or fetch from the cache) the teacher of a config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = """\
+Fine-tune the config's teacher (teacher.model) on its task (data) with teacher.finetune settings.
+The result is cached under $OPDF_CACHE (default ~/.cache/opdf)/teachers/<model>-<hash>, the hash
+covering the model, the data selection and the fine-tuning settings; later calls (and
+`opdf distill`) reuse it. Prints the folder and the teacher's dev/test metrics."""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a config's teacher on its task (cached, reused)",
+        description=HELP,
+        epilog="example:\n  opdf finetune configs/rt-polarity-kd-base.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML config file (its data and teacher sections are used)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
+                   help="dotted overrides, e.g. teacher.finetune.epochs=2")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+    global _PARSER
+    _PARSER = p
+
+
+_PARSER = None
+
+
+def _split_flags(args):
+    """Options given after the overrides (``CONFIG seed=1 --resume``) are parsed here."""
+    flags = [o for o in args.overrides if o.startswith("-")]
+    if flags:
+        late = _PARSER.parse_args([*flags, args.config])
+        for key, value in vars(late).items():
+            if key not in ("config", "overrides") and value:
+                setattr(args, key, value)
+    args.overrides = [o for o in args.overrides if not o.startswith("-")]
+    return args
+
+
+def run(args) -> int:
+    args = _split_flags(args)
+    from opdf.run.config import load_config
+    from opdf.run.runner import finetune_teacher, teacher_cache_dir, teacher_summary
+
+    cfg = load_config(args.config, args.overrides)
+    cached = cfg.teacher.finetune is not None and (teacher_cache_dir(cfg) / "student").is_dir()
+    path = finetune_teacher(cfg, force=args.force, progress=False if args.no_progress else None)
+    info = teacher_summary(cfg) or {}
+    main = info.get("main_metric")
+    print(json.dumps({
+        "teacher": str(path), "cached": bool(cached and not args.force),
+        "dev": info.get("dev"), "test": info.get("test"), "main_metric": main,
+        "wall_time": info.get("wall_time"),
+    }))  # fmt: skip
+    return 0

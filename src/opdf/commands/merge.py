@@ -1,0 +1,36 @@
+"""``opdf merge RUN_DIR``: a run's checkpoint -> a merged, plain transformers model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "merge",
+        help="merge a run's checkpoint (MPO/SVD cores) into a plain transformers model",
+        description=(
+            "Contract the over-parameterized cores of a run's checkpoint (best on dev, or the "
+            "last one) back into plain weights and save the model with save_pretrained: stock "
+            "transformers loads it without opdf, with the original parameter count. Finished "
+            "runs already hold this in OUTPUT_DIR/student; use this verb on an unfinished or "
+            "interrupted run."
+        ),
+        epilog="example:\n  opdf merge runs/kd-opdf --which last -o exported/kd-opdf",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", help="an opdf run folder (OUTPUT_DIR) or its checkpoints/ folder")
+    p.add_argument("-o", "--output", default=None,
+                   help="where to save (default: RUN_DIR/merged-<which>)")  # fmt: skip
+    p.add_argument("--which", choices=("best", "last"), default="best",
+                   help="which checkpoint (default: best)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from opdf.run.runner import merge_checkpoint
+
+    out = merge_checkpoint(args.run_dir, args.output, which=args.which, overwrite=args.overwrite)
+    print(out)
+    return 0

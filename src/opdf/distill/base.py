@@ -1,0 +1,213 @@
+"""The :class:`Distiller` interface every method implements, and the method registry.
+
+A method is one small class (mdistiller style)::
+
+    @register_method("kd")
+    class KD(Distiller):
+        '''Hinton KD: (1 - alpha) CE + alpha T^2 KL.'''
+        @dataclass
+        class Options:            # the config section named after the method
+            temperature: float = 4.0
+        def forward_train(self, batch):
+            ...
+            return logits, {"ce": ce, "kd": kd}
+
+The runner owns everything else: data, over-parameterization (``overparam``), the alignment loss
+(``align``), optimizer, schedule, gradient accumulation, evaluation, checkpoints and the merged
+export. It only talks to a method through these hooks, so methods that need more plug in by
+overriding them:
+
+* :meth:`Distiller.build_student`: what the student starts from (teacher layers by default).
+* :meth:`Distiller.param_groups`: what the optimizer trains, with per-group learning rates
+  (a method that trains its teacher, like LGTM, adds the teacher's group here).
+* :meth:`Distiller.trainable_modules`: what checkpoints save (the teacher too when it trains).
+* :meth:`Distiller.on_train_start`: access to the run context (datasets, a batch iterator over any
+  split, total steps), e.g. LGTM's quiz batches from dev.
+* :meth:`Distiller.on_step_end`: after each optimizer step; may return scalars to log (Theseus
+  logs its replacement rate here). A method may also take its own extra optimizer step here.
+* :meth:`Distiller.forward_train` is free to call ``torch.autograd.grad(..., create_graph=True)``
+  (AD-KD's attributions) or to use only the teacher's decisions (DBKD).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from opdf.errors import ConfigError
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The keys of a collated batch that a transformers model takes (labels and index dropped)."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """Cross-entropy, or MSE for regression (``num_labels == 1``)."""
+    if num_labels == 1:
+        return F.mse_loss(logits.view(-1), labels.float().view(-1))
+    return F.cross_entropy(logits, labels)
+
+
+@dataclass
+class TrainContext:
+    """What the runner shares with a method in :meth:`Distiller.on_train_start`."""
+
+    dataset: Any  # opdf.data.TextDataset
+    batches: Callable[[str, int, int], Iterable[dict]]  # (split, batch_size, seed) -> batches
+    total_steps: int
+    device: torch.device
+    config: Any = None  # opdf.run.config.RunConfig
+
+
+class Distiller(nn.Module):
+    """Base class of a distillation method. ``student`` trains; ``teacher`` is frozen by default.
+
+    Parameters
+    ----------
+    student, teacher : nn.Module
+        transformers sequence classifiers (``teacher`` may be None for ``needs_teacher=False``).
+    options : dataclass instance
+        The method's :class:`Options`, already validated.
+    num_labels : int
+        1 for regression.
+    """
+
+    #: registry name, set by :func:`register_method`
+    name: ClassVar[str] = ""
+    #: one line for ``opdf methods``; defaults to the first docstring line
+    description: ClassVar[str] = ""
+    #: False for a method whose teacher trains with the student (e.g. LGTM)
+    teacher_frozen: ClassVar[bool] = True
+    needs_teacher: ClassVar[bool] = True
+
+    @dataclass
+    class Options:
+        """Method options (the config section named after the method)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, options=None, *,
+                 num_labels: int = 2):  # fmt: skip
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.options = options if options is not None else self.Options()
+        self.num_labels = num_labels
+        self.step = 0  # optimizer steps taken so far; set by the runner before each step
+        if teacher is not None and self.teacher_frozen:
+            teacher.eval()
+            teacher.requires_grad_(False)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def build_student(cls, teacher: nn.Module, layers=None) -> nn.Module:
+        """The student before training: teacher ``layers`` (default: the bottom half)."""
+        from opdf.models import student_from_teacher
+
+        return student_from_teacher(teacher, layers)
+
+    # -- training -----------------------------------------------------------------------------
+    def forward_train(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Student logits and the named loss terms for one (micro-)batch; the runner sums the
+        terms (adding ``align`` when on) and backpropagates."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward_eval(self, batch: dict) -> torch.Tensor:
+        """Logits of the deployed student (evaluation and export use the student alone)."""
+        return self.student(**model_inputs(batch)).logits
+
+    @torch.no_grad()
+    def teacher_logits(self, batch: dict) -> torch.Tensor:
+        return self.teacher(**model_inputs(batch)).logits
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None and self.teacher_frozen:
+            self.teacher.eval()  # a frozen teacher never runs dropout
+        return self
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups: ``{"params": [...], "names": [...]}`` plus optional ``lr``,
+        ``weight_decay``. Default: every student parameter that requires grad."""
+        named = [(n, p) for n, p in self.student.named_parameters() if p.requires_grad]
+        return [{"params": [p for _, p in named], "names": [f"student.{n}" for n, _ in named]}]
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """Modules whose state a checkpoint must hold to resume exactly."""
+        mods = {"student": self.student}
+        if self.teacher is not None and not self.teacher_frozen:
+            mods["teacher"] = self.teacher
+        return mods
+
+    def on_train_start(self, context: TrainContext) -> None:
+        """Called once before the first step (and again when a run resumes)."""
+
+    def on_step_end(self, step: int) -> dict[str, float]:
+        """Called after optimizer step ``step`` (1-based); returns scalars to log."""
+        return {}
+
+    def extra_state(self) -> dict:
+        """Method state beyond module weights that a checkpoint must hold (default: none)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def export_student(self) -> nn.Module:
+        """The model to merge and save at the end (the student, for every method so far)."""
+        return self.student
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+
+_METHODS: dict[str, type[Distiller]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a :class:`Distiller` subclass available as ``method: name``."""
+
+    def deco(cls: type[Distiller]) -> type[Distiller]:
+        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+            raise TypeError(f"@register_method({name!r}) must decorate a Distiller subclass")
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered ({_METHODS[name].__name__})")
+        if not dataclasses.is_dataclass(cls.Options):
+            raise TypeError(f"{cls.__name__}.Options must be a dataclass")
+        cls.name = name
+        if not cls.description:
+            doc = (cls.__doc__ or "").strip().splitlines()
+            cls.description = doc[0] if doc else ""
+        _METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_builtins() -> None:
+    from opdf.distill import kd, theseus  # noqa: F401  (registration side effect)
+
+
+def method_names() -> list[str]:
+    _load_builtins()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Distiller]:
+    _load_builtins()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def methods() -> dict[str, type[Distiller]]:
+    _load_builtins()
+    return dict(sorted(_METHODS.items()))

@@ -1,0 +1,180 @@
+"""BERT-of-Theseus: progressive module replacement (Xu et al., EMNLP 2020, arXiv 2002.02925).
+
+The predecessor (the fine-tuned teacher, N layers) is cut into n modules of k = N / n consecutive
+layers; successor module i is one layer, initialised from predecessor layer i (the bottom n layers,
+the paper's best choice). For every training batch each module independently runs its successor
+layer with probability p, else its k predecessor layers: ``y_{i+1} = r_i scc_i(y_i) + (1 - r_i)
+prd_i(y_i)``, ``r_i ~ Bernoulli(p)``. Only the successor layers train; predecessor layers,
+embeddings, pooler and classifier are frozen (the student's copies of them stay equal to the
+teacher's). The loss is the task loss only. Evaluation and export use the successor alone.
+
+Replacement schedulers (``replacement_scheduler.py`` of the official code), as functions of the
+optimizer-step counter t:
+
+* ``constant``: p = ``replacing_rate`` until ``steps_for_replacing`` steps, then 1.0 (the successor
+  fine-tuning phase). The official CLI default ``steps_for_replacing 0`` silently skips replacement
+  altogether (p = 1 from the first step); here it must be set (> 0).
+* ``linear`` (curriculum): p_t = min(1, k t + b) with b = ``replacing_rate`` (p_0 = b before the
+  first step) and k = ``linear_k``; once p reaches 1 the successor fine-tunes alone. k must be > 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from opdf.distill.base import Distiller, model_inputs, register_method, task_loss
+from opdf.errors import ConfigError
+
+
+class ConstantReplacementScheduler:
+    """p = ``rate`` for the first ``steps_for_replacing`` steps, then 1.0."""
+
+    def __init__(self, rate: float, steps_for_replacing: int):
+        self.base = rate
+        self.steps_for_replacing = steps_for_replacing
+
+    def rate(self, step: int) -> float:
+        return self.base if step < self.steps_for_replacing else 1.0
+
+    def steps_to_successor(self) -> int:
+        return self.steps_for_replacing
+
+
+class LinearReplacementScheduler:
+    """p_t = min(1, k t + b): a curriculum whose last phase is the successor alone."""
+
+    def __init__(self, base: float, k: float):
+        self.base = base
+        self.k = k
+
+    def rate(self, step: int) -> float:
+        return min(1.0, self.k * step + self.base)
+
+    def steps_to_successor(self) -> int:
+        return max(0, math.ceil((1.0 - self.base) / self.k))
+
+
+class TheseusBlock(nn.Module):
+    """Module i during training: its successor layer, or its k predecessor layers in sequence."""
+
+    def __init__(self, successor: nn.Module, predecessors: list[nn.Module]):
+        super().__init__()
+        self.successor = successor
+        self.predecessors = nn.ModuleList(predecessors)
+        self.use_successor = True
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.use_successor:
+            return self.successor(hidden_states, *args, **kwargs)
+        out = None
+        for layer in self.predecessors:
+            out = layer(hidden_states, *args, **kwargs)
+            hidden_states = out[0] if isinstance(out, tuple) else out
+        return out
+
+
+def _set_submodule(root: nn.Module, dotted: str, value: nn.Module) -> None:
+    parent_name, _, attr = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, value)
+
+
+@register_method("theseus")
+class Theseus(Distiller):
+    """BERT-of-Theseus: successor layers replace predecessor modules with probability p."""
+
+    @dataclass
+    class Options:
+        scheduler: str = "linear"
+        replacing_rate: float = 0.3
+        linear_k: float = 6e-4
+        steps_for_replacing: int | None = None
+
+        def validate(self, cfg) -> None:
+            if self.scheduler not in ("constant", "linear"):
+                raise ConfigError(
+                    f"theseus.scheduler: {self.scheduler!r} is not valid; valid choices: "
+                    "constant, linear"
+                )
+            if not 0 <= self.replacing_rate <= 1:
+                raise ConfigError(
+                    f"theseus.replacing_rate must be in [0, 1], got {self.replacing_rate}"
+                )
+            if self.scheduler == "constant" and not self.steps_for_replacing:
+                raise ConfigError(
+                    "theseus.steps_for_replacing must be set (> 0) with the constant scheduler: "
+                    "after that many steps p becomes 1 (successor fine-tuning); 0 would skip "
+                    "replacement (the official code's default trap); the README uses 2500"
+                )
+            if self.scheduler == "linear" and self.linear_k <= 0:
+                raise ConfigError(
+                    f"theseus.linear_k must be > 0 so that p reaches 1, got {self.linear_k}"
+                )
+
+        def make_scheduler(self):
+            if self.scheduler == "constant":
+                return ConstantReplacementScheduler(self.replacing_rate, self.steps_for_replacing)
+            return LinearReplacementScheduler(self.replacing_rate, self.linear_k)
+
+    def __init__(self, student, teacher, options=None, *, num_labels=2):
+        super().__init__(student, teacher, options, num_labels=num_labels)
+        from opdf.models import find_layer_list
+
+        self.scheduler = self.options.make_scheduler()
+        self._layers_name, successors = find_layer_list(student)
+        _, predecessors = find_layer_list(teacher)
+        n, big_n = len(successors), len(predecessors)
+        if big_n % n:
+            raise ConfigError(
+                f"theseus needs the predecessor's layer count ({big_n}) to be a multiple of the "
+                f"successor's ({n}); choose student.layers with a divisor of {big_n} entries"
+            )
+        self.compress_ratio = big_n // n
+        self._successors = successors
+        self._predecessors = predecessors
+        k = self.compress_ratio
+        # plain list: the blocks must not appear twice in state_dict / named_modules
+        self._blocks = [
+            TheseusBlock(successors[i], [predecessors[k * i + j] for j in range(k)])
+            for i in range(n)
+        ]
+        # only the successor layers train: embeddings, pooler, classifier stay as in the teacher
+        student.requires_grad_(False)
+        successors.requires_grad_(True)
+        self.last_rate = self.scheduler.rate(0)
+
+    @classmethod
+    def build_student(cls, teacher, layers=None):
+        """Successor initialised from the predecessor's bottom layers (the paper's best)."""
+        from opdf.models import find_layer_list, student_from_teacher
+
+        if layers is None:
+            n_teacher = len(find_layer_list(teacher)[1])
+            layers = list(range(max(1, n_teacher // 2)))
+        return student_from_teacher(teacher, layers)
+
+    def rate(self, step: int | None = None) -> float:
+        return self.scheduler.rate(self.step if step is None else step)
+
+    def forward_train(self, batch):
+        p = self.rate()
+        self.last_rate = p
+        draws = torch.bernoulli(torch.full((len(self._blocks),), p)).bool().tolist()
+        for block, use in zip(self._blocks, draws, strict=True):
+            block.use_successor = use
+            block.predecessors.train(self.training)  # as in the original: one model, one mode
+        _set_submodule(self.student, self._layers_name, nn.ModuleList(self._blocks))
+        try:
+            logits = self.student(**model_inputs(batch)).logits
+        finally:
+            _set_submodule(self.student, self._layers_name, self._successors)
+            for block in self._blocks:
+                block.predecessors.eval()
+        return logits, {"ce": task_loss(logits, batch["labels"], self.num_labels)}
+
+    def on_step_end(self, step: int) -> dict[str, float]:
+        return {"replacing_rate": self.rate(step)}

@@ -1,0 +1,457 @@
+"""Run configuration: a YAML file, validated in full before any work, plus dotted overrides.
+
+A config is one reported number (torchdistill's rule): method, data, teacher, student, scheme and
+training settings. ``load_config(path, overrides)`` returns a :class:`RunConfig`; every problem
+(missing file, unknown key, wrong type, bad value, inconsistent combination) raises
+:class:`opdf.errors.ConfigError` with the valid choices in the message.
+
+Layout (every key optional except ``method``; defaults shown by ``opdf distill --show-defaults``)::
+
+    method: kd                      # a registered method (`opdf methods`)
+    seed: 42
+    output_dir: runs/kd-mpo
+    data: {name: rt-polarity, max_length: 64, max_train_samples: null, max_eval_samples: null}
+    teacher: {model: minilm-l6, finetune: {epochs: 3, lr: 5.0e-5, batch_size: 32}}
+    student: {model: null, layers: null}   # null model: teacher layers (bottom half by default)
+    overparam: mpo                  # none | svd | mpo
+    unit_modes: 3
+    align: {weight: 0.0, cores: auxiliary, layer_map: null}
+    kd: {temperature: 4.0, alpha: 0.9}     # the section named after the method: its options
+    epochs: 3
+    max_steps: null
+    batch_size: 32
+    lr: 5.0e-5
+    eval_every: 100
+    checkpoint_every: 100
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from opdf.errors import ConfigError
+
+SCHEMES = ("none", "svd", "mpo")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def choice(*values, **kw):
+    return field(metadata={"choices": values}, **kw)
+
+
+def positive(default, *, allow_zero=False, allow_none=False):
+    return field(
+        default=default,
+        metadata={"min": 0, "strict": not allow_zero, "none": allow_none},
+    )
+
+
+@dataclass
+class DataConfig:
+    """Which task to train on (see :func:`opdf.data.load_text_dataset`)."""
+
+    name: str = "rt-polarity"
+    max_length: int = positive(128)
+    max_train_samples: int | None = positive(None)
+    max_eval_samples: int | None = positive(None)
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneConfig:
+    """How the teacher is fine-tuned on the task (cached by a hash of these, the model and the
+    task: ``data.name``, ``data.options``, ``data.max_length``). The teacher trains on the full
+    train split unless ``max_train_samples`` is set here; ``data.max_train_samples`` subsamples
+    only the student's training data."""
+
+    max_train_samples: int | None = positive(None)
+    epochs: float = positive(3.0)
+    max_steps: int | None = positive(None)
+    batch_size: int = positive(32)
+    lr: float = positive(5e-5)
+    weight_decay: float = positive(0.01, allow_zero=True)
+    warmup_ratio: float = positive(0.1, allow_zero=True)
+    max_grad_norm: float | None = positive(1.0)
+    eval_every: int | None = positive(None)
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    """``model``: a built-in name or a folder. ``finetune: null`` uses it as is (already tuned)."""
+
+    model: str = "minilm-l6"
+    finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
+
+
+@dataclass
+class StudentConfig:
+    """``model: null`` builds the student from teacher ``layers`` (default: the bottom half)."""
+
+    model: str | None = None
+    layers: list[int] | None = None
+
+
+@dataclass
+class AlignConfig:
+    """The tensor alignment loss between student and teacher auxiliary cores (0 = off)."""
+
+    weight: float = positive(0.0, allow_zero=True)
+    cores: str | list[int] = "auxiliary"
+    layer_map: dict[int, int] | None = None
+
+
+@dataclass
+class RunConfig:
+    method: str = "kd"
+    seed: int = 42
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    overparam: str = choice(*SCHEMES, default="none")
+    unit_modes: int = positive(3, allow_zero=True)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    # training
+    epochs: float = positive(3.0)
+    max_steps: int | None = positive(None)
+    batch_size: int = positive(32)
+    grad_accum: int = positive(1)
+    eval_batch_size: int = positive(128)
+    lr: float = positive(5e-5)
+    weight_decay: float = positive(0.0, allow_zero=True)
+    warmup_ratio: float = positive(0.0, allow_zero=True)
+    max_grad_norm: float | None = positive(1.0)
+    eval_every: int | None = positive(None)
+    checkpoint_every: int | None = positive(None)
+    log_every: int = positive(10)
+    device: str = choice(*DEVICES, default="auto")
+    threads: int | None = positive(None)
+    # method options: the section named after the method (validated by the method's Options)
+    method_options: Any = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        opts = d.pop("method_options")
+        d[self.method] = opts
+        return d
+
+    def hash(self, exclude: tuple[str, ...] = ("output_dir",)) -> str:
+        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# generic validation of nested dataclasses
+
+
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(inner)}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value, tp, where: str):
+    """Check ``value`` against type ``tp``; return it converted (int -> float, nested dataclass)."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _Mismatch
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except _Mismatch:
+                continue
+            except ConfigError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        raise _Mismatch
+    if value is None:
+        raise _Mismatch
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise _Mismatch
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        args = typing.get_args(tp)
+        if args:
+            return {
+                _coerce(k, args[0], where): _coerce(v, args[1], where) for k, v in value.items()
+            }
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 5e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    return value
+
+
+def build(cls, data: dict, where: str = ""):
+    """Build dataclass ``cls`` from ``data``; ConfigError on any unknown key or bad value."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "method_options"}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key {prefix}{k!r}{_suggest(k, fields)}; valid keys"
+            f"{' in ' + where if where else ''}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = f"{where}.{name}" if where else name
+        value = data[name]
+        try:
+            value = _coerce(value, hints[name], key)
+        except _Mismatch:
+            raise ConfigError(
+                f"config key {key!r}: {value!r} is not {_type_name(hints[name])}"
+            ) from None
+        meta = f.metadata
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(
+                f"config key {key!r}: {value!r} is not valid{_suggest(value, meta['choices'])}; "
+                f"valid choices: {', '.join(map(str, meta['choices']))}"
+            )
+        if "min" in meta and value is not None:
+            bad = value <= meta["min"] if meta["strict"] else value < meta["min"]
+            if bad:
+                rule = "> 0" if meta["strict"] else ">= 0"
+                raise ConfigError(f"config key {key!r}: {value!r} must be {rule}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# overrides and loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> ``(["a", "b"], 3)`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r} must look like key=value (e.g. seed=1, data.max_length=64)"
+        )
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for text in overrides or ():
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(
+                    f"override {text!r}: {'.'.join(path[: i + 1])} is {nxt!r}, not a mapping"
+                )
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict, base_dir: Path | None = None) -> RunConfig:
+    """Validate a plain mapping into a :class:`RunConfig` (method options included)."""
+    from opdf.distill import get_method, method_names
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(raw).__name__}")
+    raw = dict(raw)
+    method = raw.get("method", "kd")
+    names = method_names()
+    if method not in names:
+        raise ConfigError(
+            f"config key 'method': {method!r} is not a registered method{_suggest(method, names)}; "
+            f"valid choices: {', '.join(names)}"
+        )
+    sections = {n: raw.pop(n) for n in names if n in raw}
+    for other in sections:
+        if other != method:
+            raise ConfigError(
+                f"config has a {other!r} section but method is {method!r}; rename the section "
+                f"to {method!r} or remove it"
+            )
+    cls = get_method(method)
+    options = build(cls.Options, sections.get(method) or {}, method)
+    cfg = build(RunConfig, raw)
+    cfg.method_options = options
+    _resolve_paths(cfg, base_dir)
+    check(cfg)
+    return cfg
+
+
+def _resolve_paths(cfg: RunConfig, base_dir: Path | None) -> None:
+    """Relative data/model paths are taken relative to the config file when they exist there,
+    else relative to the working directory (``output_dir`` is always relative to the latter)."""
+    if base_dir is None:
+        return
+
+    def fix(value: str | None) -> str | None:
+        if not value or Path(value).is_absolute():
+            return value
+        alt = base_dir / value
+        return str(alt) if alt.exists() else value
+
+    cfg.data.name = fix(cfg.data.name)
+    cfg.teacher.model = fix(cfg.teacher.model)
+    cfg.student.model = fix(cfg.student.model)
+
+
+def check(cfg: RunConfig) -> None:
+    """Cross-key rules that single values cannot express."""
+    if cfg.align.weight > 0 and cfg.overparam == "none":
+        raise ConfigError(
+            "align.weight > 0 needs an over-parameterized student: set overparam to svd or mpo, "
+            "or align.weight to 0"
+        )
+    if isinstance(cfg.align.cores, str) and cfg.align.cores not in ("auxiliary", "all"):
+        raise ConfigError(
+            f"config key 'align.cores': {cfg.align.cores!r} is not valid; valid choices: "
+            "auxiliary, all, or a list of core indices"
+        )
+    if cfg.batch_size % cfg.grad_accum:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} must be a multiple of grad_accum {cfg.grad_accum} "
+            "(batch_size is the batch per optimizer step)"
+        )
+    if cfg.student.layers is not None and not cfg.student.layers:
+        raise ConfigError("config key 'student.layers': give at least one teacher layer, or null")
+    if cfg.student.model is not None and cfg.student.layers is not None:
+        raise ConfigError("student.model and student.layers are exclusive: set one of them")
+    _check_sources(cfg)
+    validate = getattr(cfg.method_options, "validate", None)
+    if validate is not None:
+        validate(cfg)
+
+
+def _check_sources(cfg: RunConfig) -> None:
+    """Unknown dataset names, missing data files and unknown models fail here, before any work."""
+    from opdf.data import BUILTIN_DATASETS, dataset_names
+    from opdf.models import builtin_names
+
+    name = cfg.data.name
+    builtin = name.strip().lower() in BUILTIN_DATASETS or name.lower().startswith("glue")
+    if not builtin and not Path(name).expanduser().exists():
+        raise ConfigError(
+            f"config key 'data.name': {name!r} is neither a dataset name nor an existing "
+            f"file or folder; valid names: {', '.join(dataset_names())}, or a path to a "
+            "CSV/TSV/JSONL file or folder (relative to the config file or the working "
+            "directory)"
+        )
+    for key, model in (("teacher.model", cfg.teacher.model), ("student.model", cfg.student.model)):
+        if model is None or model in builtin_names():
+            continue
+        if not Path(model).expanduser().is_dir():
+            raise ConfigError(
+                f"config key {key!r}: {model!r} is neither a built-in model "
+                f"({', '.join(builtin_names())}) nor an existing model folder"
+            )
+
+
+def load_config(path: str | Path, overrides=()) -> RunConfig:
+    """Read, override and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        configs = Path("configs")
+        if configs.is_dir():
+            names = sorted(p.name for p in configs.glob("*.yaml"))
+            hint = f"; configs in ./configs: {', '.join(names)}" if names else ""
+        raise ConfigError(f"config file {str(path)!r} does not exist{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+    raw = apply_overrides(raw, overrides)
+    return config_from_dict(raw, base_dir=path.parent)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,329 @@
+"""From a validated :class:`RunConfig` to a finished run: data, teacher (fine-tuned once and
+cached), student, over-parameterization, alignment loss, method, :class:`Trainer`.
+
+Output folder of a run::
+
+    OUTPUT_DIR/config.yaml      the resolved config (every default written out)
+    OUTPUT_DIR/metrics.jsonl    one JSON record per log / evaluation
+    OUTPUT_DIR/checkpoints/     last.pt (periodic, atomic, for --resume), best.pt (best on dev)
+    OUTPUT_DIR/student/         the merged student (save_pretrained) and its tokenizer
+    OUTPUT_DIR/summary.json     what `opdf report` reads
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.errors import ConfigError, OpdfError
+from opdf.run import checkpoint as ckpt
+from opdf.run.config import FinetuneConfig, RunConfig, dump_config
+from opdf.run.trainer import Trainer, TrainSettings, resolve_device
+
+CONFIG_FILE = "config.yaml"
+ARCH_DIR = "student-architecture"
+FINETUNE_MARK = "opdf-finetune.json"
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def load_data(cfg: RunConfig, *, teacher: bool = False):
+    """The run's dataset; ``teacher=True``: the teacher's (full train unless
+    ``teacher.finetune.max_train_samples``, full dev and test)."""
+    from opdf.data import load_text_dataset
+
+    d = cfg.data
+    if teacher:
+        return load_text_dataset(
+            d.name, max_train_samples=cfg.teacher.finetune.max_train_samples, seed=d.seed,
+            **d.options,
+        )  # fmt: skip
+    return load_text_dataset(
+        d.name,
+        max_train_samples=d.max_train_samples,
+        max_eval_samples=d.max_eval_samples,
+        seed=d.seed,
+        **d.options,
+    )
+
+
+def _subsample_note(cfg: RunConfig, dataset) -> str | None:
+    d = cfg.data
+    if d.max_train_samples is None and d.max_eval_samples is None:
+        return None
+    return f"subsampled: sizes {dataset.sizes()} (max_train_samples={d.max_train_samples}, " \
+        f"max_eval_samples={d.max_eval_samples})"  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- teacher
+
+
+class FineTune(Distiller):
+    """Plain fine-tuning of one model on the task (used for teachers; not a registered method)."""
+
+    needs_teacher = False
+    name = "finetune"
+
+    def forward_train(self, batch):
+        logits = self.student(**model_inputs(batch)).logits
+        return logits, {"ce": task_loss(logits, batch["labels"], self.num_labels)}
+
+
+def teacher_key(cfg: RunConfig) -> str:
+    """Cache key of the fine-tuned teacher: model, data selection, max_length, finetune settings."""
+    import hashlib
+
+    model = cfg.teacher.model
+    if Path(model).exists():
+        model = str(Path(model).resolve())
+    d = cfg.data
+    spec = {
+        "model": model,
+        "data": {"name": d.name, "options": d.options, "max_length": d.max_length, "seed": d.seed},
+        "finetune": dataclasses.asdict(cfg.teacher.finetune),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teacher_cache_dir(cfg: RunConfig) -> Path:
+    from opdf.models import cache_dir
+
+    slug = Path(cfg.teacher.model).name.replace(" ", "_")
+    return cache_dir() / "teachers" / f"{slug}-{teacher_key(cfg)}"
+
+
+def finetune_teacher(cfg: RunConfig, *, force: bool = False, progress: bool | None = None) -> Path:
+    """The task-fine-tuned teacher folder: from the cache when present, else trained now and
+    cached (atomically) under ``<cache>/teachers/<model>-<hash>/``. ``teacher.finetune: null``
+    returns the model folder as is."""
+    from opdf.models import load_model, resolve_model_dir
+    from opdf.models.cache import atomic_dir
+
+    if cfg.teacher.finetune is None:
+        return resolve_model_dir(cfg.teacher.model)
+    final = teacher_cache_dir(cfg)
+    if (final / FINETUNE_MARK).is_file() and not force:
+        return final / "student"
+    if force and final.exists():
+        shutil.rmtree(final)
+    ft: FinetuneConfig = cfg.teacher.finetune
+    dataset = load_data(cfg, teacher=True)
+    ckpt.seed_everything(ft.seed)
+    model, tokenizer = load_model(cfg.teacher.model, dataset.num_labels, seed=ft.seed)
+    distiller = FineTune(model, None, num_labels=dataset.num_labels)
+    settings = TrainSettings(
+        seed=ft.seed, epochs=ft.epochs, max_steps=ft.max_steps, batch_size=ft.batch_size,
+        eval_batch_size=cfg.eval_batch_size, max_length=cfg.data.max_length, lr=ft.lr,
+        weight_decay=ft.weight_decay, warmup_ratio=ft.warmup_ratio,
+        max_grad_norm=ft.max_grad_norm, eval_every=ft.eval_every, log_every=cfg.log_every,
+    )  # fmt: skip
+    info = {"method": "finetune", "model": cfg.teacher.model, "overparam": "none",
+            "unit_modes": 0, "align": None, "seed": ft.seed, "cache_key": teacher_key(cfg),
+            "finetune": dataclasses.asdict(ft), "data": dataclasses.asdict(cfg.data)}  # fmt: skip
+    with atomic_dir(final) as tmp:
+        trainer = Trainer(
+            distiller, dataset, tokenizer, settings, tmp, device=resolve_device(cfg.device),
+            run_info=info, progress=progress, desc=f"finetune {Path(cfg.teacher.model).name}",
+        )  # fmt: skip
+        summary = trainer.fit()
+        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # the merged model is in student/
+        ckpt.atomic_write_json(tmp / FINETUNE_MARK, summary)
+    return final / "student"
+
+
+def teacher_summary(cfg: RunConfig) -> dict | None:
+    if cfg.teacher.finetune is None:
+        return None
+    mark = teacher_cache_dir(cfg) / FINETUNE_MARK
+    return json.loads(mark.read_text()) if mark.is_file() else None
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
+def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConfig) -> bool:
+    """Create ``out``; refuse to reuse a non-empty one unless resuming (same config) or told to
+    overwrite. Returns True when a checkpoint to resume from exists."""
+    last = out / "checkpoints" / ckpt.LAST
+    # a folder holding no checkpoint, summary or student (a run that failed while starting) is
+    # not a result: it may be reused
+    holds_results = out.exists() and any(
+        p.exists() for p in (last, out / "summary.json", out / "student")
+    )
+    if out.exists() and any(out.iterdir()) and not holds_results and not resume:
+        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()):
+        if resume:
+            saved = out / CONFIG_FILE
+            if saved.is_file():
+                old = yaml.safe_load(saved.read_text()) or {}
+                new = cfg.to_dict()
+                diff = sorted(k for k in set(old) | set(new)
+                              if k != "output_dir" and old.get(k) != new.get(k))  # fmt: skip
+                if diff:
+                    raise ConfigError(
+                        f"--resume: the config differs from the one in {saved} in "
+                        f"{', '.join(diff)}; resume with the same config, or start a new "
+                        "output_dir"
+                    )
+            if (out / "summary.json").is_file() and not last.is_file():
+                raise OpdfError(f"{out} holds a finished run; nothing to resume")
+            return last.is_file()
+        if not overwrite:
+            raise OpdfError(
+                f"output_dir {str(out)!r} already exists and is not empty; pass --resume to "
+                f"continue that run, --overwrite to replace it, or set output_dir=... to a new "
+                "folder"
+            )
+        shutil.rmtree(out)
+    elif resume:
+        raise OpdfError(f"--resume: {out} has no run to resume (no checkpoints/{ckpt.LAST})")
+    out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def build(cfg: RunConfig, *, progress: bool | None = None):
+    """Everything a run needs: ``(distiller, dataset, tokenizer, align, info)``."""
+    from opdf import AlignmentLoss, overparameterize
+    from opdf.distill import get_method
+    from opdf.models import load_model
+
+    method = get_method(cfg.method)
+    dataset = load_data(cfg)
+    teacher_dir = finetune_teacher(cfg, progress=progress)
+    teacher, tokenizer = load_model(teacher_dir, dataset.num_labels, seed=cfg.seed)
+    ckpt.seed_everything(cfg.seed)
+    if cfg.student.model is not None:
+        if cfg.method == "theseus":
+            raise ConfigError("theseus builds its successor from the predecessor's layers: use "
+                              "student.layers, not student.model")  # fmt: skip
+        student, _ = load_model(cfg.student.model, dataset.num_labels, seed=cfg.seed)
+    else:
+        student = method.build_student(teacher, cfg.student.layers)
+    student.train()
+    if cfg.overparam != "none":
+        overparameterize(student, scheme=cfg.overparam, unit_modes=cfg.unit_modes)
+    distiller = method(student, teacher, cfg.method_options, num_labels=dataset.num_labels)
+    align = None
+    if cfg.align.weight > 0:
+        # the frozen teacher stays plain (fast forwards); its paired weights are decomposed once,
+        # with the student's modes, into frozen buffers inside the loss
+        align = AlignmentLoss(
+            student, distiller.teacher, layer_map=cfg.align.layer_map, cores=cfg.align.cores,
+            weight=cfg.align.weight,
+        )  # fmt: skip
+    info = {
+        "method": cfg.method,
+        "overparam": cfg.overparam,
+        "unit_modes": cfg.unit_modes if cfg.overparam == "mpo" else 0,
+        "align": dataclasses.asdict(cfg.align) if align is not None else None,
+        "align_pairs": len(align.pairs) if align is not None else 0,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "teacher": str(teacher_dir),
+        "teacher_test": (teacher_summary(cfg) or {}).get("test"),
+        "student_layers": getattr(student.config, "opdf_teacher_layers", None),
+        "method_options": dataclasses.asdict(cfg.method_options),
+        "config_hash": cfg.hash(),
+        "subsample": _subsample_note(cfg, dataset),
+    }
+    return distiller, dataset, tokenizer, align, info
+
+
+def save_architecture(student, tokenizer, folder: Path) -> None:
+    """The student's transformers config and tokenizer, so that ``opdf merge`` can rebuild the
+    model from a checkpoint without the teacher or the data."""
+    from opdf.models._quiet import quiet_transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        student.config.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+
+
+def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
+                     which: str = "best", overwrite: bool = False) -> Path:  # fmt: skip
+    """A run folder's checkpoint (``best`` or ``last``) -> a merged, plain transformers model
+    saved with ``save_pretrained`` (default: ``RUN_DIR/merged-<which>``)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from opdf import merge, overparameterize
+    from opdf.models._quiet import quiet_transformers
+
+    run_dir = Path(run_dir)
+    if run_dir.name == "checkpoints":
+        run_dir = run_dir.parent
+    arch = run_dir / "checkpoints" / ARCH_DIR
+    cfg_file = run_dir / CONFIG_FILE
+    files = {"best": ckpt.BEST, "last": ckpt.LAST}
+    if which not in files:
+        raise OpdfError(f"which={which!r} is not valid; valid choices: best, last")
+    state_file = run_dir / "checkpoints" / files[which]
+    for need in (cfg_file, arch / "config.json", state_file):
+        if not need.exists():
+            raise OpdfError(
+                f"{run_dir} is not an opdf run folder with a {which} checkpoint: {need} is missing"
+            )
+    raw = yaml.safe_load(cfg_file.read_text()) or {}
+    scheme, unit_modes = raw.get("overparam", "none"), int(raw.get("unit_modes", 0))
+    out = Path(out_dir) if out_dir is not None else run_dir / f"merged-{which}"
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OpdfError(f"{out} exists and is not empty; pass --overwrite or another --output")
+    with quiet_transformers():
+        config = AutoConfig.from_pretrained(str(arch), local_files_only=True)
+        model = AutoModelForSequenceClassification.from_config(config)
+        tokenizer = AutoTokenizer.from_pretrained(str(arch), local_files_only=True)
+    if scheme != "none":
+        overparameterize(model, scheme=scheme, unit_modes=unit_modes)
+    state = ckpt.load(state_file)["modules"]["student"]
+    model.load_state_dict(state)
+    merge(model)
+    out.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        model.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+def settings_from(cfg: RunConfig) -> TrainSettings:
+    names = {f.name for f in dataclasses.fields(TrainSettings)}
+    values = {k: getattr(cfg, k) for k in names if hasattr(cfg, k)}
+    values["max_length"] = cfg.data.max_length
+    return TrainSettings(**values)
+
+
+def run_distill(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    stop_after_step: int | None = None,
+) -> dict | None:
+    """Run one config end to end; returns the summary (None if stopped by ``stop_after_step``)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    has_ckpt = prepare_output_dir(out, resume=resume, overwrite=overwrite, cfg=cfg)
+    if not has_ckpt:
+        # a run killed before its first checkpoint restarts from scratch
+        for stale in ("metrics.jsonl", "summary.json"):
+            (out / stale).unlink(missing_ok=True)
+    ckpt.atomic_write_text(out / CONFIG_FILE, dump_config(cfg))
+    distiller, dataset, tokenizer, align, info = build(cfg, progress=progress)
+    save_architecture(distiller.export_student(), tokenizer, out / "checkpoints" / ARCH_DIR)
+    trainer = Trainer(
+        distiller, dataset, tokenizer, settings_from(cfg), out, align=align,
+        device=resolve_device(cfg.device), run_info=info, progress=progress,
+        desc=f"{cfg.method}/{cfg.overparam}{'+align' if align is not None else ''}", config=cfg,
+    )  # fmt: skip
+    if align is not None:
+        align.to(trainer.device)
+    return trainer.fit(resume=has_ckpt, stop_after_step=stop_after_step)

@@ -1,0 +1,104 @@
+"""Config validation: every user mistake is one clear error (exit 2, no traceback) before work."""
+
+from __future__ import annotations
+
+import pytest
+
+from opdf.cli import main
+from opdf.errors import ConfigError
+from opdf.run.config import load_config, parse_override
+
+SMOKE_KD = "configs/smoke-kd.yaml"
+SMOKE_TH = "configs/smoke-theseus.yaml"
+
+
+def test_smoke_configs_load():
+    cfg = load_config(SMOKE_KD)
+    assert cfg.method == "kd" and cfg.overparam == "mpo" and cfg.align.weight > 0
+    assert cfg.data.name.endswith("configs/data/smoke-sentiment.csv")
+    th = load_config(SMOKE_TH)
+    assert th.method == "theseus" and th.method_options.scheduler == "linear"
+
+
+def test_overrides_named_in_the_contract():
+    cfg = load_config(
+        SMOKE_KD,
+        ["output_dir=runs/x", "seed=7", "max_steps=5", "checkpoint_every=2", "overparam=svd",
+         "align.weight=0", "kd.temperature=2", "data.max_train_samples=10"],
+    )  # fmt: skip
+    assert (cfg.output_dir, cfg.seed, cfg.max_steps, cfg.checkpoint_every) == ("runs/x", 7, 5, 2)
+    assert cfg.overparam == "svd" and cfg.method_options.temperature == 2.0
+    assert cfg.data.max_train_samples == 10
+
+
+def test_parse_override():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("lr=1e-4") == (["lr"], "1e-4")  # YAML string; coerced to float later
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("seed")
+
+
+def test_real_configs_all_valid():
+    from pathlib import Path
+
+    files = sorted(Path("configs").glob("*.yaml"))
+    assert len(files) >= 10
+    for f in files:
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["overparam=mpoo"], "valid choices: none, svd, mpo"),
+        (["lrr=3"], "did you mean 'lr'"),
+        (["data.max_lenght=3"], "valid keys in data"),
+        (["max_steps=-1"], "must be > 0"),
+        (["batch_size=abc"], "is not an integer"),
+        (["method=kdd"], "valid choices: kd, theseus"),
+        (["overparam=none"], "align.weight > 0 needs an over-parameterized student"),
+        (["theseus.scheduler=constant"], "theseus' section but method is 'kd'"),
+        (["kd.alpha=2"], "kd.alpha must be in"),
+        (["data.name=no-such-data"], "valid names: rt-polarity"),
+        (["teacher.model=no-such-model"], "built-in model (minilm-l6"),
+        (["device=tpu"], "valid choices: auto, cpu, cuda"),
+        (["batch_size=10", "grad_accum=3"], "multiple of grad_accum"),
+    ],
+)
+def test_bad_values_are_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(SMOKE_KD, overrides)
+
+
+def test_theseus_traps():
+    with pytest.raises(ConfigError, match="steps_for_replacing must be set"):
+        load_config(SMOKE_TH, ["theseus.scheduler=constant"])
+    with pytest.raises(ConfigError, match="steps_for_replacing must be set"):
+        load_config(SMOKE_TH, ["theseus.scheduler=constant", "theseus.steps_for_replacing=0"])
+    with pytest.raises(ConfigError, match="linear_k must be > 0"):
+        load_config(SMOKE_TH, ["theseus.linear_k=0"])
+    with pytest.raises(ConfigError, match="valid choices: constant, linear"):
+        load_config(SMOKE_TH, ["theseus.scheduler=cosine"])
+
+
+def test_cli_errors_exit_2_without_traceback(capsys, tmp_path):
+    cases = [
+        (["distill", "configs/nope.yaml"], "does not exist"),
+        (["distill", SMOKE_KD, "overparam=mpoo"], "valid choices: none, svd, mpo"),
+        (["distill", SMOKE_KD, "nonsense"], "key=value"),
+        (["finetune", SMOKE_KD, "teacher.finetune.lr=-1"], "must be > 0"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert err.startswith(f"opdf {argv[0]}: error:")
+    # validation happens before any work: no output folder is created
+    assert main(["distill", SMOKE_KD, f"output_dir={tmp_path}/run", "lr=x"]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_print_config_shows_defaults(capsys):
+    assert main(["distill", SMOKE_KD, "--print-config", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 3" in out and "temperature: 4.0" in out and "warmup_ratio" in out
