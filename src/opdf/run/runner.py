@@ -114,6 +114,8 @@ def finetune_teacher(cfg: RunConfig, *, force: bool = False, progress: bool | No
     if force and final.exists():
         shutil.rmtree(final)
     ft: FinetuneConfig = cfg.teacher.finetune
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     dataset = load_data(cfg, teacher=True)
     ckpt.seed_everything(ft.seed)
     model, tokenizer = load_model(cfg.teacher.model, dataset.num_labels, seed=ft.seed)

@@ -267,7 +267,10 @@ class Trainer:
                             raise OpdfError(f"method {d.name}: forward_train returned no loss")
                         frac = len(mb["labels"]) / n
                         loss = sum(losses.values())
-                        (loss * frac).backward()
+                        # no trainable tensor in the graph happens legitimately (Theseus drawing
+                        # the predecessor for every module): a step without gradients
+                        if loss.requires_grad:
+                            (loss * frac).backward()
                         for k, v in losses.items():
                             terms[k] = terms.get(k, 0.0) + float(v.detach()) * frac
                 if s.max_grad_norm:

@@ -1,0 +1,83 @@
+"""The CLI verbs end to end on the smoke config: distill, finetune, merge, report, methods."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from opdf.cli import main
+
+
+@pytest.fixture(scope="session", autouse=True)
+def opdf_cache(tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "opdf-cache"
+    old = os.environ.get("OPDF_CACHE")
+    os.environ["OPDF_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("OPDF_CACHE", None)
+    else:
+        os.environ["OPDF_CACHE"] = old
+
+
+@pytest.mark.parametrize("verb", ["distill", "finetune", "merge", "report", "methods"])
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--help"])
+    assert exc.value.code == 0
+    assert len(capsys.readouterr().out) > 200
+
+
+def test_methods_one_line_each(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["kd", "theseus"]
+
+
+def test_distill_merge_report_finetune(tmp_path, capsys):
+    run = tmp_path / "kd"
+    argv = ["distill", "configs/smoke-kd.yaml", f"output_dir={run}", "max_steps=4",
+            "eval_every=2", "checkpoint_every=2", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["method"] == "kd" and result["overparam"] == "mpo" and result["align"]
+    for name in ("summary.json", "metrics.jsonl", "config.yaml", "student/config.json",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):  # fmt: skip
+        assert (run / name).exists(), name
+
+    # an existing run is never overwritten silently
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    # ...but --resume of a finished run is a clear no-op error too, and --overwrite replaces it
+    assert main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+
+    # merge: the best checkpoint -> the same weights as the finished run's student/
+    out = tmp_path / "merged"
+    assert main(["merge", str(run), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    a = load_file(str(run / "student" / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["merge", str(tmp_path / "nothing")]) == 2
+    assert "not an opdf run folder" in capsys.readouterr().err
+
+    # report: one row per run
+    assert main(["report", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| kd " in table and "+OPDF(L=2)" in table and "test accuracy" in table
+    assert main(["report", str(run), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("run,method,variant,seed,dev,test")
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+
+    # finetune: the teacher the run used is cached and reused
+    assert main(["finetune", "configs/smoke-kd.yaml", "--no-progress"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["cached"] is True and info["test"]["accuracy"] >= 0.9
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["teacher"] == info["teacher"]

@@ -1,0 +1,97 @@
+"""Kill and resume: a resumed run ends with the same student as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from opdf.run import load_config, run_distill
+
+
+@pytest.fixture(scope="session", autouse=True)
+def opdf_cache(tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "opdf-cache"
+    old = os.environ.get("OPDF_CACHE")
+    os.environ["OPDF_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("OPDF_CACHE", None)
+    else:
+        os.environ["OPDF_CACHE"] = old
+
+
+def student_weights(run_dir):
+    return load_file(str(run_dir / "student" / "model.safetensors"))
+
+
+def assert_same_student(a, b):
+    wa, wb = student_weights(a), student_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    sa = json.loads((a / "summary.json").read_text())
+    sb = json.loads((b / "summary.json").read_text())
+    assert (sa["dev"], sa["test"], sa["best_step"]) == (sb["dev"], sb["test"], sb["best_step"])
+
+
+@pytest.mark.parametrize("method", ["kd", "theseus"])
+def test_interrupted_then_resumed_equals_uninterrupted(method, tmp_path):
+    common = ["max_steps=10", "eval_every=3", "checkpoint_every=4", "log_every=1"]
+    cfg_full = load_config(f"configs/smoke-{method}.yaml", [*common, f"output_dir={tmp_path}/a"])
+    run_distill(cfg_full, progress=False)
+    cfg = load_config(f"configs/smoke-{method}.yaml", [*common, f"output_dir={tmp_path}/b"])
+    assert run_distill(cfg, progress=False, stop_after_step=4) is None  # "killed" after step 4
+    assert not (tmp_path / "b" / "summary.json").exists()
+    summary = run_distill(cfg, resume=True, progress=False)
+    assert summary["resumed_from_step"] == 4
+    assert_same_student(tmp_path / "a", tmp_path / "b")
+
+    # metrics.jsonl has each step once, as in the uninterrupted run
+    def steps(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [(json.loads(x)["step"], json.loads(x)["split"]) for x in lines]
+
+    assert steps("b") == steps("a")
+
+
+def test_resume_needs_the_same_config(tmp_path):
+    from opdf.errors import ConfigError
+
+    args = ["max_steps=4", "checkpoint_every=2", f"output_dir={tmp_path}/r"]
+    run_distill(load_config("configs/smoke-kd.yaml", args), progress=False, stop_after_step=2)
+    changed = load_config("configs/smoke-kd.yaml", [*args, "lr=0.5"])
+    with pytest.raises(ConfigError, match="differs .* in lr"):
+        run_distill(changed, resume=True, progress=False)
+
+
+def test_sigkill_then_resume_from_the_cli(tmp_path):
+    """A real SIGKILL of `opdf distill` while it trains, then `opdf distill --resume`."""
+    args = ["configs/smoke-kd.yaml", "max_steps=40", "eval_every=10", "checkpoint_every=2",
+            "--no-progress"]  # fmt: skip
+    ref = tmp_path / "ref"
+    run_distill(load_config("configs/smoke-kd.yaml", [*args[1:4], f"output_dir={ref}"]),
+                progress=False)  # fmt: skip
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "opdf", "distill", *args, f"output_dir={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before it could be killed (machine too fast)")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["output_dir"] == str(out)
+    assert_same_student(ref, out)

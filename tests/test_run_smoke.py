@@ -1,0 +1,97 @@
+"""Smoke runs of both methods in all four variants, and the merged student in stock transformers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from opdf.run import load_config, run_distill
+
+VARIANTS = {  # name: overrides
+    "base": ["overparam=none", "align.weight=0"],
+    "svd": ["overparam=svd", "align.weight=0"],
+    "mpo": ["overparam=mpo", "align.weight=0"],
+    "opdf": ["overparam=mpo", "align.weight=0.01"],
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def opdf_cache(tmp_path_factory):
+    """One cache for the whole test session (the tiny teacher is fine-tuned once)."""
+    import os
+
+    path = tmp_path_factory.getbasetemp() / "opdf-cache"
+    old = os.environ.get("OPDF_CACHE")
+    os.environ["OPDF_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("OPDF_CACHE", None)
+    else:
+        os.environ["OPDF_CACHE"] = old
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("method", ["kd", "theseus"])
+def test_smoke_run(method, variant, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "run"
+    cfg = load_config(
+        f"configs/smoke-{method}.yaml",
+        [*VARIANTS[variant], f"output_dir={out}", "max_steps=6", "eval_every=3",
+         "checkpoint_every=3", "log_every=2"],
+    )  # fmt: skip
+    summary = run_distill(cfg, progress=False)
+    for key in ("method", "overparam", "unit_modes", "align", "seed", "train_params",
+                "inference_params", "dev", "test", "wall_time", "seconds_per_step"):  # fmt: skip
+        assert key in summary, key
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method and summary["overparam"] == cfg.overparam
+    assert (summary["align"] is not None) == (variant == "opdf")
+    assert 0.0 <= summary["test"]["accuracy"] <= 1.0
+    if variant == "base":
+        assert summary["train_params"] == summary["inference_params"]
+    else:
+        assert summary["train_params"] > summary["inference_params"]
+    if variant in ("mpo", "opdf"):
+        svd_like = summary["train_params"] - summary["inference_params"]
+        assert svd_like > 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    assert [r["step"] for r in records if r["split"] == "dev"] == [3, 6]
+    assert all("loss" in r and r["loss"] == r["loss"] for r in train)  # logged and not NaN
+    if variant == "opdf":
+        assert all(r["align"] > 0 for r in train)
+    if method == "theseus":
+        assert all("replacing_rate" in r for r in train)
+    # the merged student: stock transformers, exactly inference_params parameters, same accuracy
+    model = AutoModelForSequenceClassification.from_pretrained(out / "student").eval()
+    assert sum(p.numel() for p in model.parameters()) == summary["inference_params"]
+    assert not any("parametrizations" in k for k in model.state_dict())
+    from opdf.data import load_text_dataset, make_dataloader
+    from opdf.models import load_tokenizer
+
+    ds = load_text_dataset(cfg.data.name)
+    tok = load_tokenizer(out / "student")
+    preds, labels = [], []
+    with torch.no_grad():
+        for b in make_dataloader(ds.test, tok, batch_size=64, max_length=cfg.data.max_length):
+            labels += b.pop("labels").tolist()
+            preds.append(model(**b).logits)
+    acc = ds.metric(torch.cat(preds), labels)["accuracy"]
+    assert acc == pytest.approx(summary["test"]["accuracy"])
+
+
+def test_existing_output_dir_is_never_overwritten_silently(tmp_path):
+    from opdf.errors import OpdfError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    cfg = load_config("configs/smoke-kd.yaml", [f"output_dir={out}", "max_steps=2"])
+    with pytest.raises(OpdfError, match="already exists"):
+        run_distill(cfg, progress=False)
+    assert (out / "summary.json").read_text() == "{}"
