@@ -52,7 +52,9 @@ def test_distill_merge_report_finetune(tmp_path, capsys):
     # an existing run is never overwritten silently
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
-    # ...but --resume of a finished run is a clear no-op error too, and --overwrite replaces it
+    # --resume of a finished run is a clear error too; --overwrite replaces it
+    assert main([*argv, "--resume"]) == 2
+    assert "finished run" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
     capsys.readouterr()
 

@@ -175,8 +175,11 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
                         f"{', '.join(diff)}; resume with the same config, or start a new "
                         "output_dir"
                     )
-            if (out / "summary.json").is_file() and not last.is_file():
-                raise OpdfError(f"{out} holds a finished run; nothing to resume")
+            if (out / "summary.json").is_file():
+                raise OpdfError(
+                    f"{out} holds a finished run (summary.json); nothing to resume. Use "
+                    "--overwrite to run it again, or another output_dir"
+                )
             return last.is_file()
         if not overwrite:
             raise OpdfError(
