@@ -156,3 +156,14 @@ def test_theseus_needs_a_divisible_layer_count():
     student = Theseus.build_student(teacher, layers=[0, 1, 2])
     with pytest.raises(ConfigError, match="multiple of"):
         Theseus(student, teacher, Theseus.Options())
+
+
+def test_theseus_linear_schedule_sized_to_the_run():
+    from types import SimpleNamespace
+
+    teacher = tiny_bert(4)
+    opts = Theseus.Options(scheduler="linear", replacing_rate=0.3, linear_k=None, replace_until=0.5)
+    d = Theseus(Theseus.build_student(teacher), teacher, opts)
+    d.on_train_start(SimpleNamespace(total_steps=100))
+    assert d.rate(0) == pytest.approx(0.3)
+    assert d.rate(49) < 1.0 and d.rate(50) == 1.0 and d.rate(100) == 1.0

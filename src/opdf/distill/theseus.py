@@ -16,6 +16,10 @@ optimizer-step counter t:
   altogether (p = 1 from the first step); here it must be set (> 0).
 * ``linear`` (curriculum): p_t = min(1, k t + b) with b = ``replacing_rate`` (p_0 = b before the
   first step) and k = ``linear_k``; once p reaches 1 the successor fine-tunes alone. k must be > 0.
+  ``linear_k: null`` sizes k to the run: p reaches 1 after ``replace_until`` (default 0.5) of the
+  training steps, so shortened runs (``max_steps``, subsampled data) still end with the
+  successor fine-tuning phase. A fixed k that never reaches 1 leaves the successor evaluated alone
+  without ever having been trained alone (it can sit at chance level).
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ class Theseus(Distiller):
     class Options:
         scheduler: str = "linear"
         replacing_rate: float = 0.3
-        linear_k: float = 6e-4
+        linear_k: float | None = None
+        replace_until: float = 0.5
         steps_for_replacing: int | None = None
 
         def validate(self, cfg) -> None:
@@ -110,15 +115,23 @@ class Theseus(Distiller):
                     "after that many steps p becomes 1 (successor fine-tuning); 0 would skip "
                     "replacement (the official code's default trap); the README uses 2500"
                 )
-            if self.scheduler == "linear" and self.linear_k <= 0:
+            if not 0 < self.replace_until <= 1:
+                raise ConfigError(
+                    f"theseus.replace_until must be in (0, 1], got {self.replace_until}"
+                )
+            if self.scheduler == "linear" and self.linear_k is not None and self.linear_k <= 0:
                 raise ConfigError(
                     f"theseus.linear_k must be > 0 so that p reaches 1, got {self.linear_k}"
                 )
 
-        def make_scheduler(self):
+        def make_scheduler(self, total_steps: int | None = None):
             if self.scheduler == "constant":
                 return ConstantReplacementScheduler(self.replacing_rate, self.steps_for_replacing)
-            return LinearReplacementScheduler(self.replacing_rate, self.linear_k)
+            k = self.linear_k
+            if k is None:
+                span = max(1, round(self.replace_until * (total_steps or 1)))
+                k = (1.0 - self.replacing_rate) / span
+            return LinearReplacementScheduler(self.replacing_rate, k)
 
     def __init__(self, student, teacher, options=None, *, num_labels=2):
         super().__init__(student, teacher, options, num_labels=num_labels)
@@ -156,6 +169,11 @@ class Theseus(Distiller):
             n_teacher = len(find_layer_list(teacher)[1])
             layers = list(range(max(1, n_teacher // 2)))
         return student_from_teacher(teacher, layers)
+
+    def on_train_start(self, context) -> None:
+        """Size a ``linear_k: null`` schedule to the run's length."""
+        self.scheduler = self.options.make_scheduler(context.total_steps)
+        self.last_rate = self.scheduler.rate(self.step)
 
     def rate(self, step: int | None = None) -> float:
         return self.scheduler.rate(self.step if step is None else step)
