@@ -53,10 +53,21 @@ def variant(summary: dict) -> str:
     return name
 
 
+def _run_name(path: Path | None) -> str:
+    """The run folder, relative to the working directory when below it."""
+    if path is None:
+        return ""
+    folder = path.resolve().parent
+    try:
+        return str(folder.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.parent)
+
+
 def row(summary: dict, path: Path | None = None) -> dict:
     main = summary.get("main_metric", "accuracy")
     return {
-        "run": path.parent.name if path is not None else "",
+        "run": _run_name(path),
         "method": summary.get("method"),
         "variant": variant(summary),
         "seed": summary.get("seed"),
