@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
@@ -14,7 +15,9 @@ from opdf.cli import main as cli_main
 from opdf.errors import OpdfError
 
 
-def bert(layers: int, hidden: int = 32, seed: int = 0) -> BertForSequenceClassification:
+def bert(
+    layers: int, hidden: int = 32, seed: int = 0, frozen: bool = False
+) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     cfg = BertConfig(
         vocab_size=100,
@@ -25,7 +28,7 @@ def bert(layers: int, hidden: int = 32, seed: int = 0) -> BertForSequenceClassif
         max_position_embeddings=32,
         num_labels=2,
     )
-    return BertForSequenceClassification(cfg)
+    return BertForSequenceClassification(cfg).requires_grad_(not frozen)
 
 
 def test_uniform_layer_maps():
@@ -38,7 +41,7 @@ def test_uniform_layer_maps():
 
 def test_pairs_follow_the_layer_map_and_roles():
     student = opdf.overparameterize(bert(3, seed=1), unit_modes=3)
-    teacher = bert(6)
+    teacher = bert(6, frozen=True)
     align = opdf.AlignmentLoss(student, teacher)
     assert align.layer_map == {0: 1, 1: 3, 2: 5}
     # 3 layers x 6 modules x 4 auxiliary cores (5 cores, central index 2 left free)
@@ -59,12 +62,12 @@ def test_pairs_follow_the_layer_map_and_roles():
     with pytest.raises(OpdfError, match="out of range"):
         opdf.AlignmentLoss(student, teacher, layer_map={0: 9})
     with pytest.raises(OpdfError, match="not a multiple"):
-        opdf.AlignmentLoss(student, bert(4))
+        opdf.AlignmentLoss(student, bert(4, frozen=True))
 
 
 def test_gradient_reaches_every_auxiliary_core_and_no_central_core():
     student = opdf.overparameterize(bert(2, seed=1), unit_modes=3)
-    teacher = bert(4)
+    teacher = bert(4, frozen=True)
     with torch.no_grad():  # move the identity cores off the teacher's, so their MSE is not 0
         for cs in opdf.cores(student).values():
             for c in cs[1:-1]:
@@ -89,14 +92,58 @@ def test_live_teacher_cores_train_only_when_asked():
     assert all(p.grad is None for p in teacher.parameters())
     for p in teacher.parameters():  # LGTM trains its teacher
         p.requires_grad_(True)
-    opdf.AlignmentLoss(student, teacher)().backward()
-    got = [c.grad is not None for cs in opdf.cores(teacher).values() for c in cs]
-    assert any(got)
+    with torch.no_grad():  # identity cores equal the student's: move them so their MSE is not 0
+        for cs in opdf.cores(teacher).values():
+            for c in cs[1:-1]:
+                c.add_(0.01 * torch.randn_like(c))
+    align = opdf.AlignmentLoss(student, teacher)
+    align().backward()
+    paired = {t for _, t in align.pairs}
+    for name, p in teacher.named_parameters():
+        if name in paired:
+            assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+        else:  # central cores, unpaired layers, embeddings: untouched
+            assert p.grad is None, name
+    assert not any(n.endswith("original1") for n in paired)  # 4 cores: central index 1
+
+
+def test_trainable_plain_teacher_is_refused():
+    student = opdf.overparameterize(bert(2, seed=1), unit_modes=1)
+    with pytest.raises(OpdfError, match="requires_grad_\\(False\\).*over-parameterize it"):
+        opdf.AlignmentLoss(student, bert(4).requires_grad_(True))
+
+
+def test_mpnet_teacher_pairs_roles_with_a_bert_student():
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    torch.manual_seed(0)
+    teacher = MPNetForSequenceClassification(
+        MPNetConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=40,
+        )
+    ).requires_grad_(False)
+    student = opdf.overparameterize(bert(2, seed=1), unit_modes=1)
+    align = opdf.AlignmentLoss(student, teacher)
+    assert len(align.pairs) == 2 * 6 * 2
+    assert (
+        "bert.encoder.layer.0.attention.self.query.parametrizations.weight.original0",
+        "mpnet.encoder.layer.1.attention.attn.q.parametrizations.weight.original0",
+    ) in align.pairs
+    assert (
+        "bert.encoder.layer.1.attention.output.dense.parametrizations.weight.original2",
+        "mpnet.encoder.layer.3.attention.attn.o.parametrizations.weight.original2",
+    ) in align.pairs
+    assert float(align().detach()) > 0
 
 
 def test_plain_and_overparameterized_teacher_give_the_same_loss():
     student = opdf.overparameterize(bert(2, seed=1), unit_modes=3)
-    plain_teacher = bert(4)
+    plain_teacher = bert(4, frozen=True)
     live_teacher = opdf.overparameterize(copy.deepcopy(plain_teacher), unit_modes=3)
     a = opdf.AlignmentLoss(student, plain_teacher)()
     b = opdf.AlignmentLoss(student, live_teacher)()
@@ -107,17 +154,18 @@ def test_plain_and_overparameterized_teacher_give_the_same_loss():
 def test_zero_on_identical_models_and_weight_scales():
     teacher = bert(2)
     student = opdf.overparameterize(copy.deepcopy(teacher), unit_modes=3)
+    teacher.requires_grad_(False)
     same = {0: 0, 1: 1}
     loss = opdf.AlignmentLoss(student, teacher, layer_map=same, cores="all")()
     assert float(loss.detach()) == 0.0
-    other = opdf.AlignmentLoss(student, bert(2, seed=5), layer_map=same)
-    doubled = opdf.AlignmentLoss(student, bert(2, seed=5), layer_map=same, weight=2.0)
+    other = opdf.AlignmentLoss(student, bert(2, seed=5, frozen=True), layer_map=same)
+    doubled = opdf.AlignmentLoss(student, bert(2, seed=5, frozen=True), layer_map=same, weight=2.0)
     assert torch.allclose(doubled().detach(), 2 * other().detach())
 
 
 def test_sgd_on_alignment_alone_pulls_aux_cores_to_the_teacher():
     student = opdf.overparameterize(bert(2, seed=1), unit_modes=3)
-    align = opdf.AlignmentLoss(student, bert(4))
+    align = opdf.AlignmentLoss(student, bert(4, frozen=True))
     params = [c for cs in opdf.cores(student).values() for c in cs]
     # the loss is a mean over elements and pairs, so per-element gradients are ~1/(numel * pairs)
     opt = torch.optim.SGD(params, lr=2000.0)
@@ -131,10 +179,11 @@ def test_sgd_on_alignment_alone_pulls_aux_cores_to_the_teacher():
 
 def test_core_selection():
     student = opdf.overparameterize(bert(2, seed=1), unit_modes=3)
-    teacher = bert(4)
+    teacher = bert(4, frozen=True)
     assert len(opdf.AlignmentLoss(student, teacher, cores="all").pairs) == 2 * 6 * 5
     only = opdf.AlignmentLoss(student, teacher, cores=[0, -1]).pairs
     assert {s[-1] for s, _ in only} == {"0", "4"}
+    assert opdf.AlignmentLoss(student, teacher, cores=[np.int64(1)]).pairs[0][0][-1] == "1"
     with pytest.raises(OpdfError, match="out of range"):
         opdf.AlignmentLoss(student, teacher, cores=[7])
     with pytest.raises(OpdfError, match="'auxiliary', 'all'"):
@@ -143,7 +192,7 @@ def test_core_selection():
 
 def test_width_mismatch_is_an_error_unless_partial():
     student = opdf.overparameterize(bert(2, hidden=16, seed=1), unit_modes=1)
-    teacher = bert(4, hidden=32)
+    teacher = bert(4, hidden=32, frozen=True)
     with pytest.raises(OpdfError, match=r"no same-shaped teacher cores.*\(16, 16\).*\(32, 32\)"):
         opdf.AlignmentLoss(student, teacher)
     # live teacher: the unit-mode cores of different bond size do not match either
@@ -161,7 +210,7 @@ def test_width_mismatch_is_an_error_unless_partial():
 def test_partial_alignment_counts_skipped_modules():
     student = opdf.overparameterize(bert(2, seed=1), unit_modes=1)
     student = opdf.overparameterize(student, targets=["classifier"], unit_modes=1)
-    teacher = bert(4)
+    teacher = bert(4, frozen=True)
     teacher.classifier = torch.nn.Linear(32, 5)  # another head: its cores cannot pair
     with pytest.raises(OpdfError, match="classifier"):
         opdf.AlignmentLoss(student, teacher)
@@ -173,9 +222,9 @@ def test_partial_alignment_counts_skipped_modules():
 
 def test_student_must_be_overparameterized_and_stay_so():
     with pytest.raises(OpdfError, match="overparameterize"):
-        opdf.AlignmentLoss(bert(2), bert(4))
+        opdf.AlignmentLoss(bert(2), bert(4, frozen=True))
     student = opdf.overparameterize(bert(2), unit_modes=1)
-    align = opdf.AlignmentLoss(student, bert(4))
+    align = opdf.AlignmentLoss(student, bert(4, frozen=True))
     opdf.merge(student)
     with pytest.raises(OpdfError, match="merged"):
         align()

@@ -217,6 +217,30 @@ def test_contract_is_differentiable_and_matches_naive_order():
     assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in cores)
 
 
+def test_contraction_order_for_the_paper_ffn_shape():
+    # 3072x768 at L=3: cores [2048 x d], three d x d, [d x 1152], d = 1152. Right to left costs
+    # 3 d^3 + 2048 d^2 multiply-adds; left to right would cost 4 * 2048 * d^2.
+    d = 1152
+    bonds, sizes = [1, d, d, d, d, 1], [2048, 1, 1, 1, 1152]
+    assert contraction_order(bonds, sizes) == "(0 (1 (2 (3 4))))"
+    assert contraction_cost(bonds, sizes) == 3 * d**3 + 2048 * d**2
+    assert contraction_cost(bonds, sizes) < 4 * 2048 * d**2
+
+
+def test_sign_rule_is_stable_when_column_sums_vanish():
+    # rows of the rearranged matrix sum to zero, so every left singular vector sums to ~1e-16:
+    # the rule must fall back to the largest entry instead of following rounding noise
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(36, 20, generator=gen, dtype=torch.float64)
+    r = x - x.mean(dim=0, keepdim=True)  # (i1 j1 = 36) x (i2 j2 = 20), columns sum to zero
+    w = r.reshape(6, 6, 4, 5).permute(0, 2, 1, 3).reshape(24, 30)
+    noisy = w + 1e-12 * torch.randn(w.shape, generator=gen, dtype=torch.float64)
+    a, b = decompose(w, [6, 1, 4], [6, 1, 5]), decompose(noisy, [6, 1, 4], [6, 1, 5])
+    assert torch.allclose(a.to_matrix(), w, atol=1e-12)
+    for x_core, y_core in zip(a.cores, b.cores, strict=True):
+        assert float((x_core - y_core).abs().max()) < 1e-6
+
+
 def test_contraction_order_multiplies_small_bond_cores_first():
     # [1024 x 64][64 x 64][64 x 64][64 x 576]: multiplying the square cores first is cheaper
     bonds, sizes = [1, 64, 64, 64, 1], [1024, 1, 1, 576]

@@ -292,3 +292,54 @@ def test_inspect_cli_reports_bad_input_without_traceback(capsys):
     assert cli_main(["inspect", "no-such-model-here"]) == 2
     err = capsys.readouterr().err
     assert "unknown model" in err and "Traceback" not in err
+
+
+def test_svd_scheme_paper_count_on_the_real_model(bert6_mpo):
+    plain, _ = bert6_mpo
+    model = opdf.overparameterize(copy.deepcopy(plain), scheme="svd")
+    report = opdf.param_report(model)
+    assert report.train_params == 90_844_418
+    assert report.inference_params == 66_956_546
+
+
+def test_tied_and_already_parametrized_weights_are_errors():
+    shared = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 2))
+    shared[1].weight = shared[0].weight
+    with pytest.raises(OpdfError, match="tied weights"):
+        opdf.overparameterize(shared, targets=["0", "1"])
+    normed = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+    nn.utils.parametrizations.weight_norm(normed[0])
+    with pytest.raises(OpdfError, match="already has a parametrization"):
+        opdf.overparameterize(normed, targets=["0", "1"])
+    model = opdf.overparameterize(tiny_bert(), scheme="svd")
+    with pytest.raises(OpdfError, match=r"already over-parameterized; call opdf.merge"):
+        opdf.overparameterize(model, scheme="mpo", unit_modes=3)
+    assert all(len(cs) == 2 for cs in opdf.cores(model).values())  # left as it was
+
+
+def test_no_targets_is_an_error_not_a_silent_noop():
+    with pytest.raises(OpdfError, match="no nn.Linear/nn.Conv2d weights"):
+        opdf.overparameterize(nn.Sequential(nn.Linear(4, 2)))
+
+
+def test_default_targets_see_through_a_wrapper_module():
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = tiny_bert()
+            self.head = nn.Linear(3, 1)
+
+    names = default_targets(Wrapper())
+    assert len(names) == 12 and not any("pooler" in n or "head" in n for n in names)
+
+
+def test_accumulate_keeps_finished_micro_batches_after_an_error():
+    model = opdf.overparameterize(tiny_bert(), unit_modes=1)
+    reference = copy.deepcopy(model)
+    reference(**batch(seed=0)).loss.backward()
+    with pytest.raises(RuntimeError, match="out of memory"), opdf.accumulate(model):
+        model(**batch(seed=0)).loss.backward()
+        raise RuntimeError("out of memory (simulated)")
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert p.grad is not None and torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), name
+    assert all(p.override is None for _, _, p in mpo_modules(model))

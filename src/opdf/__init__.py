@@ -7,7 +7,8 @@ small and fast as before (Zhan et al., NeurIPS 2024, arXiv 2411.06448).
 Three calls cover the method::
 
     opdf.overparameterize(student, scheme="mpo", unit_modes=3)
-    loss = task_loss + opdf.AlignmentLoss(student, teacher)()
+    align = opdf.AlignmentLoss(student, teacher)  # once, before training
+    loss = task_loss + align()                    # every step
     opdf.merge(student)
 """
 

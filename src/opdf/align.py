@@ -18,6 +18,7 @@ Where the published code goes wrong, and what this module does instead:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -75,11 +76,31 @@ def _layers(model: nn.Module) -> tuple[str | None, int]:
     return blocks[0], len(model.get_submodule(blocks[0]))
 
 
+# Module names of the same role in the encoder families transformers ships (BERT/RoBERTa/
+# ELECTRA, MPNet, DistilBERT, and the q/k/v/o_proj + fc1/fc2 style), so that e.g. an MPNet
+# teacher's ``attention.attn.q`` pairs with a BERT student's ``attention.self.query``.
+ROLE_ALIASES = {
+    "query": ("attention.self.query", "attention.attn.q", "attention.q_lin", "self_attn.q_proj"),
+    "key": ("attention.self.key", "attention.attn.k", "attention.k_lin", "self_attn.k_proj"),
+    "value": ("attention.self.value", "attention.attn.v", "attention.v_lin", "self_attn.v_proj"),
+    "attention-output": (
+        "attention.output.dense",
+        "attention.attn.o",
+        "attention.out_lin",
+        "self_attn.out_proj",
+    ),
+    "ffn-in": ("intermediate.dense", "ffn.lin1", "fc1"),
+    "ffn-out": ("output.dense", "ffn.lin2", "fc2"),
+}
+_ROLE_OF = {alias: role for role, aliases in ROLE_ALIASES.items() for alias in aliases}
+
+
 def _locate(name: str, prefix: str | None) -> tuple[int | None, str]:
+    """``(layer index, role)``; the role is canonical (``ROLE_ALIASES``) where known."""
     if prefix and name.startswith(prefix + "."):
         index, _, role = name[len(prefix) + 1 :].partition(".")
         if index.isdigit():
-            return int(index), role
+            return int(index), _ROLE_OF.get(role, role)
     return None, name
 
 
@@ -118,9 +139,11 @@ def _core_selection(cores_arg, num_cores: int) -> list[int]:
         )
     picked = []
     for k in cores_arg:
-        if not isinstance(k, int) or not -num_cores <= k < num_cores:
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool):
+            raise OpdfError(f"core indices must be integers, got {k!r}")
+        if not -num_cores <= int(k) < num_cores:
             raise OpdfError(f"core index {k!r} is out of range for {num_cores} cores")
-        picked.append(k % num_cores)
+        picked.append(int(k) % num_cores)
     return sorted(set(picked))
 
 
@@ -179,9 +202,10 @@ def _pair(
     if problems and not allow_partial:
         shown = problems[0] + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "")
         raise OpdfError(
-            f"{len(problems)} student modules have no same-shaped teacher cores: {shown}. Teacher "
-            "and student must be over-parameterized with the same modes (equal widths). Pass "
-            "allow_partial=True to align only the matching cores."
+            f"{len(problems)} student modules have no same-shaped teacher cores: {shown}. A pair "
+            "needs the same module role in the mapped teacher layer and equal core shapes (the "
+            "same modes, i.e. equal widths). Pass allow_partial=True to align only the matching "
+            "cores."
         )
     return pairs, skipped
 
@@ -270,6 +294,17 @@ class AlignmentLoss(nn.Module):
         ]
         self._frozen: dict[tuple[str, int], str] = {}
         if not teacher_live:
+            trainable = sorted(
+                {p.teacher for p in found if teacher.get_submodule(p.teacher).weight.requires_grad}
+            )
+            if trainable:
+                raise OpdfError(
+                    f"the teacher is a plain model whose paired weights require grad (e.g. "
+                    f"{trainable[0]}); a plain teacher is decomposed once into frozen cores, so "
+                    "its later updates would be ignored. Freeze it (teacher.requires_grad_(False))"
+                    " or, if it trains (as in LGTM), over-parameterize it with the same scheme so "
+                    "its live cores are aligned."
+                )
             self._decompose_teacher(teacher)
 
     def _decompose_teacher(self, teacher: nn.Module) -> None:
@@ -298,7 +333,11 @@ class AlignmentLoss(nn.Module):
             if self._teacher_live:
                 t = teacher_cores[p.teacher][p.index]
             else:
-                t = getattr(self, self._frozen[(p.teacher, n)])
+                buffer = self._frozen[(p.teacher, n)]
+                t = getattr(self, buffer)
+                if t.device != s.device:  # the student moved after this loss was built
+                    t = t.to(s.device)
+                    setattr(self, buffer, t)
             terms.append(F.mse_loss(s, t.to(s.dtype)))
         return self.weight * torch.stack(terms).mean()
 

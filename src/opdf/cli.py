@@ -1,8 +1,9 @@
 """The ``opdf`` command line: one sub-command per module in :mod:`opdf.commands`.
 
 Each verb module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. User errors
-(:class:`opdf.errors.OpdfError`, ``ValueError``, ``FileNotFoundError``) are printed as one line and
-exit with code 2, never as a traceback; ``OPDF_DEBUG=1`` shows the traceback.
+(:class:`opdf.errors.OpdfError`, ``ValueError``, ``OSError`` such as a missing file or a broken
+``config.json``) are printed as one line and exit with code 2, never as a traceback;
+``OPDF_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (OpdfError, ValueError, FileNotFoundError, KeyError) as exc:
+    except (OpdfError, ValueError, OSError, KeyError) as exc:
         if os.environ.get("OPDF_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -94,7 +94,8 @@ def _is_transformers_model(model: nn.Module) -> bool:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover - transformers is a dependency
         return False
-    return isinstance(model, PreTrainedModel)
+    # a user module that wraps a transformers encoder counts too
+    return any(isinstance(m, PreTrainedModel) for m in model.modules())
 
 
 def _repeated_blocks(model: nn.Module) -> list[str]:
@@ -219,11 +220,31 @@ def plan(
     if scheme == "none":
         return []
     entries = []
-    for name in _select(model, targets):
+    names = _select(model, targets)
+    if not names:
+        raise OpdfError(
+            "no nn.Linear/nn.Conv2d weights to over-parameterize in this model (the default "
+            "targets found none); pass targets=[...] naming the modules"
+        )
+    owners: dict[int, str] = {}
+    for name in names:
         module = model.get_submodule(name)
         if parametrize.is_parametrized(module, "weight"):
-            continue
+            what = (
+                "is already over-parameterized; call opdf.merge(model) first"
+                if isinstance(module.parametrizations.weight[0], MPOParametrization)
+                else "already has a parametrization on its weight (e.g. weight_norm); remove it "
+                "or leave the module out of targets"
+            )
+            raise OpdfError(f"{name} {what}")
         weight = module.weight
+        if id(weight) in owners:
+            raise OpdfError(
+                f"{name}.weight is the same Parameter as {owners[id(weight)]}.weight (tied "
+                "weights); over-parameterizing them would untie them. Leave one of them out of "
+                "targets."
+            )
+        owners[id(weight)] = name
         row, col = _shape_for(name, weight, scheme, unit_modes, shapes)
         entries.append(
             PlanEntry(
@@ -360,19 +381,15 @@ def accumulate(model: nn.Module) -> Iterator[nn.Module]:
         leaf = weight.detach().requires_grad_(weight.requires_grad)
         param.override = leaf
         held.append((param, weight, leaf))
-    ok = False
     try:
         yield model
-        ok = True
     finally:
+        # Like plain accumulation, micro-batches finished before an exception keep their gradient.
         for param, _weight, _leaf in held:
             param.override = None
-        if ok:
-            pairs = [
-                (w, leaf.grad) for _, w, leaf in held if w.requires_grad and leaf.grad is not None
-            ]
-            if pairs:
-                torch.autograd.backward([w for w, _ in pairs], [g for _, g in pairs])
+        pairs = [(w, leaf.grad) for _, w, leaf in held if w.requires_grad and leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([w for w, _ in pairs], [g for _, g in pairs])
 
 
 # ----------------------------------------------------------------------------- reporting

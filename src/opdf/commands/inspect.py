@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+import torch
 from torch import nn
 
 from opdf.errors import OpdfError
@@ -39,6 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--teacher", help="also print the alignment pairing against this teacher")
     p.add_argument(
+        "--layer-map",
+        help="with --teacher: explicit student:teacher layer pairs, e.g. 0:1,1:3,2:5 (default: "
+        "uniform, k(i+1)-1 with k = teacher layers / student layers)",
+    )
+    p.add_argument(
+        "--cores",
+        default="auxiliary",
+        help="with --teacher: 'auxiliary' (default, all but the central core), 'all', or "
+        "indices such as 0,4",
+    )
+    p.add_argument(
         "--allow-partial",
         action="store_true",
         help="with --teacher: pair only same-shaped cores instead of failing on a width mismatch",
@@ -53,17 +65,45 @@ def build_model(name: str, num_labels: int) -> nn.Module:
 
     if num_labels < 1:
         raise OpdfError(f"--num-labels must be >= 1, got {num_labels}")
+    # shapes are all a dry run needs: build on the meta device (no memory, no initialisation)
     if name in ARCHITECTURES:
-        return Bert(BertConfig(num_labels=num_labels, **ARCHITECTURES[name]))
+        with torch.device("meta"):
+            return Bert(BertConfig(num_labels=num_labels, **ARCHITECTURES[name]))
     from opdf.models.hf import resolve_model_dir
 
     config = AutoConfig.from_pretrained(str(resolve_model_dir(name)), num_labels=num_labels)
-    return AutoModelForSequenceClassification.from_config(config)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def parse_layer_map(text: str | None) -> dict[int, int] | None:
+    """``"0:1,1:3"`` -> ``{0: 1, 1: 3}``."""
+    if not text:
+        return None
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        return {int(s): int(t) for s, t in pairs}
+    except ValueError:
+        raise OpdfError(
+            f"--layer-map {text!r} must look like 0:1,1:3 (student:teacher layer pairs)"
+        ) from None
+
+
+def parse_cores(text: str) -> str | list[int]:
+    if text in ("auxiliary", "all"):
+        return text
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise OpdfError(
+            f"--cores {text!r} must be 'auxiliary', 'all' or indices like 0,4"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
     from opdf.overparam import plan
 
+    layer_map, cores = parse_layer_map(args.layer_map), parse_cores(args.cores)
     model = build_model(args.model, args.num_labels)
     entries = plan(model, args.scheme, args.unit_modes, args.targets)
     dense_total = sum(p.numel() for p in model.parameters())
@@ -85,9 +125,16 @@ def run(args: argparse.Namespace) -> int:
 
         teacher = build_model(args.teacher, args.num_labels)
         pairs, skipped = pairing_plan(
-            model, teacher, args.scheme, args.unit_modes, args.targets, args.allow_partial
+            model,
+            teacher,
+            args.scheme,
+            args.unit_modes,
+            args.targets,
+            args.allow_partial,
+            layer_map=layer_map,
+            cores=cores,
         )
-        print(f"\nalignment pairs with teacher {args.teacher} (auxiliary cores):")
+        print(f"\nalignment pairs with teacher {args.teacher} (cores: {args.cores}):")
         for student_name, teacher_name, shape in pairs:
             print(f"  {student_name:<58} <- {teacher_name}  {shape}")
         print(f"pairs: {len(pairs)}; skipped modules (no same-shaped teacher cores): {skipped}")

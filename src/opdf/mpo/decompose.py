@@ -7,9 +7,10 @@ singular values of the bond-``k`` unfolding. So ``A_k = U sqrt(S)`` and ``B_k = 
 
 Sign rule. That form still leaves one sign per singular vector. Each left singular factor computed
 by an SVD (the columns of ``U``) is flipped so that the sum of its entries is positive; a column
-whose sum is exactly zero is flipped so that its largest-magnitude entry is positive. The rule is a
-function of the matrix alone, so equal matrices give equal cores on any LAPACK, and a slightly
-perturbed matrix gives nearly the same cores (away from degenerate singular values). Without it,
+whose sum is near zero (below ``sqrt(eps)``, relative) is flipped so that its largest-magnitude
+entry is positive. The rule depends on the singular vectors only, so equal matrices give equal
+cores, and a slightly perturbed matrix gives nearly the same cores, wherever the singular values
+are distinct (inside a degenerate singular subspace no sign rule can fix the basis). Without it,
 two similar matrices give cores with about half their signs flipped, and any teacher-student
 alignment of cores is noise.
 
@@ -27,6 +28,7 @@ only for the untruncated decomposition.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -102,8 +104,8 @@ def decompose(
 def apply_sign_rule(u: torch.Tensor, vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip singular-vector pairs so that each column of ``u`` sums to a positive number.
 
-    Columns whose sum is exactly zero use the sign of their largest-magnitude entry. ``vt``'s rows
-    are flipped with them, so ``u @ diag(s) @ vt`` is unchanged.
+    Columns whose sum is near zero use the sign of their largest-magnitude entry.
+    ``vt``'s rows are flipped with them, so ``u @ diag(s) @ vt`` is unchanged.
     """
     sign = _sign_vector(u)
     return u * sign, vt * sign.unsqueeze(1)
@@ -114,7 +116,10 @@ def _sign_vector(u: torch.Tensor) -> torch.Tensor:
     sums = u.sum(dim=0)
     idx = u.abs().argmax(dim=0)
     peak = u.gather(0, idx.unsqueeze(0)).squeeze(0)
-    sign = torch.where(sums != 0, torch.sign(sums), torch.sign(peak))
+    # A sum near zero (e.g. a matrix whose rows sum to zero) has no reliable sign: any tiny
+    # perturbation would flip it. Below sqrt(eps) (1.5e-8 in float64) the largest entry decides.
+    tol = math.sqrt(torch.finfo(u.dtype).eps) * math.sqrt(u.shape[0]) * u.abs().amax(dim=0)
+    sign = torch.where(sums.abs() > tol, torch.sign(sums), torch.sign(peak))
     return torch.where(sign == 0, torch.ones_like(sign), sign)
 
 
