@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +96,24 @@ def test_existing_output_dir_is_never_overwritten_silently(tmp_path):
     with pytest.raises(OpdfError, match="already exists"):
         run_distill(cfg, progress=False)
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_foreign_folders_are_never_deleted(tmp_path):
+    """A non-empty output_dir that is not an opdf run survives, with and without --overwrite."""
+    from opdf.errors import OpdfError
+    from opdf.run.runner import prepare_output_dir
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "smoke-kd.yaml")
+    project = tmp_path / "myproject"
+    project.mkdir()
+    (project / "thesis.tex").write_text("months of work")
+    for overwrite in (False, True):
+        with pytest.raises(OpdfError, match="not empty|not an opdf run folder"):
+            prepare_output_dir(project, resume=False, overwrite=overwrite, cfg=cfg)
+        assert (project / "thesis.tex").read_text() == "months of work"
+    # a failed start (only opdf's start-up files) may be reused
+    failed = tmp_path / "failed"
+    (failed / "checkpoints").mkdir(parents=True)
+    (failed / "config.yaml").write_text("method: kd\n")
+    assert prepare_output_dir(failed, resume=False, overwrite=False, cfg=cfg) is False
+    assert failed.is_dir() and not any(failed.iterdir())

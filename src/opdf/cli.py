@@ -2,8 +2,8 @@
 
 Each verb module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. User errors
 (:class:`opdf.errors.OpdfError`, ``ValueError``, ``OSError`` such as a missing file or a broken
-``config.json``) are printed as one line and exit with code 2, never as a traceback;
-``OPDF_DEBUG=1`` shows the traceback.
+``config.json``, a damaged YAML or checkpoint file) are printed as one line and exit with code 2,
+never as a traceback; ``OPDF_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pickle
 import sys
 from collections.abc import Sequence
+
+import yaml
 
 from opdf import __version__
 from opdf.errors import OpdfError
@@ -51,7 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (OpdfError, ValueError, OSError, KeyError) as exc:
+    except (
+        OpdfError,
+        ValueError,
+        OSError,
+        KeyError,
+        yaml.YAMLError,
+        pickle.UnpicklingError,
+    ) as exc:
         if os.environ.get("OPDF_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

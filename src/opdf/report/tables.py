@@ -90,9 +90,12 @@ def load_rows(paths: Iterable[str | Path]) -> list[dict]:
     rows = []
     for f in files:
         try:
-            rows.append(row(json.loads(f.read_text()), f))
+            summary = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise OpdfError(f"{f}: not valid JSON ({e})") from None
+        if not isinstance(summary, dict):
+            raise OpdfError(f"{f}: expected a JSON object (an opdf run summary)")
+        rows.append(row(summary, f))
     return rows
 
 

@@ -150,16 +150,23 @@ def teacher_summary(cfg: RunConfig) -> dict | None:
 # ---------------------------------------------------------------------------------- the run
 
 
+# what a run writes before its first checkpoint (a failed start leaves only these)
+STARTUP_FILES = frozenset({"config.yaml", "metrics.jsonl", "checkpoints"})
+
+
 def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConfig) -> bool:
     """Create ``out``; refuse to reuse a non-empty one unless resuming (same config) or told to
     overwrite. Returns True when a checkpoint to resume from exists."""
     last = out / "checkpoints" / ckpt.LAST
-    # a folder holding no checkpoint, summary or student (a run that failed while starting) is
-    # not a result: it may be reused
+    # A run that failed while starting leaves only opdf's own start-up files (no checkpoint,
+    # summary or student): that folder may be reused. Anything else in it is never deleted
+    # without --overwrite, and --overwrite only deletes folders that are opdf runs.
     holds_results = out.exists() and any(
         p.exists() for p in (last, out / "summary.json", out / "student")
     )
-    if out.exists() and any(out.iterdir()) and not holds_results and not resume:
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    only_startup = entries <= STARTUP_FILES
+    if entries and only_startup and not holds_results and not resume:
         shutil.rmtree(out)
     if out.exists() and any(out.iterdir()):
         if resume:
@@ -186,6 +193,11 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
                 f"output_dir {str(out)!r} already exists and is not empty; pass --resume to "
                 f"continue that run, --overwrite to replace it, or set output_dir=... to a new "
                 "folder"
+            )
+        if not (out / CONFIG_FILE).is_file():
+            raise OpdfError(
+                f"refusing to --overwrite {str(out)!r}: it is not an opdf run folder (no "
+                f"{CONFIG_FILE}); choose a new output_dir"
             )
         shutil.rmtree(out)
     elif resume:

@@ -153,11 +153,14 @@ class Trainer:
     def _truncate_metrics(self, step: int) -> None:
         if not self.metrics_path.exists():
             return
-        keep = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        keep = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill: written after the
+                continue  # last checkpoint, so it is dropped with the rest
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                keep.append(line)
         ckpt.atomic_write_text(self.metrics_path, "".join(k + "\n" for k in keep))
 
     def _eval_batches(self, split: str):
