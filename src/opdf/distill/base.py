@@ -87,6 +87,8 @@ class Distiller(nn.Module):
     description: ClassVar[str] = ""
     #: False for a method whose teacher trains with the student (e.g. LGTM)
     teacher_frozen: ClassVar[bool] = True
+    # False for methods that build the student from the teacher's own layers (BERT-of-Theseus)
+    accepts_student_model: ClassVar[bool] = True
     needs_teacher: ClassVar[bool] = True
 
     @dataclass

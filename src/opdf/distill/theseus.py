@@ -91,6 +91,8 @@ def _set_submodule(root: nn.Module, dotted: str, value: nn.Module) -> None:
 class Theseus(Distiller):
     """BERT-of-Theseus: successor layers replace predecessor modules with probability p."""
 
+    accepts_student_model = False
+
     @dataclass
     class Options:
         scheduler: str = "linear"

@@ -213,14 +213,17 @@ def build(cfg: RunConfig, *, progress: bool | None = None):
     from opdf.models import load_model
 
     method = get_method(cfg.method)
+    if cfg.student.model is not None and not getattr(method, "accepts_student_model", True):
+        # checked before the (minutes-long) teacher fine-tune
+        raise ConfigError(
+            f"{cfg.method} builds its student from the teacher's layers: use student.layers, "
+            "not student.model"
+        )
     dataset = load_data(cfg)
     teacher_dir = finetune_teacher(cfg, progress=progress)
     teacher, tokenizer = load_model(teacher_dir, dataset.num_labels, seed=cfg.seed)
     ckpt.seed_everything(cfg.seed)
     if cfg.student.model is not None:
-        if cfg.method == "theseus":
-            raise ConfigError("theseus builds its successor from the predecessor's layers: use "
-                              "student.layers, not student.model")  # fmt: skip
         student, _ = load_model(cfg.student.model, dataset.num_labels, seed=cfg.seed)
     else:
         student = method.build_student(teacher, cfg.student.layers)
