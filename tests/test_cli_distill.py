@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from opdf.cli import main
-
-
-@pytest.fixture(scope="session", autouse=True)
-def opdf_cache(tmp_path_factory):
-    path = tmp_path_factory.getbasetemp() / "opdf-cache"
-    old = os.environ.get("OPDF_CACHE")
-    os.environ["OPDF_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("OPDF_CACHE", None)
-    else:
-        os.environ["OPDF_CACHE"] = old
 
 
 @pytest.mark.parametrize("verb", ["distill", "finetune", "merge", "report", "methods"])

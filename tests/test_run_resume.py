@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,18 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from opdf.run import load_config, run_distill
-
-
-@pytest.fixture(scope="session", autouse=True)
-def opdf_cache(tmp_path_factory):
-    path = tmp_path_factory.getbasetemp() / "opdf-cache"
-    old = os.environ.get("OPDF_CACHE")
-    os.environ["OPDF_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("OPDF_CACHE", None)
-    else:
-        os.environ["OPDF_CACHE"] = old
 
 
 def student_weights(run_dir):

@@ -18,21 +18,6 @@ VARIANTS = {  # name: overrides
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
-def opdf_cache(tmp_path_factory):
-    """One cache for the whole test session (the tiny teacher is fine-tuned once)."""
-    import os
-
-    path = tmp_path_factory.getbasetemp() / "opdf-cache"
-    old = os.environ.get("OPDF_CACHE")
-    os.environ["OPDF_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("OPDF_CACHE", None)
-    else:
-        os.environ["OPDF_CACHE"] = old
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("method", ["kd", "theseus"])
 def test_smoke_run(method, variant, tmp_path):
