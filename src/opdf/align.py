@@ -19,7 +19,7 @@ Where the published code goes wrong, and what this module does instead:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -114,13 +114,11 @@ def _specs_live(model: nn.Module) -> list[_Spec]:
     return specs
 
 
-def _specs_plain(model: nn.Module, names: Iterable[str] | None = None) -> list[_Spec]:
+def _specs_plain(model: nn.Module) -> list[_Spec]:
     """Every Linear/Conv2d of a plain (not over-parameterized) model."""
     prefix, _ = _layers(model)
     specs = []
     for name, module in model.named_modules():
-        if names is not None and name not in names:
-            continue
         if isinstance(module, nn.Linear | nn.Conv2d) and name:
             layer, role = _locate(name, prefix)
             specs.append(_Spec(name, layer, role, tuple(module.weight.shape), None))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -206,6 +207,26 @@ class PlanEntry:
     core_params: int
     dense_params: int
 
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        weight_shape: Sequence[int],
+        row_modes: list[int],
+        col_modes: list[int],
+        max_bond: int | None,
+    ) -> PlanEntry:
+        """Everything else follows from the shape and the modes."""
+        return cls(
+            name=name,
+            weight_shape=tuple(weight_shape),
+            row_modes=row_modes,
+            col_modes=col_modes,
+            bond_dims=bond_dims(row_modes, col_modes, max_bond),
+            core_params=count_params(row_modes, col_modes, max_bond),
+            dense_params=math.prod(weight_shape),
+        )
+
 
 def plan(
     model: nn.Module,
@@ -246,17 +267,7 @@ def plan(
             )
         owners[id(weight)] = name
         row, col = _shape_for(name, weight, scheme, unit_modes, shapes)
-        entries.append(
-            PlanEntry(
-                name=name,
-                weight_shape=tuple(weight.shape),
-                row_modes=row,
-                col_modes=col,
-                bond_dims=bond_dims(row, col, max_bond),
-                core_params=count_params(row, col, max_bond),
-                dense_params=weight.numel(),
-            )
-        )
+        entries.append(PlanEntry.build(name, weight.shape, row, col, max_bond))
     return entries
 
 
@@ -322,13 +333,14 @@ def mpo_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, MPOParametri
                 yield name, module, param
 
 
+def _core_list(module: nn.Module, param: MPOParametrization) -> list[nn.Parameter]:
+    originals = module.parametrizations.weight
+    return [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
+
+
 def cores(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Module name -> its cores in order (live parameters)."""
-    out = {}
-    for name, module, param in mpo_modules(model):
-        originals = module.parametrizations.weight
-        out[name] = [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
-    return out
+    return {name: _core_list(module, param) for name, module, param in mpo_modules(model)}
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -338,8 +350,7 @@ def merge(model: nn.Module) -> nn.Module:
     ``state_dict()`` keys, same outputs, and ``save_pretrained`` needs no opdf to load.
     """
     for _name, module, param in list(mpo_modules(model)):
-        originals = module.parametrizations.weight
-        core_list = [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
+        core_list = _core_list(module, param)
         trainable = any(c.requires_grad for c in core_list)
         with torch.no_grad():
             weight = contract(core_list).reshape(param.weight_shape).clone()
@@ -375,8 +386,7 @@ def accumulate(model: nn.Module) -> Iterator[nn.Module]:
     for _name, module, param in mpo_modules(model):
         if param.override is not None:
             raise OpdfError("opdf.accumulate() blocks cannot be nested on the same model")
-        originals = module.parametrizations.weight
-        core_list = [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
+        core_list = _core_list(module, param)
         weight = contract(core_list).reshape(param.weight_shape)
         leaf = weight.detach().requires_grad_(weight.requires_grad)
         param.override = leaf
@@ -431,25 +441,12 @@ def param_report(model: nn.Module) -> ParamReport:
     """Counts for ``model`` as it is now; works on plain and over-parameterized models."""
     total = sum(p.numel() for p in model.parameters())
     train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    entries, saved = [], 0
-    for name, _module, param in mpo_modules(model):
-        dense = 1
-        for s in param.weight_shape:
-            dense *= s
-        core_params = count_params(param.row_modes, param.col_modes, param.max_bond)
-        saved += core_params - dense
-        entries.append(
-            PlanEntry(
-                name=name,
-                weight_shape=param.weight_shape,
-                row_modes=param.row_modes,
-                col_modes=param.col_modes,
-                bond_dims=bond_dims(param.row_modes, param.col_modes, param.max_bond),
-                core_params=core_params,
-                dense_params=dense,
-            )
-        )
-    return ParamReport(total, train, total - saved, entries)
+    entries = [
+        PlanEntry.build(name, p.weight_shape, p.row_modes, p.col_modes, p.max_bond)
+        for name, _module, p in mpo_modules(model)
+    ]
+    added = sum(e.core_params - e.dense_params for e in entries)
+    return ParamReport(total, train, total - added, entries)
 
 
 def _check_scheme(scheme: str, unit_modes: int) -> None:
