@@ -70,6 +70,13 @@ def test_bad_values_are_clear_errors(overrides, message):
         load_config(SMOKE_KD, overrides)
 
 
+def test_switching_method_from_the_command_line():
+    with pytest.raises(ConfigError, match="or override it with 'kd=null'"):
+        load_config(SMOKE_KD, ["method=theseus"])
+    cfg = load_config(SMOKE_KD, ["method=theseus", "kd=null", "theseus.replacing_rate=0.7"])
+    assert cfg.method == "theseus" and cfg.method_options.replacing_rate == 0.7
+
+
 def test_theseus_traps():
     with pytest.raises(ConfigError, match="steps_for_replacing must be set"):
         load_config(SMOKE_TH, ["theseus.scheduler=constant"])

@@ -350,11 +350,12 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> RunConfig:
             f"valid choices: {', '.join(names)}"
         )
     sections = {n: raw.pop(n) for n in names if n in raw}
-    for other in sections:
-        if other != method:
+    for other, section in sections.items():
+        # `<other>=null` (e.g. `method=theseus kd=null` on the command line) drops a section
+        if other != method and section is not None:
             raise ConfigError(
                 f"config has a {other!r} section but method is {method!r}; rename the section "
-                f"to {method!r} or remove it"
+                f"to {method!r}, remove it, or override it with '{other}=null'"
             )
     cls = get_method(method)
     options = build(cls.Options, sections.get(method) or {}, method)

@@ -1,0 +1,67 @@
+"""Trainer paths the smoke runs do not reach: gradient accumulation, fused AdamW, and a method that
+trains nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import opdf
+from opdf.distill import Distiller, register_method
+from opdf.errors import OpdfError
+from opdf.run import checkpoint as ckpt
+from opdf.run import load_config, run_distill
+
+
+def test_grad_accum_uses_one_contraction_per_step_and_fused_adamw(tmp_path, monkeypatch):
+    entered = []
+    real = opdf.accumulate
+
+    def counting(model):
+        entered.append(sum(1 for _ in opdf.overparam.mpo_modules(model)))
+        return real(model)
+
+    monkeypatch.setattr(opdf, "accumulate", counting)
+    out = tmp_path / "run"
+    cfg = load_config(
+        "configs/smoke-kd.yaml",
+        [f"output_dir={out}", "max_steps=3", "grad_accum=4", "eval_every=3", "log_every=1"],
+    )
+    summary = run_distill(cfg, progress=False)
+    # one accumulate block per optimizer step, over every over-parameterized module
+    assert len(entered) == 3 and all(n > 0 for n in entered)
+    assert summary["steps"] == 3 and summary["train_params"] > summary["inference_params"]
+    state = ckpt.load(out / "checkpoints" / ckpt.LAST)
+    assert all(g["fused"] for g in state["optimizer"]["param_groups"])
+    assert all(len(s) > 0 for s in state["optimizer"]["state"].values())
+
+
+def test_a_method_that_trains_nothing_is_an_error_not_a_silent_run(tmp_path):
+    @register_method("test-detached")
+    class Detached(Distiller):
+        """Returns a loss with no gradient path (a broken method)."""
+
+        @dataclass
+        class Options:
+            pass
+
+        def forward_train(self, batch):
+            logits = self.student(input_ids=batch["input_ids"]).logits.detach()
+            return logits, {"ce": F.cross_entropy(logits, batch["labels"])}
+
+    try:
+        cfg = load_config(
+            "configs/smoke-kd.yaml",
+            [f"output_dir={tmp_path / 'run'}", "method=test-detached", "kd=null",
+             "overparam=none", "align.weight=0", "max_steps=30", "eval_every=30"],
+        )  # fmt: skip
+        with pytest.raises(OpdfError, match="10 optimizer steps in a row .* without a gradient"):
+            run_distill(cfg, progress=False)
+    finally:
+        from opdf.distill import base
+
+        base._METHODS.pop("test-detached")
+    assert torch.is_grad_enabled()
