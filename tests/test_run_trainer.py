@@ -65,3 +65,21 @@ def test_a_method_that_trains_nothing_is_an_error_not_a_silent_run(tmp_path):
 
         base._METHODS.pop("test-detached")
     assert torch.is_grad_enabled()
+
+
+def test_teacher_cache_key_follows_local_data_and_model_contents(tmp_path):
+    from opdf.run.runner import teacher_key
+
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\ngood,1\nbad,0\n")
+    model = tmp_path / "teacher"
+    model.mkdir()
+    (model / "config.json").write_text('{"a": 1}')
+    overrides = [f"data.name={data}", f"teacher.model={model}"]
+    key = teacher_key(load_config("configs/smoke-kd.yaml", overrides))
+    assert key == teacher_key(load_config("configs/smoke-kd.yaml", overrides))
+    data.write_text("text,label\ngood,1\nbad,1\n")  # same size, one label changed
+    key2 = teacher_key(load_config("configs/smoke-kd.yaml", overrides))
+    assert key2 != key
+    (model / "config.json").write_text('{"a": 2}')
+    assert teacher_key(load_config("configs/smoke-kd.yaml", overrides)) != key2

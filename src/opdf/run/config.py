@@ -71,7 +71,8 @@ class DataConfig:
 @dataclass
 class FinetuneConfig:
     """How the teacher is fine-tuned on the task (cached by a hash of these, the model and the
-    task: ``data.name``, ``data.options``, ``data.max_length``). The teacher trains on the full
+    task: ``data.name``, ``data.options``, ``data.max_length``, and the contents of a local model
+    folder or data file). The teacher trains on the full
     train split unless ``max_train_samples`` is set here; ``data.max_train_samples`` subsamples
     only the student's training data."""
 

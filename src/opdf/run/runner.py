@@ -77,7 +77,8 @@ class FineTune(Distiller):
 
 
 def teacher_key(cfg: RunConfig) -> str:
-    """Cache key of the fine-tuned teacher: model, data selection, max_length, finetune settings."""
+    """Cache key of the fine-tuned teacher: model, data selection, max_length, finetune settings,
+    and the contents of a local model folder or data file, so that editing either retrains."""
     import hashlib
 
     model = cfg.teacher.model
@@ -86,10 +87,35 @@ def teacher_key(cfg: RunConfig) -> str:
     d = cfg.data
     spec = {
         "model": model,
+        "model_files": fingerprint(Path(model)) if Path(model).exists() else None,
         "data": {"name": d.name, "options": d.options, "max_length": d.max_length, "seed": d.seed},
+        "data_files": fingerprint(Path(d.name)) if Path(d.name).exists() else None,
         "finetune": dataclasses.asdict(cfg.teacher.finetune),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+FINGERPRINT_FULL_BYTES = 64 << 20  # files up to this size are hashed; larger: size + mtime
+
+
+def fingerprint(path: Path) -> str:
+    """Digest of a file or of every file under a folder: content for files up to 64 MiB (data
+    files, configs, tokenizers), size and modification time for larger ones (weights), so a
+    changed file changes the digest without reading gigabytes on every run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.relative_to(path) if f != path else f.name}:{stat.st_size}:".encode())
+        if stat.st_size <= FINGERPRINT_FULL_BYTES:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        else:
+            digest.update(str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()
 
 
 def teacher_cache_dir(cfg: RunConfig) -> Path:
