@@ -1,4 +1,4 @@
-"""Generic CSV / TSV / JSONL loader, the dataset-name dispatcher, and its errors."""
+"""Generic CSV / TSV / JSONL / JSON-array loader, the dataset-name dispatcher, and its errors."""
 
 import csv
 import json
@@ -26,6 +26,26 @@ def _rows(n, labels=("neg", "pos")):
         {"review": f"text number {i}, with a comma", "other": f"pair {i}", "y": labels[i % 2]}
         for i in range(n)
     ]
+
+
+def test_json_array_file_matches_the_same_rows_as_json_lines(tmp_path):
+    rows = _rows(40)
+    array = tmp_path / "reviews.json"
+    array.write_text(json.dumps(rows, indent=2), encoding="utf-8")  # pretty-printed array
+    lines = _jsonl(tmp_path / "lines.json", rows)  # JSON lines under a .json name still work
+    a = load_text_dataset(array, text_column="review", label_column="y")
+    b = load_text_dataset(lines, text_column="review", label_column="y")
+    for split in ("train", "dev", "test"):
+        assert a[split].texts == b[split].texts and a[split].labels == b[split].labels
+    assert a.label_names == ["neg", "pos"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"review": "a", "y": "pos"}, ["not", "an", "object"]]))
+    with pytest.raises(ValueError, match="item 1 is a list"):
+        load_text_dataset(bad, text_column="review", label_column="y")
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"review": "a", "y": "pos"},\n {oops}]')
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
+        load_text_dataset(broken, text_column="review", label_column="y")
 
 
 def test_single_csv_string_labels_is_split_stratified_and_deterministic(tmp_path):

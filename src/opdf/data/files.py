@@ -1,4 +1,5 @@
-"""Bring-your-own data: CSV / TSV / JSONL files with named text, text-pair and label columns.
+"""Bring-your-own data: CSV / TSV / JSONL / JSON-array files with named text, text-pair and label
+columns.
 
 ``path`` is either
 
@@ -34,7 +35,8 @@ def is_data_file(path: str | Path) -> bool:
 
 
 def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
-    """Rows of a CSV/TSV/JSONL file as dicts, and the column names."""
+    """Rows of a CSV/TSV/JSONL file (or a ``.json`` file holding one array of objects, as
+    ``pandas.DataFrame.to_json(orient="records")`` writes) as dicts, and the column names."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
@@ -45,6 +47,10 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
             rows = list(reader)
             columns = list(reader.fieldnames or [])
         return rows, columns
+    if ext == ".json":
+        array = _json_array(path)
+        if array is not None:
+            return array
     if ext in (".jsonl", ".json"):
         rows, columns = [], {}
         with open(path, encoding="utf-8") as f:
@@ -61,6 +67,29 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
                 columns.update(dict.fromkeys(row))
         return rows, list(columns)
     raise ValueError(f"{path}: unsupported file type {ext!r}; use one of {', '.join(EXTENSIONS)}")
+
+
+def _json_array(path: Path) -> tuple[list[dict], list[str]] | None:
+    """A ``.json`` file that is one array of objects; None when it is JSON lines instead."""
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith("["):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+    bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise ValueError(
+            f"{path}: expected an array of JSON objects, but item {bad} is a "
+            f"{type(data[bad]).__name__}"
+        )
+    columns: dict[str, None] = {}
+    for row in data:
+        columns.update(dict.fromkeys(row))
+    return data, list(columns)
 
 
 def _find(folder: Path, stems: Sequence[str]) -> Path | None:

@@ -3,10 +3,10 @@
 glibc's ``malloc`` hands large blocks back to the kernel when they are freed (``mmap`` above a
 threshold, heap trimming above another), so a training step that frees and re-allocates its
 activations writes into freshly zeroed pages again and again. An over-parameterized student holds
-2.4x the parameters, gradients and AdamW state, and its steps suffer more from this. Measured on
-the 6-layer BERT-base student, 32x128 AdamW steps on 2 CPU cores (steady state): plain 4.7-5.3 s
--> 4.5-4.6 s, L=3 7.2-8.4 s -> 6.9-7.0 s (``benchmarks/results/README.md``). The price: the
-process keeps its peak memory until it exits, which a training run reaches anyway.
+2.4x the parameters, gradients and AdamW state. Measured on the 6-layer BERT-base student,
+32x128 AdamW steps on 2 CPU cores, steady state: minor page faults per step 10k-180k -> 0, median
+step plain 4.80-5.28 s -> 4.71 s, L=3 7.49 s -> 7.22 s (``benchmarks/results/README.md``). The
+price: the process keeps its peak memory until it exits, which a training run reaches anyway.
 
 ``opdf finetune`` and ``opdf distill`` call :func:`keep_freed_memory` at start; library users may
 call it themselves. ``OPDF_KEEP_FREED_MEMORY=0`` turns it off.
