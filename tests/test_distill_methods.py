@@ -167,3 +167,23 @@ def test_theseus_linear_schedule_sized_to_the_run():
     d.on_train_start(SimpleNamespace(total_steps=100))
     assert d.rate(0) == pytest.approx(0.3)
     assert d.rate(49) < 1.0 and d.rate(50) == 1.0 and d.rate(100) == 1.0
+
+
+@pytest.mark.parametrize(
+    "options, warns",
+    [
+        (dict(scheduler="constant", steps_for_replacing=100), True),  # p = 1 only after the run
+        (dict(scheduler="constant", steps_for_replacing=60), False),
+        (dict(scheduler="linear", linear_k=0.001), True),  # reaches 1 at step 700
+        (dict(scheduler="linear", replace_until=1.0), True),  # reaches 1 at the very end
+        (dict(scheduler="linear", replace_until=0.5), False),
+    ],
+)
+def test_theseus_warns_when_the_successor_never_trains_alone(options, warns, recwarn):
+    from types import SimpleNamespace
+
+    teacher = tiny_bert(4)
+    d = Theseus(Theseus.build_student(teacher), teacher, Theseus.Options(**options))
+    d.on_train_start(SimpleNamespace(total_steps=100))
+    messages = [str(w.message) for w in recwarn if "never train alone" in str(w.message)]
+    assert bool(messages) == warns

@@ -25,6 +25,7 @@ optimizer-step counter t:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -176,6 +177,16 @@ class Theseus(Distiller):
         """Size a ``linear_k: null`` schedule to the run's length."""
         self.scheduler = self.options.make_scheduler(context.total_steps)
         self.last_rate = self.scheduler.rate(self.step)
+        reach = self.scheduler.steps_to_successor()
+        if reach >= context.total_steps:
+            warnings.warn(
+                f"theseus: the replacing rate reaches 1 only at step {reach}, but the run has "
+                f"{context.total_steps} steps: the successor layers never train alone, yet the "
+                "exported student uses only them; lower steps_for_replacing / replace_until or "
+                "train longer",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def rate(self, step: int | None = None) -> float:
         return self.scheduler.rate(self.step if step is None else step)
