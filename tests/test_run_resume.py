@@ -82,3 +82,38 @@ def test_sigkill_then_resume_from_the_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["output_dir"] == str(out)
     assert_same_student(ref, out)
+
+
+def test_resume_keeps_the_running_loss_average_of_the_killed_run(tmp_path):
+    # log lines average over 3 steps; the kill at step 4 falls inside the window 4-6
+    common = ["max_steps=9", "eval_every=9", "checkpoint_every=4", "log_every=3"]
+    run_distill(load_config("configs/smoke-kd.yaml", [*common, f"output_dir={tmp_path}/a"]),
+                progress=False)  # fmt: skip
+    cfg = load_config("configs/smoke-kd.yaml", [*common, f"output_dir={tmp_path}/b"])
+    assert run_distill(cfg, progress=False, stop_after_step=4) is None
+    run_distill(cfg, resume=True, progress=False)
+
+    def train_losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
+
+    a, b = train_losses("a"), train_losses("b")
+    assert [s for s, _ in b] == [s for s, _ in a] == [3, 6, 9]
+    assert [x for _, x in b] == pytest.approx([x for _, x in a], rel=1e-6)
+
+
+def test_a_best_checkpoint_from_beyond_the_last_checkpoint_is_adopted(tmp_path):
+    """Killed after a new best (step 6) but before the next checkpoint (step 8): best.pt already
+    overwrote the best as of step 4, so the resumed run must compete against it."""
+    from opdf.run import checkpoint as ckpt
+
+    out = tmp_path / "r"
+    args = ["max_steps=8", "eval_every=2", "checkpoint_every=4", f"output_dir={out}"]
+    cfg = load_config("configs/smoke-kd.yaml", args)
+    assert run_distill(cfg, progress=False, stop_after_step=4) is None
+    best = out / "checkpoints" / ckpt.BEST
+    saved = ckpt.load(best)
+    ckpt.atomic_save({"step": 6, "modules": saved["modules"], "score": 2.0}, best)  # unbeatable
+    summary = run_distill(cfg, resume=True, progress=False)
+    assert summary["best_step"] == 6
+    assert ckpt.load(best)["step"] == 6

@@ -210,6 +210,19 @@ class Trainer:
         for k, sd in state.items():
             mods[k].load_state_dict(sd)
 
+    def _adopt_later_best(self, start: int, best: float, best_step: int | None):
+        """A run killed after a new best but before its next checkpoint leaves a ``best.pt``
+        from beyond ``last.pt``; it overwrote the best as of ``last.pt``. Its weights were
+        trained and scored on dev all the same, so the resumed run competes against it rather
+        than keeping a score whose weights no longer exist."""
+        path = self.ckpt_dir / ckpt.BEST
+        if not path.exists():
+            return best, best_step
+        saved = ckpt.load(path)
+        if saved.get("step", 0) > start and "score" in saved:
+            return saved["score"], saved["step"]
+        return best, best_step
+
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, stop_after_step: int | None = None) -> dict | None:
         """Train; returns the summary (None when stopped early by ``stop_after_step``)."""
@@ -228,6 +241,8 @@ class Trainer:
         lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         start, best, best_step = 0, -math.inf, None
         train_seconds, wall_before = 0.0, 0.0
+        running: dict[str, float] = {}  # train-loss sums since the last log line
+        n_running = 0
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         last = self.ckpt_dir / ckpt.LAST
         if resume and last.exists():
@@ -238,8 +253,10 @@ class Trainer:
             d.load_extra_state(state.get("method", {}))
             start, best, best_step = state["step"], state["best"], state["best_step"]
             train_seconds, wall_before = state["train_seconds"], state["wall_time"]
+            running, n_running = state.get("running", {}), state.get("n_running", 0)
             self._truncate_metrics(start)
             ckpt.set_rng_state(state["rng"])
+            best, best_step = self._adopt_later_best(start, best, best_step)
         t0 = time.perf_counter()
         d.on_train_start(
             TrainContext(self.dataset, self.batches_for, total, self.device, self.config)
@@ -249,8 +266,6 @@ class Trainer:
         student = d.export_student()
         bar = tqdm(total=total, initial=start, desc=self.desc, disable=self.progress is False,
                    dynamic_ncols=True, leave=False)  # fmt: skip
-        running: dict[str, float] = {}
-        n_running = 0
         no_grad_run = 0  # optimizer steps in a row whose losses had no gradient
         try:
             for step in range(start, total):
@@ -317,7 +332,8 @@ class Trainer:
                     if improved:
                         best, best_step = score, done
                         ckpt.atomic_save(
-                            {"step": done, "modules": self._state()}, self.ckpt_dir / ckpt.BEST
+                            {"step": done, "modules": self._state(), "score": score},
+                            self.ckpt_dir / ckpt.BEST,
                         )
                     self._log({"step": done, "split": "dev", **dev, "best": improved})
                     bar.set_postfix(dev=f"{score:.4f}", best=f"{best:.4f}")
@@ -327,6 +343,7 @@ class Trainer:
                         "optimizer": optimizer.state_dict(), "lr_schedule": lr_sched.state_dict(),
                         "method": d.extra_state(), "best": best, "best_step": best_step,
                         "train_seconds": train_seconds,
+                        "running": running, "n_running": n_running,
                         "wall_time": wall_before + time.perf_counter() - t0,
                         "rng": ckpt.rng_state(),
                     }, last)  # fmt: skip
