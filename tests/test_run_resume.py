@@ -116,4 +116,4 @@ def test_a_best_checkpoint_from_beyond_the_last_checkpoint_is_adopted(tmp_path):
     ckpt.atomic_save({"step": 6, "modules": saved["modules"], "score": 2.0}, best)  # unbeatable
     summary = run_distill(cfg, resume=True, progress=False)
     assert summary["best_step"] == 6
-    assert ckpt.load(best)["step"] == 6
+    assert (ckpt.load(best)["step"], ckpt.load(best)["score"]) == (6, 2.0)

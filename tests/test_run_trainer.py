@@ -67,6 +67,18 @@ def test_a_method_that_trains_nothing_is_an_error_not_a_silent_run(tmp_path):
     assert torch.is_grad_enabled()
 
 
+def test_theseus_steps_without_a_gradient_by_design_are_not_an_error(tmp_path):
+    # p = 0 for 12 steps: every module draws its frozen predecessor, no gradient, then p = 1
+    cfg = load_config(
+        "configs/smoke-theseus.yaml",
+        [f"output_dir={tmp_path / 'run'}", "theseus.scheduler=constant",
+         "theseus.replacing_rate=0", "theseus.steps_for_replacing=12", "max_steps=14",
+         "eval_every=14", "align.weight=0"],
+    )  # fmt: skip
+    summary = run_distill(cfg, progress=False)
+    assert summary["steps"] == 14
+
+
 def test_teacher_cache_key_follows_local_data_and_model_contents(tmp_path):
     from opdf.run.runner import teacher_key
 

@@ -90,6 +90,9 @@ class Distiller(nn.Module):
     # False for methods that build the student from the teacher's own layers (BERT-of-Theseus)
     accepts_student_model: ClassVar[bool] = True
     needs_teacher: ClassVar[bool] = True
+    #: set by ``forward_train`` when its loss has no trainable path by design (Theseus drawing the
+    #: predecessor for every module): the trainer then does not count the step as training nothing
+    no_gradient_expected: bool = False
 
     @dataclass
     class Options:

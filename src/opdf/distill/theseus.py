@@ -46,7 +46,7 @@ class ConstantReplacementScheduler:
         return self.base if step < self.steps_for_replacing else 1.0
 
     def steps_to_successor(self) -> int:
-        return self.steps_for_replacing
+        return 0 if self.base >= 1.0 else self.steps_for_replacing
 
 
 class LinearReplacementScheduler:
@@ -195,6 +195,7 @@ class Theseus(Distiller):
         p = self.rate()
         self.last_rate = p
         draws = torch.bernoulli(torch.full((len(self._blocks),), p)).bool().tolist()
+        self.no_gradient_expected = not any(draws)  # only frozen predecessors in the graph
         for block, use in zip(self._blocks, draws, strict=True):
             block.use_successor = use
             block.predecessors.train(self.training)  # as in the original: one model, one mode

@@ -4,10 +4,9 @@
 deterministic batching (one seeded permutation per epoch, so a resumed run sees the same batches),
 AdamW (fused where the parameters allow) with a linear warmup/decay schedule, gradient accumulation
 (one MPO contraction per optimizer step through :func:`opdf.accumulate`), the alignment loss when
-on, clipping, tqdm progress,
-``metrics.jsonl``, best-on-dev selection, atomic periodic checkpoints and exact resume, and at the
-end the merge of the best student, its evaluation on dev and test, ``student/`` and
-``summary.json``.
+on, clipping, tqdm progress, ``metrics.jsonl``, best-on-dev selection, atomic periodic checkpoints
+and exact resume, and at the end the merge of the best student, its evaluation on dev and test,
+``student/`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ from opdf.distill.base import Distiller, TrainContext
 from opdf.errors import OpdfError
 from opdf.run import checkpoint as ckpt
 
-# A step without any gradient happens legitimately now and then (Theseus drawing the predecessor
-# for every module); this many in a row means the method trains nothing.
+# This many optimizer steps in a row without a gradient, none of them declared expected by the
+# method (Distiller.no_gradient_expected), means the method trains nothing.
 MAX_STEPS_WITHOUT_GRADIENT = 10
 NO_DECAY = ("bias", "LayerNorm", "layer_norm", "layernorm", "norm.weight")
 
@@ -210,7 +209,9 @@ class Trainer:
         for k, sd in state.items():
             mods[k].load_state_dict(sd)
 
-    def _adopt_later_best(self, start: int, best: float, best_step: int | None):
+    def _adopt_later_best(
+        self, start: int, best: float, best_step: int | None
+    ) -> tuple[float, int | None]:
         """A run killed after a new best but before its next checkpoint leaves a ``best.pt``
         from beyond ``last.pt``; it overwrote the best as of ``last.pt``. Its weights were
         trained and scored on dev all the same, so the resumed run competes against it rather
@@ -280,7 +281,7 @@ class Trainer:
                     for i in range(0, n, self.micro)
                 ]
                 ctx = _accumulate(student) if len(micro) > 1 else _null()
-                stepped = False
+                stepped = expected = False
                 with ctx:
                     for mb in micro:
                         mb = _to(mb, self.device)
@@ -295,9 +296,11 @@ class Trainer:
                         if loss.requires_grad:
                             (loss * frac).backward()
                             stepped = True
+                        else:
+                            expected = expected or d.no_gradient_expected
                         for k, v in losses.items():
                             terms[k] = terms.get(k, 0.0) + float(v.detach()) * frac
-                no_grad_run = 0 if stepped else no_grad_run + 1
+                no_grad_run = 0 if stepped or expected else no_grad_run + 1
                 if no_grad_run >= MAX_STEPS_WITHOUT_GRADIENT:
                     raise OpdfError(
                         f"method {d.name}: {no_grad_run} optimizer steps in a row (up to step "
@@ -402,8 +405,8 @@ class Trainer:
 
 
 def _can_fuse(groups: list[dict]) -> bool:
-    """Fused AdamW when every parameter allows it: on CPU it is 2-4x faster than the default
-    (for-each) implementation, which matters here because an L=3 student has 2.4x the
+    """Fused AdamW when every parameter allows it: on CPU it is several times faster than the
+    default (one tensor at a time), which matters here because an L=3 student has 2.4x the
     parameters (measured: 0.10 s vs 0.47 s per step for the 162M of a 6-layer BERT-base)."""
     return all(
         p.device.type in ("cpu", "cuda") and p.is_floating_point()
