@@ -11,10 +11,10 @@ subprocess (so peak RSS is per variant), runs ``--warmup`` untimed steps, then t
 steps; the whole list of variants runs ``--rounds`` times, interleaved. The first steps of a
 process are not training's steady state: the first optimizer step allocates AdamW's state, and the
 allocator keeps taking fresh pages from the kernel for two or three more steps (about 800k minor
-page faults per step for the over-parameterized model, then none), so the default warm-up is 3
-steps. Each variant reports the median and the fastest of its timed steps over all rounds; ratios
-are given for both (the median is what a long training run sees, the fastest is what is left when
-the shared machine's noise, which only ever adds time, is least). Every variant runs with
+page faults per step for the over-parameterized model, then almost none), so the default warm-up
+is 3 steps. Each variant reports the median and the fastest of its timed steps over all rounds;
+ratios are given for both (the median is what a long training run sees, the fastest is what is
+left when the shared machine's noise, which only ever adds time, is least). Every variant runs with
 ``opdf.run.allocator.keep_freed_memory()``, as ``opdf distill`` trains; ``--glibc-default``
 leaves the allocator alone. Variants:
 

@@ -42,6 +42,18 @@ def test_json_array_file_matches_the_same_rows_as_json_lines(tmp_path):
     bad.write_text(json.dumps([{"review": "a", "y": "pos"}, ["not", "an", "object"]]))
     with pytest.raises(ValueError, match="item 1 is a list"):
         load_text_dataset(bad, text_column="review", label_column="y")
+    bom = tmp_path / "bom.json"
+    bom.write_text("\ufeff" + json.dumps(rows), encoding="utf-8")  # Excel/Windows editors
+    c = load_text_dataset(bom, text_column="review", label_column="y")
+    assert c.train.texts == a.train.texts
+    columns = tmp_path / "columns.json"  # pandas' default to_json(): one object of columns
+    columns.write_text(json.dumps({"review": {"0": "a", "1": "b"}, "y": {"0": "pos", "1": "neg"}}))
+    with pytest.raises(ValueError, match="orient=.records"):
+        load_text_dataset(columns, text_column="review", label_column="y")
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(ValueError, match="array is empty"):
+        load_text_dataset(empty, text_column="review", label_column="y")
     broken = tmp_path / "broken.json"
     broken.write_text('[{"review": "a", "y": "pos"},\n {oops}]')
     with pytest.raises(ValueError, match="line 2: not valid JSON"):

@@ -41,6 +41,8 @@ def probe(env_value: str) -> dict:
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     off, on = probe("0"), probe("1")
     assert off["applied"] is False and on["applied"] is True
-    # 4 x 100 MB = 98k pages: glibc's default maps and faults each one in again
-    assert off["faults"] > 80_000
-    assert on["faults"] < 30_000  # none once settled; one late page-in at most is tolerated
+    # glibc's default maps each 100 MB block afresh and faults it in again (98k 4 KiB pages over
+    # four rounds, fewer where transparent huge pages are always on); kept, it is faulted in
+    # none once settled (one late page-in at most is tolerated)
+    assert off["faults"] > 0
+    assert on["faults"] * 3 < off["faults"]

@@ -1,5 +1,5 @@
-"""Trainer paths the smoke runs do not reach: gradient accumulation, fused AdamW, and a method that
-trains nothing."""
+"""Trainer and runner paths the smoke runs do not reach: gradient accumulation, fused AdamW, a
+method that trains nothing, steps without a gradient by design, the teacher cache key."""
 
 from __future__ import annotations
 
@@ -94,4 +94,8 @@ def test_teacher_cache_key_follows_local_data_and_model_contents(tmp_path):
     key2 = teacher_key(load_config("configs/smoke-kd.yaml", overrides))
     assert key2 != key
     (model / "config.json").write_text('{"a": 2}')
-    assert teacher_key(load_config("configs/smoke-kd.yaml", overrides)) != key2
+    key3 = teacher_key(load_config("configs/smoke-kd.yaml", overrides))
+    assert key3 != key2
+    (model / ".git").mkdir()  # hidden files are not part of the model
+    (model / ".git" / "HEAD").write_text("ref: x")
+    assert teacher_key(load_config("configs/smoke-kd.yaml", overrides)) == key3

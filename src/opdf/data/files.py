@@ -53,7 +53,7 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
             return array
     if ext in (".jsonl", ".json"):
         rows, columns = [], {}
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -71,15 +71,29 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
 
 def _json_array(path: Path) -> tuple[list[dict], list[str]] | None:
     """A ``.json`` file that is one array of objects; None when it is JSON lines instead."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         head = f.read(4096).lstrip()
+    if head.startswith("{") and "\n{" not in head.rstrip():
+        try:  # one object for the whole file: pandas' default to_json(orient="columns")
+            with open(path, encoding="utf-8-sig") as f:
+                whole = json.load(f)
+        except json.JSONDecodeError:
+            return None  # JSON lines after all
+        if isinstance(whole, dict) and whole and all(isinstance(v, dict) for v in whole.values()):
+            raise ValueError(
+                f"{path}: one JSON object for the whole file; write one object per row, as an "
+                'array (pandas: to_json(orient="records")) or one per line (lines=True)'
+            )
+        return None
     if not head.startswith("["):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not data:
+        raise ValueError(f"{path}: the JSON array is empty: no rows")
     bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)), None)
     if bad is not None:
         raise ValueError(

@@ -8,7 +8,7 @@ Names
 ``glue:<task>:<folder>`` (or ``glue:<task>`` / ``glue`` with ``data_dir=`` and ``task=``)
     A GLUE task in the official TSV layout; the GLUE dev set is halved into dev/test
     (see :mod:`opdf.data.glue`).
-a path to a CSV / TSV / JSONL file or a folder of them
+a path to a CSV / TSV / JSONL / JSON file or a folder of them
     Generic files with named columns (see :mod:`opdf.data.files`).
 
 Options valid for every source
@@ -114,7 +114,7 @@ def load_text_dataset(
     else:
         raise ValueError(
             f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}, "
-            "or a path to a CSV/TSV/JSONL file or folder"
+            "or a path to a CSV/TSV/JSONL/JSON file or folder"
         )
 
     reg = ds.is_regression

@@ -81,17 +81,26 @@ def teacher_key(cfg: RunConfig) -> str:
     and the contents of a local model folder or data file, so that editing either retrains."""
     import hashlib
 
+    from opdf.data import BUILTIN_DATASETS
+    from opdf.models import builtin_names
+
     model = cfg.teacher.model
     if Path(model).exists():
         model = str(Path(model).resolve())
     d = cfg.data
     spec = {
         "model": model,
-        "model_files": fingerprint(Path(model)) if Path(model).exists() else None,
         "data": {"name": d.name, "options": d.options, "max_length": d.max_length, "seed": d.seed},
-        "data_files": fingerprint(Path(d.name)) if Path(d.name).exists() else None,
         "finetune": dataclasses.asdict(cfg.teacher.finetune),
     }
+    # local files only (built-in names win in the loaders, as here); absent keys keep the keys of
+    # teachers cached before fingerprints existed
+    local_model = Path(cfg.teacher.model).expanduser()
+    if cfg.teacher.model not in builtin_names() and local_model.exists():
+        spec["model_files"] = fingerprint(local_model)
+    local_data = Path(d.name).expanduser()
+    if d.name not in BUILTIN_DATASETS and local_data.exists():
+        spec["data_files"] = fingerprint(local_data)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -107,6 +116,8 @@ def fingerprint(path: Path) -> str:
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
+        if any(part.startswith(".") for part in f.relative_to(path).parts):
+            continue  # .git, editor swap files: not part of a model or a data set
         stat = f.stat()
         digest.update(f"{f.relative_to(path) if f != path else f.name}:{stat.st_size}:".encode())
         if stat.st_size <= FINGERPRINT_FULL_BYTES:
