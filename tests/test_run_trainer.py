@@ -99,3 +99,22 @@ def test_teacher_cache_key_follows_local_data_and_model_contents(tmp_path):
     (model / ".git").mkdir()  # hidden files are not part of the model
     (model / ".git" / "HEAD").write_text("ref: x")
     assert teacher_key(load_config("configs/smoke-kd.yaml", overrides)) == key3
+
+
+def test_fingerprint_is_reused_only_for_files_not_just_written(tmp_path):
+    import os
+    import time
+
+    from opdf.run import runner
+
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\ngood,1\n")
+    fresh = runner.fingerprint(data)
+    hits = runner._digest.cache_info().hits
+    assert runner.fingerprint(data) == fresh  # just written: hashed afresh, not cached
+    assert runner._digest.cache_info().hits == hits
+    hour_ago = time.time() - 3600
+    os.utime(data, (hour_ago, hour_ago))
+    settled = runner.fingerprint(data)
+    assert settled == fresh and runner.fingerprint(data) == settled
+    assert runner._digest.cache_info().hits == hits + 1

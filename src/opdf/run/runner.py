@@ -13,8 +13,10 @@ Output folder of a run::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -110,22 +112,36 @@ FINGERPRINT_FULL_BYTES = 64 << 20  # files up to this size are hashed; larger: s
 def fingerprint(path: Path) -> str:
     """Digest of a file or of every file under a folder: content for files up to 64 MiB (data
     files, configs, tokenizers), size and modification time for larger ones (weights), so a
-    changed file changes the digest without reading gigabytes on every run."""
+    changed file changes the digest without reading gigabytes on every run. Hidden files are
+    skipped; a digest is reused while every file keeps its size and modification time (one CLI
+    call asks for the teacher's cache key several times)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stats = []
+    for f in files:
+        rel = f.relative_to(path) if f != path else Path(f.name)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # .git, editor swap files: not part of a model or a data set
+        st = f.stat()
+        stats.append((str(f), str(rel), st.st_size, st.st_mtime_ns))
+    # a file written in the last seconds may be written again within the file system's timestamp
+    # granularity, unseen by its mtime ("racily clean", as git calls it): hash it afresh
+    fresh = any(time.time_ns() - mtime < 2_000_000_000 for *_, mtime in stats)
+    return _digest.__wrapped__(tuple(stats)) if fresh else _digest(tuple(stats))
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(stats: tuple[tuple[str, str, int, int], ...]) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if any(part.startswith(".") for part in f.relative_to(path).parts):
-            continue  # .git, editor swap files: not part of a model or a data set
-        stat = f.stat()
-        digest.update(f"{f.relative_to(path) if f != path else f.name}:{stat.st_size}:".encode())
-        if stat.st_size <= FINGERPRINT_FULL_BYTES:
-            with open(f, "rb") as fh:
+    for name, rel, size, mtime_ns in stats:
+        digest.update(f"{rel}:{size}:".encode())
+        if size <= FINGERPRINT_FULL_BYTES:
+            with open(name, "rb") as fh:
                 for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     digest.update(chunk)
         else:
-            digest.update(str(stat.st_mtime_ns).encode())
+            digest.update(str(mtime_ns).encode())
     return digest.hexdigest()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,8 +221,15 @@ class Trainer:
         if not path.exists():
             return best, best_step
         saved = ckpt.load(path)
-        if saved.get("step", 0) > start and "score" in saved:
-            return saved["score"], saved["step"]
+        if saved.get("step", 0) > start:
+            if "score" in saved:
+                return saved["score"], saved["step"]
+            warnings.warn(  # written by an opdf that did not store the score
+                f"{path} holds step {saved['step']}, after the resumed step {start}, without its "
+                "dev score; it will be replaced by the next dev improvement",
+                UserWarning,
+                stacklevel=2,
+            )
         return best, best_step
 
     # ------------------------------------------------------------------ the loop
