@@ -32,6 +32,7 @@ leaves the allocator alone. Variants:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -111,7 +112,7 @@ def worker(spec: dict) -> dict:
         for step in range(spec["repeats"] + warmup):
             batches = [batch(size, 128, 100 * step + m) for m in range(micro)]
             start = time.perf_counter()
-            ctx = opdf.accumulate(model) if spec.get("accumulate") else _null()
+            ctx = opdf.accumulate(model) if spec.get("accumulate") else contextlib.nullcontext()
             with ctx:
                 for b in batches:
                     (model(**b).loss / micro).backward()
@@ -120,14 +121,6 @@ def worker(spec: dict) -> dict:
             times.append(time.perf_counter() - start)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"times": times[warmup:], "peak_mib": peak_mib, "params": params}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def torch_version() -> str:

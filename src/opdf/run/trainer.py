@@ -11,6 +11,7 @@ and exact resume, and at the end the merge of the best student, its evaluation o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -288,7 +289,7 @@ class Trainer:
                     {k: v[i : i + self.micro] for k, v in batch.items()}
                     for i in range(0, n, self.micro)
                 ]
-                ctx = _accumulate(student) if len(micro) > 1 else _null()
+                ctx = _accumulate(student) if len(micro) > 1 else contextlib.nullcontext()
                 stepped = expected = False
                 with ctx:
                     for mb in micro:
@@ -427,11 +428,3 @@ def _accumulate(model):
     from opdf import accumulate
 
     return accumulate(model)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
