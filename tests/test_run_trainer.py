@@ -61,9 +61,9 @@ def test_a_method_that_trains_nothing_is_an_error_not_a_silent_run(tmp_path):
         with pytest.raises(OpdfError, match="10 optimizer steps in a row .* without a gradient"):
             run_distill(cfg, progress=False)
     finally:
-        from opdf.distill import base
+        from opdf.distill import unregister_method
 
-        base._METHODS.pop("test-detached")
+        unregister_method("test-detached")
     assert torch.is_grad_enabled()
 
 

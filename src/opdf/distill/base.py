@@ -1,6 +1,6 @@
 """The :class:`Distiller` interface every method implements, and the method registry.
 
-A method is one small class (mdistiller style)::
+A method is one small class (mdistiller style), registered in :mod:`opdf.distill.registry`::
 
     @register_method("kd")
     class KD(Distiller):
@@ -31,7 +31,6 @@ overriding them:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,7 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opdf.errors import ConfigError
+# the registry's names, importable from here as before the registry became its own module
+from opdf.distill.registry import (  # noqa: F401
+    get_method,
+    method_names,
+    methods,
+    register_method,
+)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -169,50 +174,3 @@ class Distiller(nn.Module):
     def export_student(self) -> nn.Module:
         """The model to merge and save at the end (the student, for every method so far)."""
         return self.student
-
-
-# ---------------------------------------------------------------------------------------------
-# registry
-
-_METHODS: dict[str, type[Distiller]] = {}
-
-
-def register_method(name: str):
-    """Class decorator: make a :class:`Distiller` subclass available as ``method: name``."""
-
-    def deco(cls: type[Distiller]) -> type[Distiller]:
-        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
-            raise TypeError(f"@register_method({name!r}) must decorate a Distiller subclass")
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"method {name!r} is already registered ({_METHODS[name].__name__})")
-        if not dataclasses.is_dataclass(cls.Options):
-            raise TypeError(f"{cls.__name__}.Options must be a dataclass")
-        cls.name = name
-        if not cls.description:
-            doc = (cls.__doc__ or "").strip().splitlines()
-            cls.description = doc[0] if doc else ""
-        _METHODS[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_builtins() -> None:
-    from opdf.distill import kd, theseus  # noqa: F401  (registration side effect)
-
-
-def method_names() -> list[str]:
-    _load_builtins()
-    return sorted(_METHODS)
-
-
-def get_method(name: str) -> type[Distiller]:
-    _load_builtins()
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
-
-
-def methods() -> dict[str, type[Distiller]]:
-    _load_builtins()
-    return dict(sorted(_METHODS.items()))

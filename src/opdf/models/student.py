@@ -32,12 +32,6 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return found[0]
 
 
-def _set_submodule(root: nn.Module, dotted: str, value: nn.Module) -> None:
-    parent_name, _, attr = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, value)
-
-
 def default_student_layers(n_teacher: int) -> list[int]:
     """The bottom half: 12 -> [0..5], 6 -> [0, 1, 2]."""
     return list(range(max(1, n_teacher // 2)))
@@ -64,7 +58,7 @@ def student_from_teacher(teacher: nn.Module, layers: Sequence[int] | None = None
 
     student = copy.deepcopy(teacher)
     old = student.get_submodule(name)
-    _set_submodule(student, name, nn.ModuleList([old[i] for i in chosen]))
+    student.set_submodule(name, nn.ModuleList([old[i] for i in chosen]))
     for new_idx, layer in enumerate(student.get_submodule(name)):
         for mod in layer.modules():  # cache bookkeeping in attention (BERT's layer_idx)
             if isinstance(getattr(mod, "layer_idx", None), int):

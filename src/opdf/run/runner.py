@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.distill.finetune import FineTune  # also importable from here, as before
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import checkpoint as ckpt
 from opdf.run.config import FinetuneConfig, RunConfig, dump_config
@@ -65,17 +65,6 @@ def _subsample_note(cfg: RunConfig, dataset) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- teacher
-
-
-class FineTune(Distiller):
-    """Plain fine-tuning of one model on the task (used for teachers; not a registered method)."""
-
-    needs_teacher = False
-    name = "finetune"
-
-    def forward_train(self, batch):
-        logits = self.student(**model_inputs(batch)).logits
-        return logits, {"ce": task_loss(logits, batch["labels"], self.num_labels)}
 
 
 def teacher_key(cfg: RunConfig) -> str:
