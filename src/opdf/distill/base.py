@@ -18,13 +18,15 @@ export. It only talks to a method through these hooks, so methods that need more
 overriding them:
 
 * :meth:`Distiller.build_student`: what the student starts from (teacher layers by default).
-* :meth:`Distiller.param_groups`: what the optimizer trains, with per-group learning rates
-  (a method that trains its teacher, like LGTM, adds the teacher's group here).
-* :meth:`Distiller.trainable_modules`: what checkpoints save (the teacher too when it trains).
+* :meth:`Distiller.param_groups`: what the main optimizer trains, with per-group learning rates.
+* :meth:`Distiller.configure_optimizers`: the optimizers by name; ``"main"`` is stepped by the
+  trainer, others (LGTM's teacher optimizer) by the method; all are checkpointed.
+* :meth:`Distiller.trainable_modules`: what checkpoints save (the teacher too when it trains);
+  :meth:`Distiller.extra_state` for anything else a resume needs.
 * :meth:`Distiller.on_train_start`: access to the run context (datasets, a batch iterator over any
   split, total steps), e.g. LGTM's quiz batches from dev.
 * :meth:`Distiller.on_step_end`: after each optimizer step; may return scalars to log (Theseus
-  logs its replacement rate here). A method may also take its own extra optimizer step here.
+  logs its replacement rate here). A method takes its own optimizers' steps here.
 * :meth:`Distiller.forward_train` is free to call ``torch.autograd.grad(..., create_graph=True)``
   (AD-KD's attributions) or to use only the teacher's decisions (DBKD).
 """
@@ -46,6 +48,10 @@ from opdf.distill.registry import (  # noqa: F401
     methods,
     register_method,
 )
+
+#: ``(optimizer, LR schedule or None)``, and what makes one: ``build(groups, lr=None)``
+OptimizerAndSchedule = tuple[torch.optim.Optimizer, "torch.optim.lr_scheduler.LRScheduler | None"]
+OptimizerBuilder = Callable[..., OptimizerAndSchedule]
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -149,6 +155,15 @@ class Distiller(nn.Module):
         ``weight_decay``. Default: every student parameter that requires grad."""
         named = [(n, p) for n, p in self.student.named_parameters() if p.requires_grad]
         return [{"params": [p for _, p in named], "names": [f"student.{n}" for n, _ in named]}]
+
+    def configure_optimizers(self, build: OptimizerBuilder) -> dict[str, OptimizerAndSchedule]:
+        """The optimizers and their LR schedules, by name. The trainer steps ``"main"`` after
+        each backward (clipping its parameters first); any other is the method's own to step,
+        e.g. in :meth:`on_step_end` (LGTM's teacher). Every one is checkpointed and restored.
+        ``build(groups, lr=None)`` makes the run's optimizer (AdamW, no decay on biases and
+        norms) and warmup/decay schedule over ``param_groups``-style groups. Default: one
+        ``"main"`` over :meth:`param_groups`."""
+        return {"main": build(self.param_groups())}
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Modules whose state a checkpoint must hold to resume exactly."""

