@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from opdf.errors import OpdfError
+
 
 def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The ``ModuleList`` of encoder layers: ``(dotted name, list)``.
@@ -24,7 +26,7 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
         and (n is None or len(mod) == n)
     ]
     if not found:
-        raise ValueError(
+        raise OpdfError(
             f"{type(model).__name__}: found no ModuleList of {n} encoder layers "
             "(expected e.g. bert.encoder.layer)"
         )
@@ -49,12 +51,12 @@ def student_from_teacher(teacher: nn.Module, layers: Sequence[int] | None = None
     n = len(teacher_layers)
     chosen = default_student_layers(n) if layers is None else [int(i) for i in layers]
     if not chosen:
-        raise ValueError("layers is empty: keep at least one teacher layer")
+        raise OpdfError("layers is empty: keep at least one teacher layer")
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
-        raise ValueError(f"layers {bad} out of range: the teacher has {n} layers (0..{n - 1})")
+        raise OpdfError(f"layers {bad} out of range: the teacher has {n} layers (0..{n - 1})")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"layers {chosen} repeat an index; each teacher layer can be kept once")
+        raise OpdfError(f"layers {chosen} repeat an index; each teacher layer can be kept once")
 
     student = copy.deepcopy(teacher)
     old = student.get_submodule(name)
