@@ -8,30 +8,19 @@ from collections.abc import Sequence
 from torch import nn
 
 from opdf.errors import OpdfError
+from opdf.overparam import encoder_layers
 
 
 def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The ``ModuleList`` of encoder layers: ``(dotted name, list)``.
-
-    Generic: the ModuleList whose length is ``config.num_hidden_layers`` and whose name ends in
-    ``layer`` or ``layers`` (``bert.encoder.layer``, ``mpnet.encoder.layer``, ...), the shallowest
-    one if several.
-    """
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    found = [
-        (name, mod)
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.ModuleList)
-        and name.split(".")[-1] in ("layer", "layers")
-        and (n is None or len(mod) == n)
-    ]
-    if not found:
+    """The ``ModuleList`` of encoder layers: ``(dotted name, list)``, found by
+    :func:`opdf.overparam.encoder_layers`; an :class:`OpdfError` if the model has none."""
+    found = encoder_layers(model)
+    if found is None:
         raise OpdfError(
-            f"{type(model).__name__}: found no ModuleList of {n} encoder layers "
-            "(expected e.g. bert.encoder.layer)"
+            f"{type(model).__name__}: found no ModuleList of encoder layers (repeated blocks "
+            "holding nn.Linear, e.g. bert.encoder.layer)"
         )
-    found.sort(key=lambda x: x[0].count("."))
-    return found[0]
+    return found
 
 
 def default_student_layers(n_teacher: int) -> list[int]:

@@ -39,9 +39,9 @@ from typing import Any, Union
 
 import yaml
 
-from opdf.errors import ConfigError
+from opdf.choices import SCHEMES, check_core_selection
+from opdf.errors import ConfigError, OpdfError
 
-SCHEMES = ("none", "svd", "mpo")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -400,11 +400,10 @@ def check(cfg: RunConfig) -> None:
             "align.weight > 0 needs an over-parameterized student: set overparam to svd or mpo, "
             "or align.weight to 0"
         )
-    if isinstance(cfg.align.cores, str) and cfg.align.cores not in ("auxiliary", "all"):
-        raise ConfigError(
-            f"config key 'align.cores': {cfg.align.cores!r} is not valid; valid choices: "
-            "auxiliary, all, or a list of core indices"
-        )
+    try:
+        check_core_selection(cfg.align.cores)
+    except OpdfError as exc:
+        raise ConfigError(f"config key 'align.cores': {exc}") from None
     if cfg.batch_size % cfg.grad_accum:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be a multiple of grad_accum {cfg.grad_accum} "
