@@ -50,3 +50,23 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
     assert done.returncode == 0, done.stdout + done.stderr
     count = int(done.stdout.split()[0])
     assert count >= 40  # the walk found the package's modules
+
+
+def test_help_and_version_do_not_import_torch():
+    """`opdf --help` (and each verb's --help) builds every verb's parser: none may pay for torch."""
+    script = textwrap.dedent(
+        """
+        import contextlib, io, sys
+        from opdf.cli import main
+        out = io.StringIO()
+        for argv in (["--help"], ["--version"], ["distill", "--help"], ["inspect", "--help"]):
+            with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+                main(argv)
+        heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers", "numpy"})
+        text = out.getvalue()
+        print(heavy, text.count("usage: opdf"), "opdf 0" in text or text)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "[] 3 True", done.stdout

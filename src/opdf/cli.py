@@ -19,13 +19,25 @@ from collections.abc import Sequence
 
 import yaml
 
-from opdf import __version__
 from opdf.errors import OpdfError
 
 # Verb name -> module under opdf.commands. Order is the order of `opdf --help`.
 VERBS = ["inspect", "finetune", "distill", "merge", "report", "methods"]
 # What the user can fix: printed as one line (exit code 2). ConfigError is an OpdfError.
 USER_ERRORS = (OpdfError, OSError, yaml.YAMLError, pickle.UnpicklingError)
+
+
+class _Version(argparse.Action):
+    """``--version``: the package metadata is read only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import opdf
+
+        print(f"opdf {opdf.__version__}")  # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             "deployed student keeps its size and latency."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"opdf {__version__}")
+    parser.add_argument("--version", action=_Version, help="show opdf's version and exit")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
         try:

@@ -7,12 +7,13 @@ train/inference parameter counts; with ``--teacher`` also the core pairing of th
 from __future__ import annotations
 
 import argparse
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from opdf.choices import CORE_SELECTIONS, SCHEMES
 from opdf.errors import OpdfError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 # Architectures that need no weights to inspect: the paper's BERT-base shapes.
 ARCHITECTURES = {
@@ -61,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_model(name: str, num_labels: int) -> nn.Module:
     """A classifier with the architecture of ``name``; weights are random (a dry run needs none)."""
+    import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
     from transformers import BertForSequenceClassification as Bert
 
