@@ -106,3 +106,32 @@ def test_a_method_with_its_own_optimizer_resumes_exactly(tmp_path):
     assert moments and all(torch.equal(x, y) for x, y in moments)
     steps = [float(s["step"]) for s in b.optimizers["calib"]["state"].values()]
     assert steps == [8.0, 8.0]  # the method's optimizer took every step, across the resume
+
+
+@pytest.mark.parametrize(("overparam", "dev_evals"), [("none", 2), ("mpo", 3)])
+def test_the_final_dev_score_is_reused_only_when_nothing_was_merged(
+    overparam, dev_evals, tmp_path, monkeypatch
+):
+    """A plain student is the very model best.pt was scored with: finish() takes its dev metrics
+    from best.pt; a merged one is evaluated again (a check of the merge)."""
+    import json
+
+    from opdf.run.trainer import Trainer
+
+    calls = []
+    real = Trainer.evaluate
+
+    def counting(self, split):
+        if self.distiller.name == "kd":  # not the teacher's fine-tune (if not cached yet)
+            calls.append(split)
+        return real(self, split)
+
+    monkeypatch.setattr(Trainer, "evaluate", counting)
+    align = "0.01" if overparam == "mpo" else "0"
+    overrides = [f"output_dir={tmp_path}/r", "max_steps=4", "eval_every=2",
+                 f"overparam={overparam}", f"align.weight={align}"]  # fmt: skip
+    summary = run_distill(load_config("configs/smoke-kd.yaml", overrides), progress=False)
+    assert calls.count("dev") == dev_evals and calls.count("test") == 1
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    (best,) = [r for r in records if r["split"] == "dev" and r["step"] == summary["best_step"]]
+    assert summary["dev"]["accuracy"] == best["accuracy"]

@@ -11,6 +11,7 @@ A run folder's ``checkpoints/`` holds ``last.pt`` (periodic, for exact resume) a
     modules     {name: state_dict} of Distiller.trainable_modules() (over-parameterized cores
                 included): "student", and "teacher" for a method whose teacher trains
     score       best.pt only: its dev score
+    dev         best.pt only: its dev metrics (absent in files from before format 2)
     -- last.pt only --
     optimizers  {name: state_dict}, the optimizers of Distiller.configure_optimizers ("main", ...)
     schedulers  {name: state_dict}, their LR schedules
@@ -49,6 +50,7 @@ class Checkpoint:
     step: int
     modules: dict[str, dict]
     score: float | None = None
+    dev: dict | None = None
     optimizers: dict[str, dict] = field(default_factory=dict)
     schedulers: dict[str, dict] = field(default_factory=dict)
     method: dict = field(default_factory=dict)
@@ -59,6 +61,8 @@ class Checkpoint:
         out = {"format": FORMAT, "step": self.step, "modules": self.modules}
         if self.score is not None:
             out["score"] = self.score
+        if self.dev is not None:
+            out["dev"] = self.dev
         if self.rng is not None:  # a resumable (last) checkpoint
             out.update(optimizers=self.optimizers, schedulers=self.schedulers,
                        method=self.method, progress=self.progress, rng=self.rng)  # fmt: skip
@@ -74,7 +78,7 @@ class Checkpoint:
                 method=raw.get("method", {}), rng=raw.get("rng"),
                 progress={k: raw[k] for k in PROGRESS_KEYS if k in raw},
             )  # fmt: skip
-        fields = ("score", "optimizers", "schedulers", "method", "progress", "rng")
+        fields = ("score", "dev", "optimizers", "schedulers", "method", "progress", "rng")
         return cls(raw["step"], raw["modules"], **{k: raw[k] for k in fields if k in raw})
 
 

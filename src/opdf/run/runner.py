@@ -175,6 +175,7 @@ def finetune_teacher(cfg: RunConfig, *, force: bool = False, progress: bool | No
         trainer = Trainer(
             distiller, dataset, tokenizer, settings, tmp, device=resolve_device(cfg.device),
             run_info=info, progress=progress, desc=f"finetune {Path(cfg.teacher.model).name}",
+            resumable=False,  # in a temporary folder: a killed fine-tune starts over
         )  # fmt: skip
         summary = trainer.fit()
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # the merged model is in student/

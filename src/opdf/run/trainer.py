@@ -161,6 +161,7 @@ class Trainer:
         progress: bool | None = None,
         desc: str = "train",
         config=None,
+        resumable: bool = True,
     ):
         from opdf.data import PaddingCollator, TokenizedSplit
 
@@ -175,6 +176,9 @@ class Trainer:
         self.progress = progress
         self.desc = desc
         self.config = config
+        # False: no last.pt, for a run that cannot resume anyway (a teacher fine-tune is written
+        # to a temporary folder and starts over when killed)
+        self.resumable = resumable
         reg = dataset.is_regression
         self.data = {
             name: TokenizedSplit(split, tokenizer, settings.max_length, reg)
@@ -354,15 +358,17 @@ class Trainer:
                 done = state.step
                 if done % self.eval_every == 0 or done == total:
                     self.evaluate_and_keep_best(state, bar)
-                if (
-                    self.s.checkpoint_every and done % self.s.checkpoint_every == 0
-                ) or done == total:
+                if self._checkpoint_due(done):
                     self.save_checkpoint(state)
                     if stop_after_step is not None and stop_after_step <= done < total:
                         return None
         finally:
             bar.close()
         return self.finish(state)
+
+    def _checkpoint_due(self, done: int) -> bool:
+        every = self.s.checkpoint_every
+        return self.resumable and (bool(every and done % every == 0) or done == self.total_steps)
 
     def train_step(self, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
         """One optimizer step of the ``"main"`` optimizer; returns the step's loss terms (with
@@ -446,7 +452,7 @@ class Trainer:
         improved = score > state.best
         if improved:
             state.best, state.best_step = score, state.step
-            saved = ckpt.Checkpoint(step=state.step, modules=self.module_states(), score=score)
+            saved = ckpt.Checkpoint(state.step, self.module_states(), score=score, dev=dev)
             ckpt.save(saved, self.ckpt_dir / ckpt.BEST)
         self._log({"step": state.step, "split": "dev", **dev, "best": improved})
         if bar is not None:
@@ -465,8 +471,9 @@ class Trainer:
         student = self.distiller.export_student()
         report = param_report(student)
         best_path = self.ckpt_dir / ckpt.BEST
-        if best_path.exists():
-            self.load_module_states(ckpt.read_modules(best_path))
+        best = ckpt.read(best_path) if best_path.exists() else None
+        if best is not None:
+            self.load_module_states(best.modules)
         merge(student)
         merged_params = sum(p.numel() for p in student.parameters())
         if merged_params != report.inference_params:  # pragma: no cover - a merge bug
@@ -474,7 +481,10 @@ class Trainer:
                 f"merged student has {merged_params:,} parameters, expected "
                 f"{report.inference_params:,}"
             )
-        dev, test = self.evaluate("dev"), self.evaluate("test")
+        # a plain student (nothing merged) is the very model best.pt was scored with: its dev
+        # metrics are known exactly; a merged one is scored again (a check of the merge)
+        known = best.dev if best is not None and not report.modules else None
+        dev, test = known or self.evaluate("dev"), self.evaluate("test")
         self._save_student(student)
         summary = self._summary(state, report, dev, test)
         ckpt.atomic_write_json(self.out / "summary.json", summary)
