@@ -5,9 +5,10 @@ training settings. ``load_config(path, overrides)`` returns a :class:`RunConfig`
 (missing file, unknown key, wrong type, bad value, inconsistent combination) raises
 :class:`opdf.errors.ConfigError` with the valid choices in the message.
 
-Layout (every key optional except ``method``; defaults shown by ``opdf distill --show-defaults``)::
+Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf distill CONFIG
+--print-config`` prints a config with every default filled in)::
 
-    method: kd                      # a registered method (`opdf methods`)
+    method: kd                      # a registered method (`opdf methods`); default kd
     seed: 42
     output_dir: runs/kd-mpo
     data: {name: rt-polarity, max_length: 64, max_train_samples: null, max_eval_samples: null}
