@@ -44,7 +44,9 @@ demo: venv
 	@start=$$(date +%s); \
 	echo "opdf demo: rt-polarity, MiniLM-L6 teacher (fine-tuned once, cached) -> 3-layer student;"; \
 	echo "KD vs KD+SVD vs KD+OPDF (MPO L=3 + alignment). SUBSAMPLED for time: the student trains on"; \
-	echo "2,000 of the 6,824 train sentences for 2 epochs; dev/test are full (853 each). ~8 min."; \
+	echo "2,000 of the 6,824 train sentences for 2 epochs; dev/test are full (853 each)."; \
+	echo "Time on 2 CPU cores: first run ~18 min (1,075 s measured, empty cache: the teacher"; \
+	echo "fine-tune, 214 steps at ~1.7 s on one thread, is 400-600 s of it); cached ~8 min (475 s)."; \
 	$(BIN)/opdf finetune configs/rt-polarity-kd-base.yaml threads=1 && \
 	for v in base svd opdf; do \
 	  $(BIN)/opdf distill configs/rt-polarity-kd-$$v.yaml output_dir=runs/demo/kd-$$v \

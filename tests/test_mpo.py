@@ -302,3 +302,24 @@ def test_cross_check_with_tensorly():
         assert [tuple(f.shape) for f in theirs] == [tuple(c.shape) for c in ours.cores]
     finally:
         tl.set_backend("numpy")
+
+
+def test_mpo_validates_on_construction():
+    from opdf.mpo import MPO
+
+    good = decompose(torch.randn(12, 6, dtype=torch.float64), [3, 4], [2, 3])
+    again = MPO(good.cores, (3, 4), (2, 3))  # modes given as tuples are kept as int lists
+    assert again.shape == (12, 6) and again.bond_dims == good.bond_dims == [1, 6, 1]
+    assert again.row_modes == [3, 4]
+    with pytest.raises(ValueError, match=r"carry row modes \[3, 4\].*row_modes=\[4, 3\]"):
+        MPO(good.cores, [4, 3], [2, 3])
+    with pytest.raises(ValueError, match="bond mismatch between core 0"):
+        MPO([good.cores[0], good.cores[1][:5]], [3, 4], [2, 3])
+    with pytest.raises(ValueError, match="outer bonds must be 1"):
+        MPO([good.cores[0]], [3], [2])
+    with pytest.raises(ValueError, match="4-D"):
+        MPO([torch.ones(1, 3, 1)], [3], [1])
+    with pytest.raises(ValueError, match="at least one core"):
+        MPO([], [], [])
+    with pytest.raises(ValueError, match=r"weight_shape \(12, 5\)"):
+        MPO(good.cores, [3, 4], [2, 3], weight_shape=(12, 5))

@@ -111,7 +111,7 @@ def test_scheme_none_is_a_noop_and_bad_scheme_errors():
     opdf.overparameterize(model, scheme="none")
     assert not opdf.cores(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(OpdfError, match="valid schemes: mpo, svd, none"):
+    with pytest.raises(OpdfError, match="valid schemes: none, svd, mpo"):
         opdf.overparameterize(model, scheme="tucker")
 
 

@@ -12,16 +12,16 @@ Three calls cover the method::
     opdf.merge(student)
 """
 
-__version__ = "0.1.0"
-
-from opdf.align import AlignmentLoss  # noqa: E402
-from opdf.overparam import (  # noqa: E402
-    accumulate,
-    cores,
-    merge,
-    overparameterize,
-    param_report,
-)
+# Everything here loads on first use (PEP 562): `import opdf` and `opdf --help` stay free of
+# torch, and of importlib.metadata (a fifth of a bare `opdf --help`) until the version is asked.
+_LAZY = {
+    "AlignmentLoss": "opdf.align",
+    "accumulate": "opdf.overparam",
+    "cores": "opdf.overparam",
+    "merge": "opdf.overparam",
+    "overparameterize": "opdf.overparam",
+    "param_report": "opdf.overparam",
+}
 
 __all__ = [
     "__version__",
@@ -32,3 +32,34 @@ __all__ = [
     "overparameterize",
     "param_report",
 ]
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("opdf")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree not installed
+        return "0+unknown"
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name == "__version__":
+        globals()[name] = version = _version()
+        return version
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    try:  # a submodule not imported yet: opdf.overparam, opdf.mpo, ...
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})

@@ -18,7 +18,6 @@ Where the published code goes wrong, and what this module does instead:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opdf.choices import check_core_selection
 from opdf.errors import OpdfError
 from opdf.mpo import decompose
 from opdf.mpo.shapes import bond_dims, central_index
-from opdf.overparam import _repeated_blocks, cores, mpo_modules, plan
+from opdf.overparam import cores, encoder_layers, mpo_modules, plan
 
 __all__ = ["AlignmentLoss", "uniform_layer_map", "pairing_plan"]
 
@@ -70,10 +70,8 @@ class _Spec:
 
 
 def _layers(model: nn.Module) -> tuple[str | None, int]:
-    blocks = _repeated_blocks(model)
-    if not blocks:
-        return None, 0
-    return blocks[0], len(model.get_submodule(blocks[0]))
+    found = encoder_layers(model)
+    return (None, 0) if found is None else (found[0], len(found[1]))
 
 
 # Module names of the same role in the encoder families transformers ships (BERT/RoBERTa/
@@ -126,22 +124,17 @@ def _specs_plain(model: nn.Module) -> list[_Spec]:
 
 
 def _core_selection(cores_arg, num_cores: int) -> list[int]:
+    cores_arg = check_core_selection(cores_arg)
     center = central_index(num_cores)
     if cores_arg == "auxiliary":
         return [k for k in range(num_cores) if k != center]
     if cores_arg == "all":
         return list(range(num_cores))
-    if isinstance(cores_arg, str) or not isinstance(cores_arg, Sequence):
-        raise OpdfError(
-            f"cores must be 'auxiliary', 'all' or a list of core indices, got {cores_arg!r}"
-        )
     picked = []
     for k in cores_arg:
-        if not isinstance(k, numbers.Integral) or isinstance(k, bool):
-            raise OpdfError(f"core indices must be integers, got {k!r}")
-        if not -num_cores <= int(k) < num_cores:
+        if not -num_cores <= k < num_cores:
             raise OpdfError(f"core index {k!r} is out of range for {num_cores} cores")
-        picked.append(int(k) % num_cores)
+        picked.append(k % num_cores)
     return sorted(set(picked))
 
 

@@ -1,9 +1,11 @@
 """The ``opdf`` command line: one sub-command per module in :mod:`opdf.commands`.
 
 Each verb module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. User errors
-(:class:`opdf.errors.OpdfError`, ``ValueError``, ``OSError`` such as a missing file or a broken
-``config.json``, a damaged YAML or checkpoint file) are printed as one line and exit with code 2,
-never as a traceback; ``OPDF_DEBUG=1`` shows the traceback.
+(:class:`opdf.errors.OpdfError` and its :class:`~opdf.errors.ConfigError`, raised wherever the
+user's input is at fault; ``OSError`` such as a missing file or a broken ``config.json``; a
+damaged YAML or pickle file) are printed as one line and exit with code 2, never as a traceback;
+``OPDF_DEBUG=1`` shows the traceback. Anything else (a plain ``ValueError``, ``KeyError``, ...)
+is a bug in opdf and shows its traceback.
 """
 
 from __future__ import annotations
@@ -17,11 +19,25 @@ from collections.abc import Sequence
 
 import yaml
 
-from opdf import __version__
 from opdf.errors import OpdfError
 
 # Verb name -> module under opdf.commands. Order is the order of `opdf --help`.
 VERBS = ["inspect", "finetune", "distill", "merge", "report", "methods"]
+# What the user can fix: printed as one line (exit code 2). ConfigError is an OpdfError.
+USER_ERRORS = (OpdfError, OSError, yaml.YAMLError, pickle.UnpicklingError)
+
+
+class _Version(argparse.Action):
+    """``--version``: the package metadata is read only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import opdf
+
+        print(f"opdf {opdf.__version__}")  # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             "deployed student keeps its size and latency."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"opdf {__version__}")
+    parser.add_argument("--version", action=_Version, help="show opdf's version and exit")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
         try:
@@ -54,18 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (
-        OpdfError,
-        ValueError,
-        OSError,
-        KeyError,
-        yaml.YAMLError,
-        pickle.UnpicklingError,
-    ) as exc:
+    except USER_ERRORS as exc:
         if os.environ.get("OPDF_DEBUG"):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"opdf {args.verb}: error: {message}", file=sys.stderr)
+        print(f"opdf {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"opdf {args.verb}: interrupted", file=sys.stderr)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from opdf.choices import SCHEMES
 from opdf.errors import OpdfError
 from opdf.mpo import contract, count_params, decompose, mpo_shapes, validate_modes
 from opdf.mpo.decompose import as_matrix
@@ -38,10 +39,10 @@ __all__ = [
     "param_report",
     "ParamReport",
     "default_targets",
+    "encoder_layers",
     "plan",
 ]
 
-SCHEMES = ("mpo", "svd", "none")
 Shapes = tuple[Sequence[int], Sequence[int]]
 
 
@@ -99,17 +100,29 @@ def _is_transformers_model(model: nn.Module) -> bool:
     return any(isinstance(m, PreTrainedModel) for m in model.modules())
 
 
-def _repeated_blocks(model: nn.Module) -> list[str]:
-    """Names of the ModuleLists of identical blocks (an encoder's layers), largest first."""
+def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The encoder's layers, ``(dotted name, ModuleList)``, or None if the model has none.
+
+    The one heuristic opdf uses wherever it needs the layers (default targets, the alignment
+    pairing, students made of teacher layers, BERT-of-Theseus): a ``ModuleList`` of blocks of one
+    type that hold an ``nn.Linear`` (``bert.encoder.layer``, ``mpnet.encoder.layer``,
+    ``distilbert.transformer.layer``, also inside a wrapper module). Lists as long as
+    ``config.num_hidden_layers`` (when the model has one) come first, then the longest, then the
+    shallowest.
+    """
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     found = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            kinds = {type(child) for child in module}
-            if len(kinds) == 1 and any(
-                isinstance(m, nn.Linear) for m in next(iter(module)).modules()
-            ):
-                found.append((len(module), name))
-    return [name for _, name in sorted(found, key=lambda t: -t[0])]
+    for order, (name, module) in enumerate(model.named_modules()):
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) == 1 and any(
+            isinstance(m, nn.Linear) for m in module[0].modules()
+        ):
+            found.append((len(module) != n, -len(module), name.count("."), order, name))
+    if not found:
+        return None
+    name = min(found)[-1]
+    return name, model.get_submodule(name)
 
 
 def default_targets(model: nn.Module) -> list[str]:
@@ -121,9 +134,9 @@ def default_targets(model: nn.Module) -> list[str]:
     classifier).
     """
     if _is_transformers_model(model):
-        blocks = _repeated_blocks(model)
-        if blocks:
-            prefix = blocks[0] + "."
+        layers = encoder_layers(model)
+        if layers is not None:
+            prefix = layers[0] + "."
             return [
                 name
                 for name, module in model.named_modules()
@@ -414,7 +427,22 @@ class ParamReport:
     inference_params: int
     modules: list[PlanEntry] = field(default_factory=list)
 
+    @classmethod
+    def from_plan(cls, model: nn.Module, entries: Sequence[PlanEntry]) -> ParamReport:
+        """The counts ``model`` (plain) would have after :func:`overparameterize` per ``entries``
+        (a :func:`plan`): a dry run's report, with no decomposition."""
+        added = sum(e.core_params - e.dense_params for e in entries)
+        total = sum(p.numel() for p in model.parameters())
+        train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trained = sum(
+            e.core_params - e.dense_params
+            for e in entries
+            if model.get_submodule(e.name).weight.requires_grad
+        )
+        return cls(total + added, train + trained, total, list(entries))
+
     def __str__(self) -> str:
+        """A table of the over-parameterized modules, then the counts (``opdf inspect``)."""
         rows = [
             f"{'module':<48} {'weight':>12} {'row modes':>18} {'col modes':>18} "
             f"{'bond dims':>28} {'cores':>11} {'dense':>10}"
@@ -425,10 +453,12 @@ class ParamReport:
                 f"{str(e.row_modes):>18} {str(e.col_modes):>18} {_short(e.bond_dims):>28} "
                 f"{e.core_params:>11,} {e.dense_params:>10,}"
             )
-        rows.append(
-            f"{len(self.modules)} over-parameterized modules; total params {self.total_params:,}; "
-            f"train params {self.train_params:,}; inference params {self.inference_params:,}"
-        )
+        rows += [
+            f"over-parameterized modules: {len(self.modules)}",
+            f"train params:     {self.total_params:,}",
+            f"trainable params: {self.train_params:,}",
+            f"inference params: {self.inference_params:,}",
+        ]
         return "\n".join(rows)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from opdf.commands.common import add_config_arguments, split_late_flags
+
 HELP = """\
 Run one distillation config: the YAML file is validated first (unknown keys, bad values and
 missing files are reported with the valid choices before any work), then the teacher is
@@ -31,12 +33,10 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="YAML config file (see configs/)")
-    p.add_argument(
-        "overrides",
-        nargs=argparse.REMAINDER,
-        metavar="key=value",
-        help="dotted overrides, e.g. seed=1 output_dir=runs/x max_steps=100 checkpoint_every=50 "
+    add_config_arguments(
+        p,
+        "YAML config file (see configs/)",
+        "dotted overrides, e.g. seed=1 output_dir=runs/x max_steps=100 checkpoint_every=50 "
         "overparam=svd data.max_train_samples=512 kd.temperature=2",
     )
     p.add_argument("--resume", action="store_true",
@@ -47,27 +47,10 @@ def add_parser(subparsers) -> None:
                    help="print the resolved config (all defaults) and exit")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
-    global _PARSER
-    _PARSER = p
-
-
-_PARSER = None
-
-
-def _split_flags(args):
-    """Options given after the overrides (``CONFIG seed=1 --resume``) are parsed here."""
-    flags = [o for o in args.overrides if o.startswith("-")]
-    if flags:
-        late = _PARSER.parse_args([*flags, args.config])
-        for key, value in vars(late).items():
-            if key not in ("config", "overrides") and value:
-                setattr(args, key, value)
-    args.overrides = [o for o in args.overrides if not o.startswith("-")]
-    return args
 
 
 def run(args) -> int:
-    args = _split_flags(args)
+    args = split_late_flags(args)
     from opdf.run.config import dump_config, load_config
 
     cfg = load_config(args.config, args.overrides)

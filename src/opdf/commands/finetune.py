@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from opdf.commands.common import add_config_arguments, split_late_flags
+
 HELP = """\
 Fine-tune the config's teacher (teacher.model) on its task (data) with teacher.finetune settings.
 The result is cached under $OPDF_CACHE (default ~/.cache/opdf)/teachers/<model>-<hash>, the hash
@@ -20,33 +22,18 @@ def add_parser(subparsers) -> None:
         epilog="example:\n  opdf finetune configs/rt-polarity-kd-base.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="YAML config file (its data and teacher sections are used)")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
-                   help="dotted overrides, e.g. teacher.finetune.epochs=2")  # fmt: skip
+    add_config_arguments(
+        p,
+        "YAML config file (its data and teacher sections are used)",
+        "dotted overrides, e.g. teacher.finetune.epochs=2",
+    )
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
-    global _PARSER
-    _PARSER = p
-
-
-_PARSER = None
-
-
-def _split_flags(args):
-    """Options given after the overrides (``CONFIG seed=1 --resume``) are parsed here."""
-    flags = [o for o in args.overrides if o.startswith("-")]
-    if flags:
-        late = _PARSER.parse_args([*flags, args.config])
-        for key, value in vars(late).items():
-            if key not in ("config", "overrides") and value:
-                setattr(args, key, value)
-    args.overrides = [o for o in args.overrides if not o.startswith("-")]
-    return args
 
 
 def run(args) -> int:
-    args = _split_flags(args)
+    args = split_late_flags(args)
     from opdf.run.allocator import keep_freed_memory
     from opdf.run.config import load_config
     from opdf.run.runner import finetune_teacher, teacher_cache_dir, teacher_summary

@@ -7,11 +7,13 @@ train/inference parameter counts; with ``--teacher`` also the core pairing of th
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
+from opdf.choices import CORE_SELECTIONS, SCHEMES
 from opdf.errors import OpdfError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 # Architectures that need no weights to inspect: the paper's BERT-base shapes.
 ARCHITECTURES = {
@@ -32,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a local transformers folder, a built-in model name (see `opdf.models`), or "
         f"an architecture with random weights: {', '.join(ARCHITECTURES)}",
     )
-    p.add_argument("--scheme", default="mpo", choices=["mpo", "svd", "none"])
+    p.add_argument("--scheme", default="mpo", choices=SCHEMES)
     p.add_argument("--unit-modes", type=int, default=3, help="unit modes L (scheme mpo)")
     p.add_argument("--num-labels", type=int, default=2, help="classifier size (default 2)")
     p.add_argument(
@@ -60,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_model(name: str, num_labels: int) -> nn.Module:
     """A classifier with the architecture of ``name``; weights are random (a dry run needs none)."""
+    import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
     from transformers import BertForSequenceClassification as Bert
 
@@ -90,36 +93,24 @@ def parse_layer_map(text: str | None) -> dict[int, int] | None:
 
 
 def parse_cores(text: str) -> str | list[int]:
-    if text in ("auxiliary", "all"):
+    """``"auxiliary"``, ``"all"`` (:data:`opdf.choices.CORE_SELECTIONS`) or ``"0,4"`` -> [0, 4]."""
+    if text in CORE_SELECTIONS:
         return text
     try:
         return [int(k) for k in text.split(",") if k.strip()]
     except ValueError:
-        raise OpdfError(
-            f"--cores {text!r} must be 'auxiliary', 'all' or indices like 0,4"
-        ) from None
+        named = " or ".join(repr(c) for c in CORE_SELECTIONS)
+        raise OpdfError(f"--cores {text!r} must be {named}, or indices like 0,4") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from opdf.overparam import plan
+    from opdf.overparam import ParamReport, plan
 
     layer_map, cores = parse_layer_map(args.layer_map), parse_cores(args.cores)
     model = build_model(args.model, args.num_labels)
     entries = plan(model, args.scheme, args.unit_modes, args.targets)
-    dense_total = sum(p.numel() for p in model.parameters())
-    added = sum(e.core_params - e.dense_params for e in entries)
     print(f"model {args.model}: scheme={args.scheme}, unit_modes={args.unit_modes}")
-    print(f"{'module':<50} {'weight':>10} {'row modes':>18} {'col modes':>18} {'bond dims':>26}")
-    for e in entries:
-        bonds = str(e.bond_dims)
-        bonds = bonds if len(bonds) <= 26 else bonds[:23] + "..."
-        print(
-            f"{e.name:<50} {'x'.join(map(str, e.weight_shape)):>10} {str(e.row_modes):>18} "
-            f"{str(e.col_modes):>18} {bonds:>26}"
-        )
-    print(f"over-parameterized modules: {len(entries)}")
-    print(f"train params:     {dense_total + added:,}")
-    print(f"inference params: {dense_total:,}")
+    print(ParamReport.from_plan(model, entries))
     if args.teacher:
         from opdf.align import pairing_plan
 

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from opdf.data.dataset import TextSplit
+from opdf.errors import OpdfError
 
 
 class TokenizedSplit(Dataset):
@@ -22,7 +23,7 @@ class TokenizedSplit(Dataset):
 
     def __init__(self, split: TextSplit, tokenizer, max_length: int, regression: bool = False):
         if max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {max_length}")
+            raise OpdfError(f"max_length must be positive, got {max_length}")
         args = [split.texts] if split.text_pairs is None else [split.texts, split.text_pairs]
         enc = tokenizer(*args, truncation=True, max_length=max_length, padding=False)
         self.features = {k: list(v) for k, v in enc.items() if k != "special_tokens_mask"}
@@ -83,7 +84,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
     ):
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise OpdfError(f"batch_size must be positive, got {batch_size}")
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -157,7 +158,7 @@ def make_dataloader(
         )
         return DataLoader(data, batch_sampler=sampler, collate_fn=collate)
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise OpdfError(f"batch_size must be positive, got {batch_size}")
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         data,

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from opdf.data.metrics import MetricFn
+from opdf.errors import OpdfError
 
 SPLITS = ("train", "dev", "test")
 
@@ -139,7 +140,7 @@ def split_indices(
 def fraction_sizes(n: int, dev_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     """``(train, dev, test)`` sizes: dev and test rounded to the nearest integer."""
     if not (0 <= dev_fraction < 1 and 0 <= test_fraction < 1 and dev_fraction + test_fraction < 1):
-        raise ValueError(
+        raise OpdfError(
             f"dev_fraction={dev_fraction} and test_fraction={test_fraction} must be in [0, 1) "
             "and sum to less than 1"
         )
@@ -154,7 +155,7 @@ def subsample(
     if max_samples is None or max_samples >= len(split):
         return split
     if max_samples <= 0:
-        raise ValueError(f"max samples must be positive, got {max_samples}")
+        raise OpdfError(f"max samples must be positive, got {max_samples}")
     keep, _ = split_indices(
         split.labels, [max_samples, len(split) - max_samples], seed, is_regression
     )
@@ -165,7 +166,7 @@ def check_nonempty(ds: TextDataset, source: str) -> TextDataset:
     """Raise one clear error if any split is empty."""
     empty = [k for k, v in ds.splits.items() if len(v) == 0]
     if empty:
-        raise ValueError(
+        raise OpdfError(
             f"{ds.name}: split(s) {', '.join(empty)} are empty (from {source}); sizes: {ds.sizes()}"
         )
     return ds

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from opdf.data.dataset import TextDataset, TextSplit, fraction_sizes, split_indices
 from opdf.data.metrics import get_metric
+from opdf.errors import OpdfError
 
 EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json")
 DEV_NAMES = ("dev", "validation", "valid", "val")
@@ -60,13 +61,13 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+                    raise OpdfError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
                 if not isinstance(row, dict):
-                    raise ValueError(f"{path}, line {lineno}: expected a JSON object per line")
+                    raise OpdfError(f"{path}, line {lineno}: expected a JSON object per line")
                 rows.append(row)
                 columns.update(dict.fromkeys(row))
         return rows, list(columns)
-    raise ValueError(f"{path}: unsupported file type {ext!r}; use one of {', '.join(EXTENSIONS)}")
+    raise OpdfError(f"{path}: unsupported file type {ext!r}; use one of {', '.join(EXTENSIONS)}")
 
 
 def _json_array(path: Path) -> tuple[list[dict], list[str]] | None:
@@ -80,7 +81,7 @@ def _json_array(path: Path) -> tuple[list[dict], list[str]] | None:
         except json.JSONDecodeError:
             return None  # JSON lines after all
         if isinstance(whole, dict) and whole and all(isinstance(v, dict) for v in whole.values()):
-            raise ValueError(
+            raise OpdfError(
                 f"{path}: one JSON object for the whole file; write one object per row, as an "
                 'array (pandas: to_json(orient="records")) or one per line (lines=True)'
             )
@@ -91,12 +92,12 @@ def _json_array(path: Path) -> tuple[list[dict], list[str]] | None:
         with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+        raise OpdfError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
     if not data:
-        raise ValueError(f"{path}: the JSON array is empty: no rows")
+        raise OpdfError(f"{path}: the JSON array is empty: no rows")
     bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)), None)
     if bad is not None:
-        raise ValueError(
+        raise OpdfError(
             f"{path}: expected an array of JSON objects, but item {bad} is a "
             f"{type(data[bad]).__name__}"
         )
@@ -116,7 +117,7 @@ def _find(folder: Path, stems: Sequence[str]) -> Path | None:
 
 def _column_values(rows, columns, column, path) -> tuple[list, list[int]]:
     if column not in columns:
-        raise ValueError(
+        raise OpdfError(
             f"{path}: missing column {column!r}; available columns: {', '.join(map(str, columns))}"
         )
     values = [r.get(column) for r in rows]
@@ -128,7 +129,7 @@ def _read_split(path: Path, text_column, text_pair_column, label_column):
     rows, columns = read_records(path)
     texts, missing_t = _column_values(rows, columns, text_column, path)
     if missing_t:
-        raise ValueError(
+        raise OpdfError(
             f"{path}: {len(missing_t)} row(s) have no {text_column!r} (first data row "
             f"{missing_t[0] + 1})"
         )
@@ -136,14 +137,14 @@ def _read_split(path: Path, text_column, text_pair_column, label_column):
     if text_pair_column is not None:
         pairs, missing_p = _column_values(rows, columns, text_pair_column, path)
         if missing_p:
-            raise ValueError(
+            raise OpdfError(
                 f"{path}: {len(missing_p)} row(s) have no {text_pair_column!r} (first data row "
                 f"{missing_p[0] + 1})"
             )
         pairs = [str(p) for p in pairs]
     labels, missing_l = _column_values(rows, columns, label_column, path)
     if missing_l:
-        raise ValueError(
+        raise OpdfError(
             f"{path}: {len(missing_l)} row(s) have no label in {label_column!r} (first data row "
             f"{missing_l[0] + 1})"
         )
@@ -166,14 +167,14 @@ def _encode_labels(raw: dict[str, list], task: str, label_names, sources: dict[s
                 try:
                     enc.append(float(v))
                 except (TypeError, ValueError):
-                    raise ValueError(
+                    raise OpdfError(
                         f"{sources[split]}: label {v!r} in data row {i + 1} is not a number "
                         "(task='regression')"
                     ) from None
             out[split] = enc
         return out, 1, None
     if task != "classification":
-        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        raise OpdfError(f"task must be 'classification' or 'regression', got {task!r}")
     every = [v for values in raw.values() for v in values]
     if label_names is not None:
         names = [str(n) for n in label_names]
@@ -182,14 +183,14 @@ def _encode_labels(raw: dict[str, list], task: str, label_names, sources: dict[s
         for split, values in raw.items():
             bad = sorted({str(v) for v in values} - set(lookup))
             if bad:
-                raise ValueError(f"{sources[split]}: labels {bad} are not in label_names {names}")
+                raise OpdfError(f"{sources[split]}: labels {bad} are not in label_names {names}")
             out[split] = [lookup[str(v)] for v in values]
         return out, len(names), names
     if all(_is_int_label(v) for v in every):
         out = {s: [int(v) for v in values] for s, values in raw.items()}
         lo = min(min(v) for v in out.values() if v)
         if lo < 0:
-            raise ValueError(f"integer labels must be >= 0 (class ids), found {lo}")
+            raise OpdfError(f"integer labels must be >= 0 (class ids), found {lo}")
         n = max(max(v) for v in out.values() if v) + 1
         return out, max(n, 2), None
     names = sorted({str(v) for v in every})
@@ -227,7 +228,7 @@ def load_file_dataset(
     else:
         raise FileNotFoundError(f"data path {path} does not exist")
     if text_pair_column is not None and text_pair_column == text_column:
-        raise ValueError(f"text_pair_column and text_column are both {text_column!r}")
+        raise OpdfError(f"text_pair_column and text_column are both {text_column!r}")
 
     cols = (text_column, text_pair_column, label_column)
     read = {k: _read_split(p, *cols) for k, p in files.items()}

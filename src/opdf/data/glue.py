@@ -38,6 +38,7 @@ from pathlib import Path
 
 from opdf.data.dataset import TextDataset, TextSplit, split_indices
 from opdf.data.metrics import get_metric
+from opdf.errors import OpdfError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ ALIASES = {
 def glue_task(task: str) -> GlueTask:
     key = ALIASES.get(task.lower(), task.lower())
     if key not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {task!r}; valid tasks: {', '.join(GLUE_TASKS)}")
+        raise OpdfError(f"unknown GLUE task {task!r}; valid tasks: {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[key]
 
 
@@ -142,7 +143,7 @@ def _column(spec_col: str | int, header: list[str] | None, path: Path) -> int:
         return spec_col
     assert header is not None
     if spec_col not in header:
-        raise ValueError(
+        raise OpdfError(
             f"{path}: missing column {spec_col!r}; available columns: {', '.join(header)}"
         )
     return header.index(spec_col)
@@ -158,12 +159,12 @@ def read_glue_tsv(path: Path, spec: GlueTask) -> tuple[TextSplit, int]:
     header = None
     if spec.header:
         if not rows:
-            raise ValueError(f"{path} is empty: expected a header row")
+            raise OpdfError(f"{path} is empty: expected a header row")
         header, rows = rows[0], rows[1:]
     width = len(header) if header is not None else spec.n_columns
     cols = [_column(c, header, path) for c in (spec.text, spec.pair, spec.label) if c is not None]
     if width is not None and max(cols) >= width:
-        raise ValueError(f"{path}: expected at least {max(cols) + 1} columns, found {width}")
+        raise OpdfError(f"{path}: expected at least {max(cols) + 1} columns, found {width}")
     ti = _column(spec.text, header, path)
     pi = None if spec.pair is None else _column(spec.pair, header, path)
     li = _column(spec.label, header, path)
@@ -191,7 +192,7 @@ def read_glue_tsv(path: Path, spec: GlueTask) -> tuple[TextSplit, int]:
         if pi is not None:
             pairs.append(row[pi])
     if rows and not texts:
-        raise ValueError(
+        raise OpdfError(
             f"{path}: none of {len(rows)} rows could be read as GLUE {spec.folder} "
             f"(labels expected: {', '.join(spec.raw_labels or ('numbers',))})"
         )
@@ -220,7 +221,7 @@ def load_glue(
         a, b = split_indices(full_dev.labels, [n - n_test, n_test], split_seed, spec.is_regression)
         dev, test = full_dev.select(a), full_dev.select(b)
     else:
-        raise ValueError(f"dev_split must be 'halves' or 'random', got {dev_split!r}")
+        raise OpdfError(f"dev_split must be 'halves' or 'random', got {dev_split!r}")
     fn, main = get_metric(spec.metric)
     names = spec.label_names or spec.raw_labels
     return TextDataset(

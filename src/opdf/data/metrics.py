@@ -17,6 +17,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from opdf.errors import OpdfError
+
 MetricFn = Callable[[object, object], dict[str, float]]
 
 
@@ -48,7 +50,7 @@ def _check_lengths(p: np.ndarray, y: np.ndarray) -> None:
     if len(p) != len(y):
         raise ValueError(f"got {len(p)} predictions for {len(y)} labels")
     if len(y) == 0:
-        raise ValueError("cannot compute a metric on zero examples")
+        raise OpdfError("cannot compute a metric on zero examples")
 
 
 def accuracy(preds, labels) -> dict[str, float]:
@@ -103,6 +105,6 @@ def get_metric(name: str) -> tuple[MetricFn, str]:
     try:
         return METRICS[name]
     except KeyError:
-        raise ValueError(
+        raise OpdfError(
             f"unknown metric {name!r}; valid names: {', '.join(sorted(METRICS))}"
         ) from None

@@ -30,6 +30,7 @@ from opdf.data.dataset import TextDataset, check_nonempty, subsample
 from opdf.data.files import is_data_file, load_file_dataset
 from opdf.data.glue import GLUE_TASKS, load_glue
 from opdf.data.movie_reviews import SOURCES, load_movie_reviews
+from opdf.errors import OpdfError
 
 BUILTIN_DATASETS = tuple(SOURCES)  # ("rt-polarity", "imdb")
 
@@ -47,7 +48,7 @@ def _call(loader, source: str, *args, **options):
     ]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(
+        raise OpdfError(
             f"unknown option(s) {', '.join(unknown)} for {source}; valid options: "
             f"{', '.join(accepted + ['max_train_samples', 'max_eval_samples', 'seed'])}"
         )
@@ -104,7 +105,7 @@ def load_text_dataset(
         task = parts[1] if len(parts) > 1 and parts[1] else opt_task
         data_dir = parts[2] if len(parts) > 2 and parts[2] else opt_dir
         if task is None or data_dir is None:
-            raise ValueError(
+            raise OpdfError(
                 f"GLUE needs a task and a folder: 'glue:<task>:<folder>' or data_dir=...; "
                 f"valid tasks: {', '.join(GLUE_TASKS)}"
             )
@@ -112,7 +113,7 @@ def load_text_dataset(
     elif Path(name).expanduser().exists() or _looks_like_path(name):
         ds = _call(load_file_dataset, name, Path(name), **options)
     else:
-        raise ValueError(
+        raise OpdfError(
             f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}, "
             "or a path to a CSV/TSV/JSONL/JSON file or folder"
         )

@@ -1,23 +1,29 @@
 """Distillation methods: one small file each, one registry (``@register_method``).
 
+Importing this package registers the built-in methods (each file registers itself, as
+torchdistill's ``losses/__init__.py`` does); :mod:`opdf.distill.registry` is a leaf module.
+
 >>> from opdf.distill import get_method, method_names
 >>> method_names()                                     # doctest: +SKIP
 ['kd', 'theseus']
 """
 
-from opdf.distill.base import (
-    Distiller,
-    TrainContext,
+from opdf.distill.base import Distiller, TrainContext, model_inputs, task_loss
+from opdf.distill.finetune import FineTune
+from opdf.distill.registry import (
     get_method,
     method_names,
     methods,
-    model_inputs,
     register_method,
-    task_loss,
+    unregister_method,
 )
+
+# the built-in methods (registration side effect)
+from opdf.distill import kd, theseus  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "Distiller",
+    "FineTune",
     "TrainContext",
     "get_method",
     "method_names",
@@ -25,4 +31,5 @@ __all__ = [
     "model_inputs",
     "register_method",
     "task_loss",
+    "unregister_method",
 ]

@@ -1,6 +1,6 @@
 """The :class:`Distiller` interface every method implements, and the method registry.
 
-A method is one small class (mdistiller style)::
+A method is one small class (mdistiller style), registered in :mod:`opdf.distill.registry`::
 
     @register_method("kd")
     class KD(Distiller):
@@ -18,20 +18,21 @@ export. It only talks to a method through these hooks, so methods that need more
 overriding them:
 
 * :meth:`Distiller.build_student`: what the student starts from (teacher layers by default).
-* :meth:`Distiller.param_groups`: what the optimizer trains, with per-group learning rates
-  (a method that trains its teacher, like LGTM, adds the teacher's group here).
-* :meth:`Distiller.trainable_modules`: what checkpoints save (the teacher too when it trains).
+* :meth:`Distiller.param_groups`: what the main optimizer trains, with per-group learning rates.
+* :meth:`Distiller.configure_optimizers`: the optimizers by name; ``"main"`` is stepped by the
+  trainer, others (LGTM's teacher optimizer) by the method; all are checkpointed.
+* :meth:`Distiller.trainable_modules`: what checkpoints save (the teacher too when it trains);
+  :meth:`Distiller.extra_state` for anything else a resume needs.
 * :meth:`Distiller.on_train_start`: access to the run context (datasets, a batch iterator over any
   split, total steps), e.g. LGTM's quiz batches from dev.
 * :meth:`Distiller.on_step_end`: after each optimizer step; may return scalars to log (Theseus
-  logs its replacement rate here). A method may also take its own extra optimizer step here.
+  logs its replacement rate here). A method takes its own optimizers' steps here.
 * :meth:`Distiller.forward_train` is free to call ``torch.autograd.grad(..., create_graph=True)``
   (AD-KD's attributions) or to use only the teacher's decisions (DBKD).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,7 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opdf.errors import ConfigError
+# the registry's names, importable from here as before the registry became its own module
+from opdf.distill.registry import (  # noqa: F401
+    get_method,
+    method_names,
+    methods,
+    register_method,
+)
+
+#: ``(optimizer, LR schedule or None)``, and what makes one: ``build(groups, lr=None)``
+OptimizerAndSchedule = tuple[torch.optim.Optimizer, "torch.optim.lr_scheduler.LRScheduler | None"]
+OptimizerBuilder = Callable[..., OptimizerAndSchedule]
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -145,6 +156,15 @@ class Distiller(nn.Module):
         named = [(n, p) for n, p in self.student.named_parameters() if p.requires_grad]
         return [{"params": [p for _, p in named], "names": [f"student.{n}" for n, _ in named]}]
 
+    def configure_optimizers(self, build: OptimizerBuilder) -> dict[str, OptimizerAndSchedule]:
+        """The optimizers and their LR schedules, by name. The trainer steps ``"main"`` after
+        each backward (clipping its parameters first); any other is the method's own to step,
+        e.g. in :meth:`on_step_end` (LGTM's teacher). Every one is checkpointed and restored.
+        ``build(groups, lr=None)`` makes the run's optimizer (AdamW, no decay on biases and
+        norms) and warmup/decay schedule over ``param_groups``-style groups. Default: one
+        ``"main"`` over :meth:`param_groups`."""
+        return {"main": build(self.param_groups())}
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Modules whose state a checkpoint must hold to resume exactly."""
         mods = {"student": self.student}
@@ -169,50 +189,3 @@ class Distiller(nn.Module):
     def export_student(self) -> nn.Module:
         """The model to merge and save at the end (the student, for every method so far)."""
         return self.student
-
-
-# ---------------------------------------------------------------------------------------------
-# registry
-
-_METHODS: dict[str, type[Distiller]] = {}
-
-
-def register_method(name: str):
-    """Class decorator: make a :class:`Distiller` subclass available as ``method: name``."""
-
-    def deco(cls: type[Distiller]) -> type[Distiller]:
-        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
-            raise TypeError(f"@register_method({name!r}) must decorate a Distiller subclass")
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"method {name!r} is already registered ({_METHODS[name].__name__})")
-        if not dataclasses.is_dataclass(cls.Options):
-            raise TypeError(f"{cls.__name__}.Options must be a dataclass")
-        cls.name = name
-        if not cls.description:
-            doc = (cls.__doc__ or "").strip().splitlines()
-            cls.description = doc[0] if doc else ""
-        _METHODS[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_builtins() -> None:
-    from opdf.distill import kd, theseus  # noqa: F401  (registration side effect)
-
-
-def method_names() -> list[str]:
-    _load_builtins()
-    return sorted(_METHODS)
-
-
-def get_method(name: str) -> type[Distiller]:
-    _load_builtins()
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
-
-
-def methods() -> dict[str, type[Distiller]]:
-    _load_builtins()
-    return dict(sorted(_METHODS.items()))

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from opdf.distill.base import Distiller, model_inputs, register_method, task_loss
+from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.distill.registry import register_method
 from opdf.errors import ConfigError
 
 

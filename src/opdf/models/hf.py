@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from opdf.models._quiet import quiet_transformers
+from opdf.errors import OpdfError
 from opdf.models.builtin import BUILTINS, prepare_builtin
+from opdf.models.quiet import quiet_transformers
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -34,14 +35,14 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
             f"unknown model {name!r}: not a built-in name ({valid}) and no such folder"
         )
     if not path.is_dir():
-        raise ValueError(f"model path {path} is a file; give a transformers model folder")
+        raise OpdfError(f"model path {path} is a file; give a transformers model folder")
     if not (path / "config.json").is_file():
-        raise ValueError(
+        raise OpdfError(
             f"{path} is not a transformers model folder (no config.json); give a folder written "
             f"by save_pretrained, or a built-in name ({valid})"
         )
     if not any((path / f).is_file() for f in WEIGHT_FILES):
-        raise ValueError(f"{path} has a config.json but no weights ({', '.join(WEIGHT_FILES)})")
+        raise OpdfError(f"{path} has a config.json but no weights ({', '.join(WEIGHT_FILES)})")
     return path
 
 
@@ -54,7 +55,7 @@ def load_tokenizer(name_or_path: str | Path):
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{folder}: no usable tokenizer files ({e})") from None
+        raise OpdfError(f"{folder}: no usable tokenizer files ({e})") from None
 
 
 def load_model(
@@ -87,7 +88,7 @@ def load_model(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     if num_labels < 1:
-        raise ValueError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
+        raise OpdfError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
     _offline()
     folder = resolve_model_dir(name_or_path)
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
@@ -100,7 +101,7 @@ def load_model(
     config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
     for key, value in config_overrides.items():
         if not hasattr(config, key):
-            raise ValueError(f"{folder}: config has no attribute {key!r} to override")
+            raise OpdfError(f"{folder}: config has no attribute {key!r} to override")
         setattr(config, key, value)
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng, quiet_transformers():
@@ -115,12 +116,12 @@ def load_model(
                 output_loading_info=True,
             )
         except (ValueError, RuntimeError) as e:
-            raise ValueError(f"{folder}: cannot load a sequence classifier: {e}") from None
+            raise OpdfError(f"{folder}: cannot load a sequence classifier: {e}") from None
     prefix = getattr(model, "base_model_prefix", "")
     body = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
     body = [k for k in body if prefix and k.startswith(prefix + ".")]
     if body:  # only the head may be re-initialized, never the encoder
-        raise ValueError(f"{folder}: encoder weights have the wrong shape: {', '.join(body)}")
+        raise OpdfError(f"{folder}: encoder weights have the wrong shape: {', '.join(body)}")
     model.train()
     return model, load_tokenizer(folder)
 

@@ -7,35 +7,20 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from opdf.errors import OpdfError
+from opdf.overparam import encoder_layers
+
 
 def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The ``ModuleList`` of encoder layers: ``(dotted name, list)``.
-
-    Generic: the ModuleList whose length is ``config.num_hidden_layers`` and whose name ends in
-    ``layer`` or ``layers`` (``bert.encoder.layer``, ``mpnet.encoder.layer``, ...), the shallowest
-    one if several.
-    """
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    found = [
-        (name, mod)
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.ModuleList)
-        and name.split(".")[-1] in ("layer", "layers")
-        and (n is None or len(mod) == n)
-    ]
-    if not found:
-        raise ValueError(
-            f"{type(model).__name__}: found no ModuleList of {n} encoder layers "
-            "(expected e.g. bert.encoder.layer)"
+    """The ``ModuleList`` of encoder layers: ``(dotted name, list)``, found by
+    :func:`opdf.overparam.encoder_layers`; an :class:`OpdfError` if the model has none."""
+    found = encoder_layers(model)
+    if found is None:
+        raise OpdfError(
+            f"{type(model).__name__}: found no ModuleList of encoder layers (repeated blocks "
+            "holding nn.Linear, e.g. bert.encoder.layer)"
         )
-    found.sort(key=lambda x: x[0].count("."))
-    return found[0]
-
-
-def _set_submodule(root: nn.Module, dotted: str, value: nn.Module) -> None:
-    parent_name, _, attr = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, value)
+    return found
 
 
 def default_student_layers(n_teacher: int) -> list[int]:
@@ -55,16 +40,16 @@ def student_from_teacher(teacher: nn.Module, layers: Sequence[int] | None = None
     n = len(teacher_layers)
     chosen = default_student_layers(n) if layers is None else [int(i) for i in layers]
     if not chosen:
-        raise ValueError("layers is empty: keep at least one teacher layer")
+        raise OpdfError("layers is empty: keep at least one teacher layer")
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
-        raise ValueError(f"layers {bad} out of range: the teacher has {n} layers (0..{n - 1})")
+        raise OpdfError(f"layers {bad} out of range: the teacher has {n} layers (0..{n - 1})")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"layers {chosen} repeat an index; each teacher layer can be kept once")
+        raise OpdfError(f"layers {chosen} repeat an index; each teacher layer can be kept once")
 
     student = copy.deepcopy(teacher)
     old = student.get_submodule(name)
-    _set_submodule(student, name, nn.ModuleList([old[i] for i in chosen]))
+    student.set_submodule(name, nn.ModuleList([old[i] for i in chosen]))
     for new_idx, layer in enumerate(student.get_submodule(name)):
         for mod in layer.modules():  # cache bookkeeping in attention (BERT's layer_idx)
             if isinstance(getattr(mod, "layer_idx", None), int):

@@ -18,30 +18,37 @@ import torch
 __all__ = ["contract", "contraction_order", "contraction_cost"]
 
 
-def contract(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Contract cores ``[d_{k-1}, i_k, j_k, d_k]`` into the ``(prod i, prod j)`` matrix.
-
-    Differentiable with respect to every core. The row modes are read off ``core.shape[1]`` and the
-    column modes off ``core.shape[2]``.
-    """
+def check_chain(cores: Sequence[torch.Tensor]) -> tuple[list[int], list[int]]:
+    """Check that ``cores`` form an MPO chain (4-D, neighbouring bonds equal, outer bonds 1);
+    return the row and column modes they carry (``core.shape[1]``, ``core.shape[2]``)."""
     if len(cores) == 0:
-        raise ValueError("contract() needs at least one core")
+        raise ValueError("an MPO needs at least one core")
     for k, core in enumerate(cores):
         if core.dim() != 4:
             raise ValueError(
                 f"core {k} must be 4-D [d_prev, i, j, d_next], got shape {tuple(core.shape)}"
             )
-    bonds = [cores[0].shape[0]] + [c.shape[3] for c in cores]
     for k in range(1, len(cores)):
         if cores[k].shape[0] != cores[k - 1].shape[3]:
             raise ValueError(
                 f"bond mismatch between core {k - 1} (right bond {cores[k - 1].shape[3]}) and "
                 f"core {k} (left bond {cores[k].shape[0]})"
             )
-    if bonds[0] != 1 or bonds[-1] != 1:
-        raise ValueError(f"the outer bonds must be 1, got {bonds[0]} and {bonds[-1]}")
-    row_modes = [c.shape[1] for c in cores]
-    col_modes = [c.shape[2] for c in cores]
+    if cores[0].shape[0] != 1 or cores[-1].shape[3] != 1:
+        raise ValueError(
+            f"the outer bonds must be 1, got {cores[0].shape[0]} and {cores[-1].shape[3]}"
+        )
+    return [int(c.shape[1]) for c in cores], [int(c.shape[2]) for c in cores]
+
+
+def contract(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Contract cores ``[d_{k-1}, i_k, j_k, d_k]`` into the ``(prod i, prod j)`` matrix.
+
+    Differentiable with respect to every core. The row modes are read off ``core.shape[1]`` and the
+    column modes off ``core.shape[2]``.
+    """
+    row_modes, col_modes = check_chain(cores)
+    bonds = [cores[0].shape[0]] + [c.shape[3] for c in cores]
     sizes = [i * j for i, j in zip(row_modes, col_modes, strict=True)]
     split = _split_table(tuple(bonds), tuple(sizes))
     blocks = [c.reshape(c.shape[0], sizes[k], c.shape[3]) for k, c in enumerate(cores)]

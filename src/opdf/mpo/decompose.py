@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from opdf.mpo.operator import MPO
-from opdf.mpo.shapes import _check_max_bond, validate_modes
+from opdf.mpo.shapes import check_max_bond, validate_modes
 
 __all__ = ["decompose", "as_matrix", "apply_sign_rule"]
 
@@ -84,7 +84,7 @@ def decompose(
     rows, cols = mat.shape
     row_modes, col_modes = validate_modes(rows, cols, row_modes, col_modes)
     if max_bond is not None:
-        _check_max_bond(max_bond)
+        check_max_bond(max_bond)
     if not mat.is_floating_point():
         raise ValueError(f"expected a floating-point weight, got dtype {mat.dtype}")
     sizes = [i * j for i, j in zip(row_modes, col_modes, strict=True)]

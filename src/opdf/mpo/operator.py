@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from opdf.mpo.contract import contract
+from opdf.mpo.contract import check_chain, contract
 from opdf.mpo.shapes import central_index
 
 __all__ = ["MPO"]
@@ -25,6 +26,26 @@ class MPO:
     row_modes: list[int]
     col_modes: list[int]
     weight_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Validate on construction (as tensorly's ``TTMatrix``), so that :attr:`shape`,
+        :attr:`bond_dims` and the cores can never disagree."""
+        self.cores = list(self.cores)
+        rows, cols = check_chain(self.cores)
+        self.row_modes = [int(m) for m in self.row_modes]
+        self.col_modes = [int(m) for m in self.col_modes]
+        if (self.row_modes, self.col_modes) != (rows, cols):
+            raise ValueError(
+                f"the cores carry row modes {rows} and column modes {cols}, but the MPO was "
+                f"given row_modes={self.row_modes} and col_modes={self.col_modes}"
+            )
+        if self.weight_shape is not None:
+            self.weight_shape = tuple(int(s) for s in self.weight_shape)
+            if math.prod(self.weight_shape) != math.prod(rows) * math.prod(cols):
+                raise ValueError(
+                    f"weight_shape {self.weight_shape} does not hold the {math.prod(rows)} x "
+                    f"{math.prod(cols)} matrix of the cores"
+                )
 
     @property
     def num_cores(self) -> int:

@@ -17,6 +17,7 @@ __all__ = [
     "bond_dims",
     "count_params",
     "central_index",
+    "check_max_bond",
 ]
 
 
@@ -95,7 +96,7 @@ def bond_dims(
     dims = full_bond_dims(row_modes, col_modes)
     if max_bond is None:
         return dims
-    _check_max_bond(max_bond)
+    check_max_bond(max_bond)
     return [1] + [min(d, max_bond) for d in dims[1:-1]] + [1]
 
 
@@ -122,6 +123,7 @@ def _check_size(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _check_max_bond(max_bond: int) -> None:
+def check_max_bond(max_bond: int) -> None:
+    """``max_bond`` is an integer >= 1 (``None``, exact, is handled by the callers)."""
     if not isinstance(max_bond, int) or isinstance(max_bond, bool) or max_bond < 1:
         raise ValueError(f"max_bond must be an integer >= 1 (or None for exact), got {max_bond!r}")

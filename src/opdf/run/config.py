@@ -5,9 +5,10 @@ training settings. ``load_config(path, overrides)`` returns a :class:`RunConfig`
 (missing file, unknown key, wrong type, bad value, inconsistent combination) raises
 :class:`opdf.errors.ConfigError` with the valid choices in the message.
 
-Layout (every key optional except ``method``; defaults shown by ``opdf distill --show-defaults``)::
+Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf distill CONFIG
+--print-config`` prints a config with every default filled in)::
 
-    method: kd                      # a registered method (`opdf methods`)
+    method: kd                      # a registered method (`opdf methods`); default kd
     seed: 42
     output_dir: runs/kd-mpo
     data: {name: rt-polarity, max_length: 64, max_train_samples: null, max_eval_samples: null}
@@ -39,9 +40,9 @@ from typing import Any, Union
 
 import yaml
 
-from opdf.errors import ConfigError
+from opdf.choices import SCHEMES, check_core_selection
+from opdf.errors import ConfigError, OpdfError
 
-SCHEMES = ("none", "svd", "mpo")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -190,24 +191,7 @@ def _coerce(value, tp, where: str):
         return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _Mismatch
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except _Mismatch:
-                continue
-            except ConfigError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
-        raise _Mismatch
+        return _coerce_union(value, typing.get_args(tp), where)
     if value is None:
         raise _Mismatch
     if dataclasses.is_dataclass(tp):
@@ -228,6 +212,32 @@ def _coerce(value, tp, where: str):
                 _coerce(k, args[0], where): _coerce(v, args[1], where) for k, v in value.items()
             }
         return dict(value)
+    return _coerce_scalar(value, tp)
+
+
+def _coerce_union(value, args: tuple, where: str):
+    """The first member of ``X | Y | None`` that ``value`` fits; a member's own ConfigError (a
+    nested mapping with a bad key) wins over "fits none"."""
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _Mismatch
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, where)
+        except _Mismatch:
+            continue
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
+    raise _Mismatch
+
+
+def _coerce_scalar(value, tp):
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -391,11 +401,10 @@ def check(cfg: RunConfig) -> None:
             "align.weight > 0 needs an over-parameterized student: set overparam to svd or mpo, "
             "or align.weight to 0"
         )
-    if isinstance(cfg.align.cores, str) and cfg.align.cores not in ("auxiliary", "all"):
-        raise ConfigError(
-            f"config key 'align.cores': {cfg.align.cores!r} is not valid; valid choices: "
-            "auxiliary, all, or a list of core indices"
-        )
+    try:
+        check_core_selection(cfg.align.cores)
+    except OpdfError as exc:
+        raise ConfigError(f"config key 'align.cores': {exc}") from None
     if cfg.batch_size % cfg.grad_accum:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be a multiple of grad_accum {cfg.grad_accum} "

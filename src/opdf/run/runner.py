@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.distill.finetune import FineTune  # also importable from here, as before
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import checkpoint as ckpt
 from opdf.run.config import FinetuneConfig, RunConfig, dump_config
@@ -65,17 +65,6 @@ def _subsample_note(cfg: RunConfig, dataset) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- teacher
-
-
-class FineTune(Distiller):
-    """Plain fine-tuning of one model on the task (used for teachers; not a registered method)."""
-
-    needs_teacher = False
-    name = "finetune"
-
-    def forward_train(self, batch):
-        logits = self.student(**model_inputs(batch)).logits
-        return logits, {"ce": task_loss(logits, batch["labels"], self.num_labels)}
 
 
 def teacher_key(cfg: RunConfig) -> str:
@@ -186,6 +175,7 @@ def finetune_teacher(cfg: RunConfig, *, force: bool = False, progress: bool | No
         trainer = Trainer(
             distiller, dataset, tokenizer, settings, tmp, device=resolve_device(cfg.device),
             run_info=info, progress=progress, desc=f"finetune {Path(cfg.teacher.model).name}",
+            resumable=False,  # in a temporary folder: a killed fine-tune starts over
         )  # fmt: skip
         summary = trainer.fit()
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # the merged model is in student/
@@ -313,7 +303,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None):
 def save_architecture(student, tokenizer, folder: Path) -> None:
     """The student's transformers config and tokenizer, so that ``opdf merge`` can rebuild the
     model from a checkpoint without the teacher or the data."""
-    from opdf.models._quiet import quiet_transformers
+    from opdf.models.quiet import quiet_transformers
 
     folder.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
@@ -328,7 +318,7 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from opdf import merge, overparameterize
-    from opdf.models._quiet import quiet_transformers
+    from opdf.models.quiet import quiet_transformers
 
     run_dir = Path(run_dir)
     if run_dir.name == "checkpoints":
@@ -355,8 +345,7 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
         tokenizer = AutoTokenizer.from_pretrained(str(arch), local_files_only=True)
     if scheme != "none":
         overparameterize(model, scheme=scheme, unit_modes=unit_modes)
-    state = ckpt.load(state_file)["modules"]["student"]
-    model.load_state_dict(state)
+    model.load_state_dict(ckpt.read_modules(state_file)["student"])
     merge(model)
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():

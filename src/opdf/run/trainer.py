@@ -2,11 +2,17 @@
 
 :class:`Trainer` takes a :class:`opdf.distill.Distiller`, a text dataset and a tokenizer, and owns:
 deterministic batching (one seeded permutation per epoch, so a resumed run sees the same batches),
-AdamW (fused where the parameters allow) with a linear warmup/decay schedule, gradient accumulation
-(one MPO contraction per optimizer step through :func:`opdf.accumulate`), the alignment loss when
-on, clipping, tqdm progress, ``metrics.jsonl``, best-on-dev selection, atomic periodic checkpoints
-and exact resume, and at the end the merge of the best student, its evaluation on dev and test,
-``student/`` and ``summary.json``.
+the optimizers the method configures (AdamW, fused where the parameters allow, with a linear
+warmup/decay schedule), gradient accumulation (one MPO contraction per optimizer step through
+:func:`opdf.accumulate`), the alignment loss when on, clipping, tqdm progress, ``metrics.jsonl``,
+best-on-dev selection, atomic periodic checkpoints and exact resume, and at the end the merge of
+the best student, its evaluation on dev and test, ``student/`` and ``summary.json``.
+
+:meth:`Trainer.fit` is a short loop over named steps that share a :class:`TrainState`:
+:meth:`~Trainer.train_step` (which calls :meth:`~Trainer.forward_backward`),
+:meth:`~Trainer.evaluate_and_keep_best`, :meth:`~Trainer.save_checkpoint` (what it saves is
+collected in :meth:`~Trainer.checkpoint_state`, in the layout of :mod:`opdf.run.checkpoint`), and
+:meth:`~Trainer.finish`. A wrapper such as DDP overrides these steps, not the loop.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -83,9 +89,10 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _param_groups(distiller: Distiller, weight_decay: float) -> list[dict]:
-    groups = []
-    for g in distiller.param_groups():
+def _param_groups(groups: list[dict], weight_decay: float, method: str) -> list[dict]:
+    """Split each group into decayed weights and undecayed biases/norms (``NO_DECAY``)."""
+    out = []
+    for g in groups:
         names = g.get("names") or [""] * len(g["params"])
         extra = {k: v for k, v in g.items() if k not in ("params", "names")}
         wd = extra.pop("weight_decay", weight_decay)
@@ -96,12 +103,45 @@ def _param_groups(distiller: Distiller, weight_decay: float) -> list[dict]:
             p for n, p in zip(names, g["params"], strict=True) if any(t in n for t in NO_DECAY)
         ]
         if decay:
-            groups.append({"params": decay, "weight_decay": wd, **extra})
+            out.append({"params": decay, "weight_decay": wd, **extra})
         if plain:
-            groups.append({"params": plain, "weight_decay": 0.0, **extra})
-    if not groups:
-        raise OpdfError(f"method {distiller.name or type(distiller).__name__}: nothing to train")
-    return groups
+            out.append({"params": plain, "weight_decay": 0.0, **extra})
+    if not out:
+        raise OpdfError(f"method {method}: nothing to train")
+    return out
+
+
+@dataclass
+class TrainState:
+    """The loop's bookkeeping, shared by the named steps of :meth:`Trainer.fit`; what of it a
+    checkpoint keeps is :meth:`progress`."""
+
+    step: int = 0  # optimizer steps done
+    best: float = -math.inf  # best dev score so far, and its step
+    best_step: int | None = None
+    train_seconds: float = 0.0  # time inside train steps, every session of the run
+    wall_before: float = 0.0  # wall time of the earlier sessions (before a resume)
+    running: dict[str, float] = field(default_factory=dict)  # train-loss sums since the last log
+    n_running: int = 0
+    no_grad_run: int = 0  # optimizer steps in a row whose losses had no gradient
+    start: int = 0  # the step this session began at
+    t0: float = field(default_factory=time.perf_counter)  # this session's start
+
+    def wall_time(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t0
+
+    def progress(self) -> dict:
+        """The fields a checkpoint keeps (``checkpoint.PROGRESS_KEYS``)."""
+        return {"best": self.best, "best_step": self.best_step,
+                "train_seconds": self.train_seconds, "wall_time": self.wall_time(),
+                "running": dict(self.running), "n_running": self.n_running}  # fmt: skip
+
+    def restore(self, step: int, progress: dict) -> None:
+        self.step = self.start = step
+        self.best, self.best_step = progress["best"], progress["best_step"]
+        self.train_seconds, self.wall_before = progress["train_seconds"], progress["wall_time"]
+        self.running = dict(progress.get("running", {}))
+        self.n_running = progress.get("n_running", 0)
 
 
 class Trainer:
@@ -121,6 +161,7 @@ class Trainer:
         progress: bool | None = None,
         desc: str = "train",
         config=None,
+        resumable: bool = True,
     ):
         from opdf.data import PaddingCollator, TokenizedSplit
 
@@ -135,6 +176,9 @@ class Trainer:
         self.progress = progress
         self.desc = desc
         self.config = config
+        # False: no last.pt, for a run that cannot resume anyway (a teacher fine-tune is written
+        # to a temporary folder and starts over when killed)
+        self.resumable = resumable
         reg = dataset.is_regression
         self.data = {
             name: TokenizedSplit(split, tokenizer, settings.max_length, reg)
@@ -203,178 +247,233 @@ class Trainer:
             yield _to(b.batch(step), self.device)
             step += 1
 
-    def _state(self) -> dict:
+    # ------------------------------------------------------------------ checkpointed state
+    def module_states(self) -> dict[str, dict]:
         return {k: m.state_dict() for k, m in self.distiller.trainable_modules().items()}
 
-    def _load_state(self, state: dict) -> None:
+    def load_module_states(self, states: dict[str, dict]) -> None:
         mods = self.distiller.trainable_modules()
-        for k, sd in state.items():
+        for k, sd in states.items():
             mods[k].load_state_dict(sd)
 
-    def _adopt_later_best(
-        self, start: int, best: float, best_step: int | None
-    ) -> tuple[float, int | None]:
+    def checkpoint_state(self, state: TrainState) -> ckpt.Checkpoint:
+        """Everything a resume needs, collected in one place: the trainable modules, every
+        optimizer and LR schedule, the method's own state, the loop's progress and the RNGs."""
+        return ckpt.Checkpoint(
+            step=state.step,
+            modules=self.module_states(),
+            optimizers={k: o.state_dict() for k, o in self.optimizers.items()},
+            schedulers={k: s.state_dict() for k, s in self.schedulers.items()},
+            method=self.distiller.extra_state(),
+            progress=state.progress(),
+            rng=ckpt.rng_state(),
+        )
+
+    def restore(self, saved: ckpt.Checkpoint, state: TrainState) -> None:
+        """The inverse of :meth:`checkpoint_state` (RNG states last, as they were saved)."""
+        self.load_module_states(saved.modules)
+        for k, sd in saved.optimizers.items():
+            self.optimizers[k].load_state_dict(sd)
+        for k, sd in saved.schedulers.items():
+            self.schedulers[k].load_state_dict(sd)
+        self.distiller.load_extra_state(saved.method)
+        state.restore(saved.step, saved.progress)
+        self._truncate_metrics(saved.step)
+        ckpt.set_rng_state(saved.rng)
+        self._adopt_later_best(state)
+
+    def _adopt_later_best(self, state: TrainState) -> None:
         """A run killed after a new best but before its next checkpoint leaves a ``best.pt``
         from beyond ``last.pt``; it overwrote the best as of ``last.pt``. Its weights were
         trained and scored on dev all the same, so the resumed run competes against it rather
         than keeping a score whose weights no longer exist."""
         path = self.ckpt_dir / ckpt.BEST
         if not path.exists():
-            return best, best_step
-        saved = ckpt.load(path)
-        if saved.get("step", 0) > start:
-            if "score" in saved:
-                return saved["score"], saved["step"]
+            return
+        saved = ckpt.read(path)
+        if saved.step > state.step:
+            if saved.score is not None:
+                state.best, state.best_step = saved.score, saved.step
+                return
             warnings.warn(  # written by an opdf that did not store the score
-                f"{path} holds step {saved['step']}, after the resumed step {start}, without its "
-                "dev score; it will be replaced by the next dev improvement",
+                f"{path} holds step {saved.step}, after the resumed step {state.step}, without "
+                "its dev score; it will be replaced by the next dev improvement",
                 UserWarning,
                 stacklevel=2,
             )
-        return best, best_step
+
+    # ------------------------------------------------------------------ setup
+    def build_optimizer(self, groups: list[dict], lr: float | None = None):
+        """The run's optimizer over ``groups`` (AdamW, fused where the parameters allow, no decay
+        on biases and norms) and its linear warmup/decay schedule: what
+        :meth:`Distiller.configure_optimizers` receives as ``build``."""
+        s = self.s
+        groups = _param_groups(groups, s.weight_decay, self.distiller.name or "?")
+        optimizer = torch.optim.AdamW(groups, lr=lr or s.lr, fused=_can_fuse(groups) or None)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule)
+
+    def _schedule(self, step: int) -> float:
+        warmup, total = int(self.s.warmup_ratio * self.total_steps), self.total_steps
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    def _configure_optimizers(self) -> None:
+        built = self.distiller.configure_optimizers(self.build_optimizer)
+        if "main" not in built:
+            raise OpdfError(f"method {self.distiller.name}: configure_optimizers has no 'main'")
+        self.optimizers = {k: opt for k, (opt, _) in built.items()}
+        self.schedulers = {k: sched for k, (_, sched) in built.items() if sched is not None}
+        self._clip_params = [p for g in self.optimizers["main"].param_groups for p in g["params"]]
+
+    def _start(self, resume: bool) -> TrainState:
+        """Optimizers, the resumed state (when asked and present), the method's start hook."""
+        d = self.distiller
+        d.to(self.device)
+        self._configure_optimizers()
+        state = TrainState()
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        last = self.ckpt_dir / ckpt.LAST
+        if resume and last.exists():
+            self.restore(ckpt.read(last), state)
+        state.t0 = time.perf_counter()
+        ctx = TrainContext(self.dataset, self.batches_for, self.total_steps, self.device,
+                           self.config)  # fmt: skip
+        d.on_train_start(ctx)
+        d.train()
+        return state
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, stop_after_step: int | None = None) -> dict | None:
         """Train; returns the summary (None when stopped early by ``stop_after_step``)."""
-        s, d = self.s, self.distiller
-        d.to(self.device)
-        groups = _param_groups(d, s.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=s.lr, fused=_can_fuse(groups) or None)
-        warmup = int(s.warmup_ratio * self.total_steps)
+        state = self._start(resume)
         total = self.total_steps
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        start, best, best_step = 0, -math.inf, None
-        train_seconds, wall_before = 0.0, 0.0
-        running: dict[str, float] = {}  # train-loss sums since the last log line
-        n_running = 0
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        last = self.ckpt_dir / ckpt.LAST
-        if resume and last.exists():
-            state = ckpt.load(last)
-            self._load_state(state["modules"])
-            optimizer.load_state_dict(state["optimizer"])
-            lr_sched.load_state_dict(state["lr_schedule"])
-            d.load_extra_state(state.get("method", {}))
-            start, best, best_step = state["step"], state["best"], state["best_step"]
-            train_seconds, wall_before = state["train_seconds"], state["wall_time"]
-            running, n_running = state.get("running", {}), state.get("n_running", 0)
-            self._truncate_metrics(start)
-            ckpt.set_rng_state(state["rng"])
-            best, best_step = self._adopt_later_best(start, best, best_step)
-        t0 = time.perf_counter()
-        d.on_train_start(
-            TrainContext(self.dataset, self.batches_for, total, self.device, self.config)
-        )
-        d.train()
-        params = [p for g in groups for p in g["params"]]
-        student = d.export_student()
-        bar = tqdm(total=total, initial=start, desc=self.desc, disable=self.progress is False,
-                   dynamic_ncols=True, leave=False)  # fmt: skip
-        no_grad_run = 0  # optimizer steps in a row whose losses had no gradient
+        bar = tqdm(total=total, initial=state.step, desc=self.desc, dynamic_ncols=True,
+                   disable=self.progress is False, leave=False)  # fmt: skip
         try:
-            for step in range(start, total):
-                ts = time.perf_counter()
-                d.step = step
-                batch = self.batches.batch(step)
-                n = len(batch["labels"])
-                optimizer.zero_grad(set_to_none=True)
-                terms: dict[str, float] = {}
-                micro = [
-                    {k: v[i : i + self.micro] for k, v in batch.items()}
-                    for i in range(0, n, self.micro)
-                ]
-                ctx = _accumulate(student) if len(micro) > 1 else contextlib.nullcontext()
-                stepped = expected = False
-                with ctx:
-                    for mb in micro:
-                        mb = _to(mb, self.device)
-                        _, losses = d.forward_train(mb)
-                        if self.align is not None:
-                            losses["align"] = self.align()
-                        if not losses:
-                            raise OpdfError(f"method {d.name}: forward_train returned no loss")
-                        frac = len(mb["labels"]) / n
-                        loss = sum(losses.values())
-                        # no trainable tensor in the graph: see MAX_STEPS_WITHOUT_GRADIENT
-                        if loss.requires_grad:
-                            (loss * frac).backward()
-                            stepped = True
-                        else:
-                            expected = expected or d.no_gradient_expected
-                        for k, v in losses.items():
-                            terms[k] = terms.get(k, 0.0) + float(v.detach()) * frac
-                no_grad_run = 0 if stepped or expected else no_grad_run + 1
-                if no_grad_run >= MAX_STEPS_WITHOUT_GRADIENT:
-                    raise OpdfError(
-                        f"method {d.name}: {no_grad_run} optimizer steps in a row (up to step "
-                        f"{step + 1}) without a gradient: its losses do not depend on any "
-                        "trainable parameter, so nothing is being trained"
-                    )
-                if s.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-                optimizer.step()
-                lr_sched.step()
-                extra = d.on_step_end(step + 1)
-                train_seconds += time.perf_counter() - ts
-                done = step + 1
-                terms["loss"] = sum(v for k, v in terms.items())
-                for k, v in terms.items():
-                    running[k] = running.get(k, 0.0) + v
-                n_running += 1
+            while state.step < total:
+                terms, extra = self.train_step(state)
                 bar.update(1)
-                if done % s.log_every == 0 or done == total:
-                    rec = {k: v / n_running for k, v in running.items()}
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                    self._log({
-                        "step": done, "split": "train",
-                        "epoch": round(done / self.batches.per_epoch, 4),
-                        "lr": lr_sched.get_last_lr()[0], **rec, **extra,
-                    })  # fmt: skip
-                    running, n_running = {}, 0
+                self._record(state, terms, extra, bar)
+                done = state.step
                 if done % self.eval_every == 0 or done == total:
-                    dev = self.evaluate("dev")
-                    score = dev[self.dataset.main_metric]
-                    improved = score > best
-                    if improved:
-                        best, best_step = score, done
-                        ckpt.atomic_save(
-                            {"step": done, "modules": self._state(), "score": score},
-                            self.ckpt_dir / ckpt.BEST,
-                        )
-                    self._log({"step": done, "split": "dev", **dev, "best": improved})
-                    bar.set_postfix(dev=f"{score:.4f}", best=f"{best:.4f}")
-                if (s.checkpoint_every and done % s.checkpoint_every == 0) or done == total:
-                    ckpt.atomic_save({
-                        "step": done, "modules": self._state(),
-                        "optimizer": optimizer.state_dict(), "lr_schedule": lr_sched.state_dict(),
-                        "method": d.extra_state(), "best": best, "best_step": best_step,
-                        "train_seconds": train_seconds,
-                        "running": running, "n_running": n_running,
-                        "wall_time": wall_before + time.perf_counter() - t0,
-                        "rng": ckpt.rng_state(),
-                    }, last)  # fmt: skip
-                    if stop_after_step is not None and done >= stop_after_step and done < total:
+                    self.evaluate_and_keep_best(state, bar)
+                if self._checkpoint_due(done):
+                    self.save_checkpoint(state)
+                    if stop_after_step is not None and stop_after_step <= done < total:
                         return None
         finally:
             bar.close()
-        return self._finish(start, total, best_step, train_seconds, wall_before, t0)
+        return self.finish(state)
+
+    def _checkpoint_due(self, done: int) -> bool:
+        every = self.s.checkpoint_every
+        return self.resumable and (bool(every and done % every == 0) or done == self.total_steps)
+
+    def train_step(self, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
+        """One optimizer step of the ``"main"`` optimizer; returns the step's loss terms (with
+        their sum as ``loss``) and the scalars the method's ``on_step_end`` returned."""
+        t = time.perf_counter()
+        d, step = self.distiller, state.step
+        d.step = step
+        optimizer = self.optimizers["main"]
+        optimizer.zero_grad(set_to_none=True)
+        terms, has_gradient = self.forward_backward(self.batches.batch(step))
+        state.no_grad_run = 0 if has_gradient else state.no_grad_run + 1
+        if state.no_grad_run >= MAX_STEPS_WITHOUT_GRADIENT:
+            raise OpdfError(
+                f"method {d.name}: {state.no_grad_run} optimizer steps in a row (up to step "
+                f"{step + 1}) without a gradient: its losses do not depend on any trainable "
+                "parameter, so nothing is being trained"
+            )
+        if self.s.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self._clip_params, self.s.max_grad_norm)
+        optimizer.step()
+        if "main" in self.schedulers:
+            self.schedulers["main"].step()
+        extra = d.on_step_end(step + 1)
+        state.train_seconds += time.perf_counter() - t
+        state.step += 1
+        terms["loss"] = sum(terms.values())
+        return terms, extra
+
+    def forward_backward(self, batch: dict) -> tuple[dict[str, float], bool]:
+        """Losses and gradients of one batch, in micro-batches of ``batch_size / grad_accum``
+        (one MPO contraction for all of them). Returns the batch-weighted loss terms and whether
+        the step has a gradient, or needs none by the method's own account."""
+        d, n = self.distiller, len(batch["labels"])
+        micro = [
+            {k: v[i : i + self.micro] for k, v in batch.items()} for i in range(0, n, self.micro)
+        ]
+        ctx = _accumulate(d.export_student()) if len(micro) > 1 else contextlib.nullcontext()
+        terms: dict[str, float] = {}
+        stepped = expected = False
+        with ctx:
+            for mb in micro:
+                mb = _to(mb, self.device)
+                _, losses = d.forward_train(mb)
+                if self.align is not None:
+                    losses["align"] = self.align()
+                if not losses:
+                    raise OpdfError(f"method {d.name}: forward_train returned no loss")
+                frac = len(mb["labels"]) / n
+                loss = sum(losses.values())
+                # no trainable tensor in the graph: see MAX_STEPS_WITHOUT_GRADIENT
+                if loss.requires_grad:
+                    (loss * frac).backward()
+                    stepped = True
+                else:
+                    expected = expected or d.no_gradient_expected
+                for k, v in losses.items():
+                    terms[k] = terms.get(k, 0.0) + float(v.detach()) * frac
+        return terms, stepped or expected
+
+    def _record(self, state: TrainState, terms: dict, extra: dict, bar) -> None:
+        """Add a step's losses to the log window; write the window's mean every ``log_every``."""
+        for k, v in terms.items():
+            state.running[k] = state.running.get(k, 0.0) + v
+        state.n_running += 1
+        done = state.step
+        if done % self.s.log_every and done != self.total_steps:
+            return
+        rec = {k: v / state.n_running for k, v in state.running.items()}
+        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        self._log({
+            "step": done, "split": "train", "epoch": round(done / self.batches.per_epoch, 4),
+            "lr": self.optimizers["main"].param_groups[0]["lr"],  # what get_last_lr() reads
+            **rec, **extra,
+        })  # fmt: skip
+        state.running, state.n_running = {}, 0
+
+    def evaluate_and_keep_best(self, state: TrainState, bar=None) -> bool:
+        """Score the student on dev; a new best is saved to ``best.pt``. Returns whether it was."""
+        dev = self.evaluate("dev")
+        score = dev[self.dataset.main_metric]
+        improved = score > state.best
+        if improved:
+            state.best, state.best_step = score, state.step
+            saved = ckpt.Checkpoint(state.step, self.module_states(), score=score, dev=dev)
+            ckpt.save(saved, self.ckpt_dir / ckpt.BEST)
+        self._log({"step": state.step, "split": "dev", **dev, "best": improved})
+        if bar is not None:
+            bar.set_postfix(dev=f"{score:.4f}", best=f"{state.best:.4f}")
+        return improved
+
+    def save_checkpoint(self, state: TrainState) -> None:
+        """``last.pt``, atomically: what :meth:`fit` resumes from."""
+        ckpt.save(self.checkpoint_state(state), self.ckpt_dir / ckpt.LAST)
 
     # ------------------------------------------------------------------ the end
-    def _finish(self, start, total, best_step, train_seconds, wall_before, t0) -> dict:
+    def finish(self, state: TrainState) -> dict:
+        """Merge the best student, evaluate it on dev and test, save it and ``summary.json``."""
         from opdf import merge, param_report
 
-        d = self.distiller
-        student = d.export_student()
+        student = self.distiller.export_student()
         report = param_report(student)
         best_path = self.ckpt_dir / ckpt.BEST
-        if best_path.exists():
-            self._load_state(ckpt.load(best_path)["modules"])
+        best = ckpt.read(best_path) if best_path.exists() else None
+        if best is not None:
+            self.load_module_states(best.modules)
         merge(student)
         merged_params = sum(p.numel() for p in student.parameters())
         if merged_params != report.inference_params:  # pragma: no cover - a merge bug
@@ -382,15 +481,26 @@ class Trainer:
                 f"merged student has {merged_params:,} parameters, expected "
                 f"{report.inference_params:,}"
             )
-        dev = self.evaluate("dev")
-        test = self.evaluate("test")
-        out_model = self.out / "student"
-        from opdf.models._quiet import quiet_transformers
+        # a plain student (nothing merged) is the very model best.pt was scored with: its dev
+        # metrics are known exactly; a merged one is scored again (a check of the merge)
+        known = best.dev if best is not None and not report.modules else None
+        dev, test = known or self.evaluate("dev"), self.evaluate("test")
+        self._save_student(student)
+        summary = self._summary(state, report, dev, test)
+        ckpt.atomic_write_json(self.out / "summary.json", summary)
+        return summary
 
+    def _save_student(self, student) -> None:
+        from opdf.models.quiet import quiet_transformers
+
+        out_model = self.out / "student"
         with quiet_transformers():
             student.save_pretrained(str(out_model))
             self.tokenizer.save_pretrained(str(out_model))
-        summary = {
+
+    def _summary(self, state: TrainState, report, dev: dict, test: dict) -> dict:
+        total = self.total_steps
+        return {
             **self.run_info,
             "train_params": report.total_params,
             "trainable_params": report.train_params,
@@ -398,19 +508,17 @@ class Trainer:
             "main_metric": self.dataset.main_metric,
             "dev": dev,
             "test": test,
-            "best_step": best_step,
+            "best_step": state.best_step,
             "steps": total,
             "batch_size": self.s.batch_size,
             "data_sizes": self.dataset.sizes(),
-            "wall_time": round(wall_before + time.perf_counter() - t0, 3),
-            "train_time": round(train_seconds, 3),
-            "seconds_per_step": round(train_seconds / max(1, total), 4),
-            "resumed_from_step": start or None,
+            "wall_time": round(state.wall_time(), 3),
+            "train_time": round(state.train_seconds, 3),
+            "seconds_per_step": round(state.train_seconds / max(1, total), 4),
+            "resumed_from_step": state.start or None,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
         }
-        ckpt.atomic_write_json(self.out / "summary.json", summary)
-        return summary
 
 
 def _can_fuse(groups: list[dict]) -> bool:

@@ -1,0 +1,31 @@
+"""The values a few options take, defined once, importable without torch: the config validation,
+the CLI's choices and the library (``overparameterize``, ``AlignmentLoss``) all read them here."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+from opdf.errors import OpdfError
+
+#: over-parameterization schemes, from none to the most parameters
+SCHEMES = ("none", "svd", "mpo")
+#: the named core selections of the alignment loss (``align.cores``); else a list of indices
+CORE_SELECTIONS = ("auxiliary", "all")
+
+
+def check_core_selection(cores) -> str | list[int]:
+    """``cores`` as the alignment loss takes it: one of :data:`CORE_SELECTIONS` or a list of
+    integer core indices (their range depends on the core count, checked where it is known)."""
+    if isinstance(cores, str):
+        if cores in CORE_SELECTIONS:
+            return cores
+    elif isinstance(cores, Sequence):
+        bad = [k for k in cores if not isinstance(k, numbers.Integral) or isinstance(k, bool)]
+        if bad:
+            raise OpdfError(f"core indices must be integers, got {bad[0]!r}")
+        return [int(k) for k in cores]
+    raise OpdfError(
+        f"cores must be {', '.join(repr(c) for c in CORE_SELECTIONS)} or a list of core indices, "
+        f"got {cores!r}"
+    )
