@@ -13,7 +13,15 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import opdf
 from opdf.errors import OpdfError
-from opdf.lr_scaling import _closed_form, _probe, core_rates, lr_groups, predicted_step
+from opdf.lr_scaling import (
+    _canonical_spectrum,
+    _closed_form,
+    _probe,
+    build_groups,
+    core_rates,
+    lr_groups,
+    predicted_step,
+)
 from opdf.mpo import contract
 
 
@@ -95,7 +103,7 @@ def test_bad_arguments_are_clear_errors():
 
 def test_optimizer_state_loads_back_after_training():
     """The group layout depends on the structure only: a resumed run's groups take the saved
-    state (torch restores the saved learning rates too), even though the cores have moved."""
+    state (torch restores the saved learning rates too), though the cores have moved."""
     model = opdf.overparameterize(tiny_bert(), "mpo", unit_modes=1)
     opt = torch.optim.AdamW(lr_groups(model, 1e-3), fused=True)
     for step in range(3):
@@ -103,9 +111,13 @@ def test_optimizer_state_loads_back_after_training():
         model(**batch(100, seed=step)).loss.backward()
         opt.step()
     saved = copy.deepcopy(opt.state_dict())
-    again = torch.optim.AdamW(lr_groups(model, 1e-3), fused=True)  # the rates now use the probe
-    again.load_state_dict(saved)
-    assert [g["lr"] for g in again.param_groups] == [g["lr"] for g in opt.param_groups]
+    moved = lr_groups(model, 1e-3)  # the cores have left their start: the rates use the probe
+    assert [g["lr"] for g in moved] != [g["lr"] for g in opt.param_groups]
+    layout = build_groups(model.named_parameters(), 1e-3, 0.0, core_rates(model, estimate=False))
+    for groups in (moved, layout):
+        again = torch.optim.AdamW(groups, fused=True)
+        again.load_state_dict(saved)
+        assert [g["lr"] for g in again.param_groups] == [g["lr"] for g in opt.param_groups]
 
 
 def test_auto_weight_decay_shrinks_the_merged_weight_like_a_plain_one():
@@ -138,7 +150,9 @@ def test_probe_agrees_with_the_closed_form():
     layer = opdf.overparameterize(nn.Sequential(nn.Linear(384, 384)), "mpo", 2, targets=["0"])
     chain = opdf.cores(layer)["0"]
     idx = list(range(len(chain)))
-    r_closed, c_closed = _closed_form(chain, idx)
+    spectrum = _canonical_spectrum(chain)
+    assert spectrum is not None
+    r_closed, c_closed = _closed_form(chain, spectrum, idx)
     r_probe, c_probe = _probe(chain, idx)
     assert r_probe == pytest.approx(r_closed, rel=0.01)
     for a in idx:

@@ -77,7 +77,9 @@ __all__ = [
     "SCALINGS",
     "NO_DECAY",
     "CoreRate",
+    "build_groups",
     "core_rates",
+    "is_no_decay",
     "lr_groups",
     "predicted_step",
 ]
@@ -144,32 +146,33 @@ def _trainable(module: nn.Module, param: MPOParametrization) -> tuple[list[int],
     return idx, names, params
 
 
-def _at_canonical_start(cores: list[torch.Tensor]) -> bool:
-    """Two real-mode end cores, identity unit cores between, ``||A[:, p]|| == ||B[p, :]||``."""
+def _canonical_spectrum(cores: list[torch.Tensor]) -> torch.Tensor | None:
+    """``s``, the singular values of ``R``, when the chain is at its canonical start: two
+    real-mode end cores, identity unit cores between, ``||A[:, p]|| == ||B[p, :]||``; else None."""
     if len(cores) < 2:
-        return False
+        return None
     sizes = [c.shape[1] * c.shape[2] for c in cores]
     if sizes[0] == 1 or sizes[-1] == 1 or any(s != 1 for s in sizes[1:-1]):
-        return False
+        return None
     d = cores[0].shape[3]
     for c in cores[1:-1]:
         if c.shape[0] != d or c.shape[3] != d:
-            return False
+            return None
         m = c.detach().reshape(d, d)
         if not (torch.all(m.diagonal() == 1) and int(torch.count_nonzero(m)) == d):
-            return False
-    a = cores[0].detach().reshape(-1, d).double().norm(dim=0)
-    b = cores[-1].detach().reshape(d, -1).double().norm(dim=1)
-    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(a.max())))
+            return None
+    a2 = cores[0].detach().reshape(-1, d).square().sum(dim=0).double()
+    b2 = cores[-1].detach().reshape(d, -1).square().sum(dim=1).double()
+    if not torch.allclose(a2, b2, rtol=2e-4, atol=1e-6 * float(a2.max())):
+        return None
+    return (a2 * b2).sqrt()  # ||A[:, p]|| ||B[p, :]|| = s_p
 
 
-def _closed_form(cores: list[torch.Tensor], indices: list[int]) -> tuple[list, list]:
-    """Items 3 and 4 of the module docstring."""
-    n, d = len(cores), cores[0].shape[3]
-    a = cores[0].detach().reshape(-1, d).double()
-    b = cores[-1].detach().reshape(d, -1).double()
-    m1, m2 = a.shape[0], b.shape[1]
-    s = a.norm(dim=0) * b.norm(dim=1)  # the singular values of R at the canonical start
+def _closed_form(cores: list[torch.Tensor], s: torch.Tensor, indices: list[int]):
+    """Items 3 and 4 of the module docstring, from the spectrum ``s`` of ``R``."""
+    n = len(cores)
+    m1 = cores[0].shape[1] * cores[0].shape[2]
+    m2 = cores[-1].shape[1] * cores[-1].shape[2]
     tr, q = float(s.sum()), float(s.sqrt().sum())
     if tr <= 0.0:
         return [0.0] * len(indices), [[1.0] * len(indices) for _ in indices]
@@ -217,41 +220,57 @@ def _probe(cores: list[torch.Tensor], indices: list[int]) -> tuple[list, list]:
     return contrib, corr
 
 
+def _chain(name, module, param, indices, names, params) -> _Chain:
+    originals = module.parametrizations.weight
+    cores = [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
+    spectrum = _canonical_spectrum(cores)
+    if spectrum is not None:
+        contrib, corr = _closed_form(cores, spectrum, indices)
+        method = "closed form"
+    else:
+        contrib, corr = _probe(cores, indices)
+        method = "probe"
+    return _Chain(name, names, params, indices, contrib, corr, method)
+
+
 def _chains(model: nn.Module) -> list[_Chain]:
     chains = []
     for name, module, param in mpo_modules(model):
         indices, names, params = _trainable(module, param)
-        if not indices:
-            continue
-        originals = module.parametrizations.weight
-        cores = [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
-        if _at_canonical_start(cores):
-            contrib, corr = _closed_form(cores, indices)
-            method = "closed form"
-        else:
-            contrib, corr = _probe(cores, indices)
-            method = "probe"
-        full = [f"{name}.{n}" if name else n for n in names]
-        chains.append(_Chain(name, full, params, indices, contrib, corr, method))
+        if indices:
+            full = [f"{name}.{n}" if name else n for n in names]
+            chains.append(_chain(name, module, param, indices, full, params))
     return chains
 
 
 # ----------------------------------------------------------------------------- the public calls
 
 
-def core_rates(model: nn.Module) -> list[CoreRate]:
+def core_rates(model: nn.Module, *, estimate: bool = True) -> list[CoreRate]:
     """The ``auto`` rate of every trainable core of ``model`` (empty for a plain model).
 
     ``lr_factor`` multiplies the plain learning rate, ``weight_decay_factor`` the plain weight
-    decay; see the module docstring for the rule. Call it on the model as over-parameterized (the
-    closed form holds at the canonical start; later the rates come from a probe).
+    decay; see the module docstring for the rule. Call it on the model as over-parameterized: at
+    the canonical start the closed form costs two core norms per weight; cores moved by training
+    (or custom shapes) need the probe, a few contractions per weight.
+
+    ``estimate=False`` gives the same cores with factors of 1: the group layout alone, for an
+    optimizer whose saved state (which holds every group's rate) is loaded right after, as in a
+    resumed run, so the rates are not recomputed from cores that have moved.
     """
     out = []
-    for chain in _chains(model):
-        factors = chain.factors()
-        k = len(chain.indices)
-        for idx, name, p, f in zip(chain.indices, chain.names, chain.params, factors, strict=True):
-            out.append(CoreRate(chain.module, idx, name, p, f, 1.0 / (k * f)))
+    for name, module, param in mpo_modules(model):
+        indices, names, params = _trainable(module, param)
+        if not indices:
+            continue
+        full = [f"{name}.{n}" if name else n for n in names]
+        if estimate:
+            factors = _chain(name, module, param, indices, full, params).factors()
+        else:
+            factors = [1.0] * len(indices)
+        k = len(indices)
+        for idx, n, p, f in zip(indices, full, params, factors, strict=True):
+            out.append(CoreRate(name, idx, n, p, f, 1.0 / (k * f)))
     return out
 
 
