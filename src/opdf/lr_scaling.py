@@ -69,6 +69,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from opdf.choices import LR_SCALINGS
 from opdf.errors import OpdfError
 from opdf.mpo import contract
 from opdf.overparam import MPOParametrization, mpo_modules
@@ -84,7 +85,7 @@ __all__ = [
     "predicted_step",
 ]
 
-SCALINGS = ("none", "auto")
+SCALINGS = LR_SCALINGS
 #: parameter-name substrings that are never weight-decayed (as ``transformers`` and the trainer do)
 NO_DECAY = ("bias", "LayerNorm", "layer_norm", "layernorm", "norm.weight")
 PROBE_SEED = 0
