@@ -53,11 +53,14 @@ unit modes at an end, or cores already moved by training) have no closed form: t
 then ``J_k Z_k = contract(..., Z_k, ...)``, exact because ``W`` is linear in each core), and the
 same rule is applied. That costs about ``n + 3`` contractions per weight, once.
 
-Where it stops holding: the rule matches the first step. Later Adam steps are smaller than ``lr``
-per entry and less correlated between cores, and the Jacobian moves as the cores train (a deep
-linear chain speeds up as its factors grow). Whether matching the first step makes the plain
-learning rate transfer across scales is an empirical question: see the rt-polarity suite
-``benchmarks/suites/rt-polarity-lr-scaling.yaml``.
+Where it stops holding: the correlations of item 4 are a model. Measured with ``auto`` (first
+step, per weight): 0.99-1.00 on a random BERT-base layer, 0.88-1.36 on the pretrained MiniLM
+student (query and key highest: their cores' updates are more correlated than isotropic), 0.81 on
+a toy MLP whose gradient is nearly rank 4. And the rule matches the first step only: later Adam
+steps are smaller than ``lr`` per entry and less correlated between cores, and the Jacobian moves
+as the cores train (a deep linear chain speeds up as its factors grow). Whether matching the first
+step makes the plain learning rate transfer across scales is an empirical question: see the
+rt-polarity suite ``benchmarks/suites/rt-polarity-lr-scaling.yaml``.
 """
 
 from __future__ import annotations
