@@ -10,6 +10,9 @@ Three calls cover the method::
     align = opdf.AlignmentLoss(student, teacher)  # once, before training
     loss = task_loss + align()                    # every step
     opdf.merge(student)
+
+``opdf.lr_groups(student, lr, scaling="auto")`` gives the optimizer per-core learning rates under
+which one step moves each merged weight as far as it moves a plain weight.
 """
 
 # Everything here loads on first use (PEP 562): `import opdf` and `opdf --help` stay free of
@@ -18,6 +21,7 @@ _LAZY = {
     "AlignmentLoss": "opdf.align",
     "accumulate": "opdf.overparam",
     "cores": "opdf.overparam",
+    "lr_groups": "opdf.lr_scaling",
     "merge": "opdf.overparam",
     "overparameterize": "opdf.overparam",
     "param_report": "opdf.overparam",
@@ -28,6 +32,7 @@ __all__ = [
     "AlignmentLoss",
     "accumulate",
     "cores",
+    "lr_groups",
     "merge",
     "overparameterize",
     "param_report",

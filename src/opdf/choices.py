@@ -10,6 +10,8 @@ from opdf.errors import OpdfError
 
 #: over-parameterization schemes, from none to the most parameters
 SCHEMES = ("none", "svd", "mpo")
+#: learning-rate rules for the cores (:mod:`opdf.lr_scaling`, config key ``lr_scaling``)
+LR_SCALINGS = ("none", "auto")
 #: the named core selections of the alignment loss (``align.cores``); else a list of indices
 CORE_SELECTIONS = ("auxiliary", "all")
 

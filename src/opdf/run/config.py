@@ -22,6 +22,8 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     max_steps: null
     batch_size: 32
     lr: 5.0e-5
+    lr_scaling: none                # none | auto: per-core rates, one step moves each merged
+                                    # weight like a plain one (opdf.lr_groups); no-op if plain
     eval_every: 100
     checkpoint_every: 100
 """
@@ -40,7 +42,7 @@ from typing import Any, Union
 
 import yaml
 
-from opdf.choices import SCHEMES, check_core_selection
+from opdf.choices import LR_SCALINGS, SCHEMES, check_core_selection
 from opdf.errors import ConfigError, OpdfError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -132,6 +134,7 @@ class RunConfig:
     grad_accum: int = positive(1)
     eval_batch_size: int = positive(128)
     lr: float = positive(5e-5)
+    lr_scaling: str = choice(*LR_SCALINGS, default="none")
     weight_decay: float = positive(0.0, allow_zero=True)
     warmup_ratio: float = positive(0.0, allow_zero=True)
     max_grad_norm: float | None = positive(1.0)

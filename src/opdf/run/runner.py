@@ -197,6 +197,19 @@ def teacher_summary(cfg: RunConfig) -> dict | None:
 STARTUP_FILES = frozenset({"config.yaml", "metrics.jsonl", "checkpoints"})
 
 
+def _with_added_defaults(saved: dict) -> dict:
+    """A run's saved config with the top-level keys added to :class:`RunConfig` since it was
+    written (``lr_scaling``, ...) read as their defaults, which is how that run trained."""
+    added = {
+        f.name: f.default
+        for f in dataclasses.fields(RunConfig)
+        if f.name not in saved
+        and f.name != "method_options"
+        and f.default is not dataclasses.MISSING
+    }
+    return {**added, **saved}
+
+
 def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConfig) -> bool:
     """Create ``out``; refuse to reuse a non-empty one unless resuming (same config) or told to
     overwrite. Returns True when a checkpoint to resume from exists."""
@@ -215,7 +228,7 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
         if resume:
             saved = out / CONFIG_FILE
             if saved.is_file():
-                old = yaml.safe_load(saved.read_text()) or {}
+                old = _with_added_defaults(yaml.safe_load(saved.read_text()) or {})
                 new = cfg.to_dict()
                 diff = sorted(k for k in set(old) | set(new)
                               if k != "output_dir" and old.get(k) != new.get(k))  # fmt: skip
@@ -286,6 +299,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None):
         "method": cfg.method,
         "overparam": cfg.overparam,
         "unit_modes": cfg.unit_modes if cfg.overparam == "mpo" else 0,
+        "lr_scaling": cfg.lr_scaling,
         "align": dataclasses.asdict(cfg.align) if align is not None else None,
         "align_pairs": len(align.pairs) if align is not None else 0,
         "seed": cfg.seed,

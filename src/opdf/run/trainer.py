@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from opdf.distill.base import Distiller, TrainContext
 from opdf.errors import OpdfError
+from opdf.lr_scaling import NO_DECAY, CoreRate, core_rates
 from opdf.run import checkpoint as ckpt
 
 # This many optimizer steps in a row without a gradient, none of them declared expected by the
 # method (Distiller.no_gradient_expected), means the method trains nothing.
 MAX_STEPS_WITHOUT_GRADIENT = 10
-NO_DECAY = ("bias", "LayerNorm", "layer_norm", "layernorm", "norm.weight")
 
 
 @dataclass
@@ -48,6 +48,7 @@ class TrainSettings:
     eval_batch_size: int = 128
     max_length: int = 128
     lr: float = 5e-5
+    lr_scaling: str = "none"  # "auto": per-core rates for MPO cores (opdf.lr_scaling)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
@@ -109,6 +110,27 @@ def _param_groups(groups: list[dict], weight_decay: float, method: str) -> list[
     if not out:
         raise OpdfError(f"method {method}: nothing to train")
     return out
+
+
+def _scale_cores(groups: list[dict], rates: list[CoreRate], lr: float) -> list[dict]:
+    """``lr_scaling: auto``: every MPO core in ``rates`` leaves its group for one of its own at
+    the group's rate and decay times the core's factors; the rest of each group stays as it was.
+    The layout depends on the model's structure only, so a saved optimizer state loads back."""
+    by_id = {id(r.param): r for r in rates}
+    out, cores = [], []
+    for g in groups:
+        base_lr = g.get("lr", lr)
+        rest = [p for p in g["params"] if id(p) not in by_id]
+        if rest:
+            out.append({**g, "params": rest})
+        for p in g["params"]:
+            rate = by_id.get(id(p))
+            if rate is not None:
+                wd = g["weight_decay"] * rate.weight_decay_factor
+                cores.append(
+                    {**g, "params": [p], "lr": base_lr * rate.lr_factor, "weight_decay": wd}
+                )
+    return out + cores
 
 
 @dataclass
@@ -179,6 +201,7 @@ class Trainer:
         # False: no last.pt, for a run that cannot resume anyway (a teacher fine-tune is written
         # to a temporary folder and starts over when killed)
         self.resumable = resumable
+        self._resuming = False  # set by _start: the optimizers are about to load a saved state
         reg = dataset.is_regression
         self.data = {
             name: TokenizedSplit(split, tokenizer, settings.max_length, reg)
@@ -309,6 +332,13 @@ class Trainer:
         :meth:`Distiller.configure_optimizers` receives as ``build``."""
         s = self.s
         groups = _param_groups(groups, s.weight_decay, self.distiller.name or "?")
+        if s.lr_scaling == "auto":
+            # a resumed run takes every group's rate from the saved optimizer state: only the
+            # layout is needed, not the rates of cores that have moved since the start
+            rates = core_rates(self.distiller, estimate=not self._resuming)
+            groups = _scale_cores(groups, rates, lr or s.lr)
+        elif s.lr_scaling != "none":
+            raise OpdfError(f"lr_scaling {s.lr_scaling!r}: choose none or auto")
         optimizer = torch.optim.AdamW(groups, lr=lr or s.lr, fused=_can_fuse(groups) or None)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule)
 
@@ -330,11 +360,12 @@ class Trainer:
         """Optimizers, the resumed state (when asked and present), the method's start hook."""
         d = self.distiller
         d.to(self.device)
+        last = self.ckpt_dir / ckpt.LAST
+        self._resuming = resume and last.exists()
         self._configure_optimizers()
         state = TrainState()
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        last = self.ckpt_dir / ckpt.LAST
-        if resume and last.exists():
+        if self._resuming:
             self.restore(ckpt.read(last), state)
         state.t0 = time.perf_counter()
         ctx = TrainContext(self.dataset, self.batches_for, self.total_steps, self.device,
