@@ -1,4 +1,4 @@
-"""Bad data files: one clear error naming the file and the row (API: ValueError; CLI: exit 2)."""
+"""Bad data files: one clear error naming the file and the row (API: OpdfError; CLI: exit 2)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from opdf.cli import main
 from opdf.data import load_glue, load_text_dataset
+from opdf.errors import OpdfError
 
 
 def _write(path, text: str | bytes):
@@ -25,7 +26,7 @@ def _good_lines(n: int = 20) -> str:
 
 def _raises(path, pattern: str, *, named=None, **options):
     """Loading ``path`` fails with a message naming ``named`` (default: ``path``) and matching."""
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(OpdfError) as exc:
         load_text_dataset(path, **options)
     message = str(exc.value)
     assert str(named or path) in message, message
@@ -67,7 +68,7 @@ def test_unknown_labels_name_the_file_and_row(tmp_path):
     message = _raises(folder, r"data row 5 \(line 6\): label 'postive' never occurs",
                       named=folder / "dev.csv")  # fmt: skip
     assert str(folder / "train.csv") in message
-    with pytest.raises(ValueError, match=r"dev.csv, data row 5 \(line 6\): label 'postive' is not"):
+    with pytest.raises(OpdfError, match=r"dev.csv, data row 5 \(line 6\): label 'postive' is not"):
         load_text_dataset(folder, label_names=["neg", "pos"])
     # integer class ids too: a dev-only id would add an output the student never trains
     _write(folder / "train.csv", "text,label\n" + "".join(f"s {i},{i % 2}\n" for i in range(10)))
@@ -100,7 +101,7 @@ def test_non_utf8_bytes_name_file_line_and_byte(tmp_path):
     glue.mkdir()
     _write(glue / "train.tsv", b"sentence\tlabel\ngood\t1\nbad \x92 one\t0\n")
     _write(glue / "dev.tsv", b"sentence\tlabel\ngood\t1\nbad\t0\n")
-    with pytest.raises(ValueError, match=r"train.tsv, line 3: byte 0x92"):
+    with pytest.raises(OpdfError, match=r"train.tsv, line 3: byte 0x92"):
         load_glue("sst2", glue)
 
 

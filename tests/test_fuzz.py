@@ -153,7 +153,7 @@ def test_random_bytes_as_a_data_file_only_raise_value_errors(data, ext, tmp_path
     path.write_bytes(data)
     try:
         ds = load_text_dataset(path)
-    except ValueError as exc:
+    except OpdfError as exc:
         assert str(path) in str(exc) or "split(s)" in str(exc), exc
         return
     assert ds.num_labels >= 2 and all(t.strip() for t in ds.train.texts)

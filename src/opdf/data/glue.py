@@ -161,7 +161,7 @@ def read_glue_tsv(path: Path, spec: GlueTask) -> tuple[TextSplit, int]:
     try:
         rows = list(reader)
     except csv.Error as e:
-        raise ValueError(f"{path}, line {reader.line_num}: {e}") from None
+        raise OpdfError(f"{path}, line {reader.line_num}: {e}") from None
     header = None
     if spec.header:
         if not rows:
