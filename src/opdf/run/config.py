@@ -26,6 +26,7 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
                                     # weight like a plain one (opdf.lr_groups); no-op if plain
     eval_every: 100
     checkpoint_every: 100
+    on_nonfinite: stop              # a NaN/inf loss or gradient: stop (exit 3) | skip the step
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class RunConfig:
     log_every: int = positive(10)
     device: str = choice(*DEVICES, default="auto")
     threads: int | None = positive(None)
+    on_nonfinite: str = choice("stop", "skip", default="stop")
     # method options: the section named after the method (validated by the method's Options)
     method_options: Any = None
 

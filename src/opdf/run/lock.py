@@ -70,6 +70,7 @@ class RunLock:
         self.path = self.folder / LOCK_FILE
         self.what = what
         self._fd: int | None = None
+        self._created = False
 
     @property
     def held(self) -> bool:
@@ -78,6 +79,7 @@ class RunLock:
     def acquire(self) -> RunLock:
         if self._fd is not None:
             return self
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(100):  # retried only when a holder removed the file as we opened it
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -107,6 +109,9 @@ class RunLock:
             self.path.unlink(missing_ok=True)
         _unlock(fd)
         os.close(fd)
+        if self._created:  # made only to hold the lock (a run that failed at once): leave no trace
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only when empty
 
     def __enter__(self) -> RunLock:
         return self.acquire()
