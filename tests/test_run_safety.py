@@ -311,3 +311,36 @@ def test_a_read_only_folder_is_a_clear_error_for_every_checkpoint_file(tmp_path,
             ckpt.save(tiny(4), tmp_path / name, keep_previous=name == ckpt.LAST)
     monkeypatch.undo()
     assert ckpt.read(tmp_path / ckpt.BEST).step == 2
+
+
+def test_a_format_2_checkpoint_still_resumes_through_a_small_allow_list(tmp_path):
+    """opdf before format 3 stored NumPy's RNG state as an array: read with weights_only=True
+    and NumPy's array rebuild allowed, nothing else."""
+    import numpy as np
+
+    np.random.seed(5)
+    state = {"python": __import__("random").getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state(), "cuda": None}  # fmt: skip
+    want = np.random.rand(2)
+    torch.save(
+        {"format": 2, "step": 3, "modules": {"student": {}}, "rng": state}, tmp_path / "x.pt"
+    )
+    old = ckpt.read(tmp_path / "x.pt")  # no manifest in this folder: nothing to compare with
+    ckpt.set_rng_state(old.rng)
+    assert old.step == 3 and np.array_equal(np.random.rand(2), want)
+
+
+def test_a_key_added_to_opdf_after_a_run_started_does_not_block_its_resume(tmp_path):
+    from opdf.run.config import dump_config
+    from opdf.run.runner import prepare_output_dir
+
+    cfg = cfg_for(tmp_path / "run")
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    ckpt.save(tiny(2), out / "checkpoints" / ckpt.LAST, keep_previous=True)
+    older = "".join(ln for ln in dump_config(cfg).splitlines(True) if "on_nonfinite" not in ln)
+    (out / "config.yaml").write_text(older)  # as written before on_nonfinite existed
+    assert prepare_output_dir(out, resume=True, overwrite=False, cfg=cfg) is True
+    changed = cfg_for(out, "on_nonfinite=skip")  # a real change still refuses
+    with pytest.raises(OpdfError, match="differs .* in on_nonfinite"):
+        prepare_output_dir(out, resume=True, overwrite=False, cfg=changed)
