@@ -98,7 +98,9 @@ def test_regression_labels(tmp_path):
     assert ds.is_regression and ds.num_labels == 1 and ds.main_metric == "combined"
     assert all(isinstance(v, float) for v in ds.train.labels)
     assert sorted(ds.train.labels + ds.dev.labels + ds.test.labels) == [i / 10 for i in range(20)]
-    with pytest.raises(ValueError, match="not a number"):
+    with pytest.raises(
+        ValueError, match="data row 1 \\(line 2\\): label 'high' is not a finite number"
+    ):
         load_text_dataset(
             _csv(tmp_path / "bad.csv", [{"text": "x", "score": "high"}] * 3, ["text", "score"]),
             label_column="score",
@@ -140,7 +142,9 @@ def test_label_names_fix_the_order(tmp_path):
     labels = ds.train.labels + ds.dev.labels + ds.test.labels
     for t, lab in zip(full, labels, strict=True):
         assert lab == (0 if int(t.split()[2][:-1]) % 2 else 1)  # odd rows are "pos" -> 0
-    with pytest.raises(ValueError, match=r"labels \['pos'\] are not in label_names"):
+    with pytest.raises(
+        ValueError, match=r"data row 2 \(line 3\): label 'pos' is not in label_names"
+    ):
         load_text_dataset(path, text_column="review", label_column="y", label_names=["neg", "x"])
 
 

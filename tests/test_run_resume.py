@@ -59,8 +59,12 @@ def test_resume_needs_the_same_config(tmp_path):
         run_distill(changed, resume=True, progress=False)
 
 
-def test_sigkill_then_resume_from_the_cli(tmp_path):
-    """A real SIGKILL of `opdf distill` while it trains, then `opdf distill --resume`."""
+def test_sigkill_then_resume_from_the_cli(tmp_path, capsys):
+    """A real SIGKILL of `opdf distill` while it trains, then `opdf distill --resume`. While it
+    lives, a second run into its folder refuses (--overwrite and --resume too); the lock its
+    SIGKILL leaves behind blocks nothing."""
+    from opdf.cli import main
+
     args = ["configs/smoke-kd.yaml", "max_steps=40", "eval_every=10", "checkpoint_every=2",
             "--no-progress"]  # fmt: skip
     ref = tmp_path / "ref"
@@ -75,9 +79,17 @@ def test_sigkill_then_resume_from_the_cli(tmp_path):
         time.sleep(0.05)
     if proc.poll() is not None:
         pytest.skip("the run finished before it could be killed (machine too fast)")
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert main(["distill", *args, f"output_dir={out}", *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by a live opdf run (pid {proc.pid}" in err, err
+    alive = proc.poll() is None  # else it finished meanwhile, its folder untouched all the same
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    if not alive:
+        pytest.skip("the run finished before it could be killed (machine too fast)")
     assert not (out / "summary.json").exists()
+    assert (out / ".opdf.lock").exists()  # left by the killed run
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["output_dir"] == str(out)
@@ -112,8 +124,8 @@ def test_a_best_checkpoint_from_beyond_the_last_checkpoint_is_adopted(tmp_path):
     cfg = load_config("configs/smoke-kd.yaml", args)
     assert run_distill(cfg, progress=False, stop_after_step=4) is None
     best = out / "checkpoints" / ckpt.BEST
-    saved = ckpt.load(best)
-    ckpt.atomic_save({"step": 6, "modules": saved["modules"], "score": 2.0}, best)  # unbeatable
+    saved = ckpt.read(best)
+    ckpt.save(ckpt.Checkpoint(step=6, modules=saved.modules, score=2.0), best)  # unbeatable
     summary = run_distill(cfg, resume=True, progress=False)
     assert summary["best_step"] == 6
-    assert (ckpt.load(best)["step"], ckpt.load(best)["score"]) == (6, 2.0)
+    assert (ckpt.read(best).step, ckpt.read(best).score) == (6, 2.0)

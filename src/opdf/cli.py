@@ -4,8 +4,10 @@ Each verb module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. Us
 (:class:`opdf.errors.OpdfError` and its :class:`~opdf.errors.ConfigError`, raised wherever the
 user's input is at fault; ``OSError`` such as a missing file or a broken ``config.json``; a
 damaged YAML or pickle file) are printed as one line and exit with code 2, never as a traceback;
-``OPDF_DEBUG=1`` shows the traceback. Anything else (a plain ``ValueError``, ``KeyError``, ...)
-is a bug in opdf and shows its traceback.
+``OPDF_DEBUG=1`` shows the traceback. A run that diverged (:class:`opdf.errors.DivergedError`: a
+NaN/inf loss or gradient) exits with code 3, its message naming the step and the loss terms.
+Anything else (a plain ``ValueError``, ``KeyError``, ...) is a bug in opdf and shows its
+traceback.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from collections.abc import Sequence
 
 import yaml
 
-from opdf.errors import OpdfError
+from opdf.errors import DivergedError, OpdfError
 
 # Verb name -> module under opdf.commands. Order is the order of `opdf --help`.
 VERBS = ["inspect", "finetune", "distill", "merge", "report", "methods"]
 # What the user can fix: printed as one line (exit code 2). ConfigError is an OpdfError.
 USER_ERRORS = (OpdfError, OSError, yaml.YAMLError, pickle.UnpicklingError)
+EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
 
 
 class _Version(argparse.Action):
@@ -73,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if os.environ.get("OPDF_DEBUG"):
             raise
-        print(f"opdf {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"opdf {args.verb}: error: {message}", file=sys.stderr)
+        return EXIT_DIVERGED if isinstance(exc, DivergedError) else EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"opdf {args.verb}: interrupted", file=sys.stderr)
         return 130

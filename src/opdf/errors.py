@@ -7,3 +7,7 @@ class OpdfError(ValueError):
 
 class ConfigError(OpdfError):
     """An invalid configuration (unknown key, bad value, missing file)."""
+
+
+class DivergedError(OpdfError):
+    """Training produced a loss or gradient that is not finite (NaN or inf); the CLI exits 3."""

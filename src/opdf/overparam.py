@@ -46,6 +46,42 @@ __all__ = [
 Shapes = tuple[Sequence[int], Sequence[int]]
 
 
+# ----------------------------------------------------------------------------- one class per module
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized ``module`` a generated class that no other module shares.
+
+    torch's parametrize swaps a module's class for a generated ``Parametrized<Class>`` that holds
+    the ``weight`` property, and a deep copy shares that class with the original. Registering or
+    removing a parametrization edits the class, so merging a copy would delete ``weight`` from
+    the original too, and the property's cache key (``parametrize.cached()``) names the original
+    module. Here the class body is copied and the properties are made afresh for ``module``; the
+    new class's ``__deepcopy__`` does the same for every replica.
+    """
+    if not parametrize.is_parametrized(module):
+        return
+    cls = type(module)
+    names = list(module.parametrizations.keys())
+    body = {
+        k: v
+        for k, v in vars(cls).items()
+        if k not in ("__dict__", "__weakref__") and k not in names
+    }
+    if "_opdf_deepcopy" not in body:  # the copy procedure torch (or the module's class) provides
+        body["_opdf_deepcopy"] = body.get("__deepcopy__", getattr(cls, "__deepcopy__", None))
+        body["__deepcopy__"] = _deepcopy_with_own_class
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+    for name in names:
+        parametrize._inject_property(module, name)
+
+
+def _deepcopy_with_own_class(self: nn.Module, memo: dict) -> nn.Module:
+    replica = type(self)._opdf_deepcopy(self, memo)
+    _own_class(replica)
+    return replica
+
+
 class MPOParametrization(nn.Module):
     """``weight = contract(cores)``, reshaped to the weight's shape.
 
@@ -323,7 +359,9 @@ def overparameterize(
             entry.row_modes, entry.col_modes, entry.weight_shape, scheme, max_bond
         )
         param.param_order = list(module._parameters)
+        _own_class(module)  # a parametrization elsewhere on it may live in a class shared by copies
         parametrize.register_parametrization(module, "weight", param, unsafe=True)
+        _own_class(module)
         originals = module.parametrizations.weight
         center = param.central_index
         for k in range(len(entry.row_modes)):
@@ -368,6 +406,7 @@ def merge(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             weight = contract(core_list).reshape(param.weight_shape).clone()
         param.override = nn.Parameter(weight, requires_grad=True)
+        _own_class(module)  # removal edits the class: never one that another model uses
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         plain = module.weight
         if "weight" in module._buffers:  # pragma: no cover - defensive, torch registers a Parameter

@@ -15,7 +15,14 @@ none|svd|mpo), trained with the method's loss (+ the alignment loss when align.w
 selected on dev, merged and evaluated on test.
 
 Writes OUTPUT_DIR/metrics.jsonl, checkpoints/, summary.json and student/ (the merged student,
-loadable with stock transformers)."""
+loadable with stock transformers).
+
+Safety: a lock keeps a second run out of OUTPUT_DIR while this one lives (also with --resume or
+--overwrite; a killed run's lock blocks nothing). Checkpoints are checksummed (manifest.json) and
+read without running code; --resume falls back to checkpoints/previous.pt when last.pt is
+damaged. A NaN/inf loss or gradient stops the run (exit code 3, the message names the step and
+the loss terms; on_nonfinite=skip skips such steps instead, counted in summary.json). Exit code
+2: a user error (config, data, files), printed as one line."""
 
 EPILOG = """\
 examples:

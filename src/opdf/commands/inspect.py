@@ -72,9 +72,9 @@ def build_model(name: str, num_labels: int) -> nn.Module:
     if name in ARCHITECTURES:
         with torch.device("meta"):
             return Bert(BertConfig(num_labels=num_labels, **ARCHITECTURES[name]))
-    from opdf.models.hf import resolve_model_dir
+    from opdf.models.hf import SAFE, resolve_model_dir
 
-    config = AutoConfig.from_pretrained(str(resolve_model_dir(name)), num_labels=num_labels)
+    config = AutoConfig.from_pretrained(str(resolve_model_dir(name)), num_labels=num_labels, **SAFE)
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config)
 

@@ -32,11 +32,13 @@ rte     sentence1 / sentence2               label: (not_)entailment       accura
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from opdf.data.dataset import TextDataset, TextSplit, split_indices
+from opdf.data.files import read_text
 from opdf.data.metrics import get_metric
 from opdf.errors import OpdfError
 
@@ -154,8 +156,12 @@ def read_glue_tsv(path: Path, spec: GlueTask) -> tuple[TextSplit, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GLUE file {path} does not exist")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t",
+                        quoting=csv.QUOTE_NONE)  # fmt: skip
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise OpdfError(f"{path}, line {reader.line_num}: {e}") from None
     header = None
     if spec.header:
         if not rows:

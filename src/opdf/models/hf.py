@@ -1,6 +1,9 @@
 """``load_model``: a built-in name or a local transformers folder -> (classifier, tokenizer).
 
 Everything loads from local files (``local_files_only=True`` and ``HF_HUB_OFFLINE=1``): no Hub.
+Nothing loaded runs code: weights are read from safetensors only (``use_safetensors=True``; a
+``pytorch_model.bin`` is a pickle, which can execute code when unpickled) and no model's own Python
+code is ever imported (``trust_remote_code=False``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from opdf.errors import OpdfError
 from opdf.models.builtin import BUILTINS, prepare_builtin
 from opdf.models.quiet import quiet_transformers
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+#: what every from_pretrained call gets: local files, no remote code
+SAFE = {"local_files_only": True, "trust_remote_code": False}
 
 
 def _offline() -> None:
@@ -42,6 +47,14 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
             f"by save_pretrained, or a built-in name ({valid})"
         )
     if not any((path / f).is_file() for f in WEIGHT_FILES):
+        pickled = [f.name for f in path.glob("*.bin")] + [f.name for f in path.glob("*.pt*")]
+        if pickled:
+            raise OpdfError(
+                f"{path} holds its weights as {', '.join(sorted(pickled))}, a pickle, which can "
+                "run code when loaded; opdf reads safetensors only. Convert it once, where you "
+                "trust the file: AutoModel.from_pretrained(folder).save_pretrained(folder) "
+                "writes model.safetensors"
+            )
         raise OpdfError(f"{path} has a config.json but no weights ({', '.join(WEIGHT_FILES)})")
     return path
 
@@ -53,7 +66,7 @@ def load_tokenizer(name_or_path: str | Path):
     _offline()
     folder = resolve_model_dir(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(folder), **SAFE)
     except (OSError, ValueError) as e:
         raise OpdfError(f"{folder}: no usable tokenizer files ({e})") from None
 
@@ -91,7 +104,7 @@ def load_model(
         raise OpdfError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
     _offline()
     folder = resolve_model_dir(name_or_path)
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    config = AutoConfig.from_pretrained(str(folder), **SAFE)
     new_head = config.num_labels != num_labels
     if new_head:
         # a fresh head: drop the folder's label names, they belong to the old head
@@ -111,7 +124,8 @@ def load_model(
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(folder),
                 config=config,
-                local_files_only=True,
+                use_safetensors=True,
+                **SAFE,
                 ignore_mismatched_sizes=new_head,  # a saved head for another label count
                 output_loading_info=True,
             )
@@ -133,7 +147,7 @@ def load_encoder(name_or_path: str | Path):
     _offline()
     folder = resolve_model_dir(name_or_path)
     with quiet_transformers():
-        return AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        return AutoModel.from_pretrained(str(folder), use_safetensors=True, **SAFE).eval()
 
 
 def base_model(model) -> torch.nn.Module:

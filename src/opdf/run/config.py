@@ -26,14 +26,17 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
                                     # weight like a plain one (opdf.lr_groups); no-op if plain
     eval_every: 100
     checkpoint_every: 100
+    on_nonfinite: stop              # a NaN/inf loss or gradient: stop (exit 3) | skip the step
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -143,6 +146,7 @@ class RunConfig:
     log_every: int = positive(10)
     device: str = choice(*DEVICES, default="auto")
     threads: int | None = positive(None)
+    on_nonfinite: str = choice("stop", "skip", default="stop")
     # method options: the section named after the method (validated by the method's Options)
     method_options: Any = None
 
@@ -295,6 +299,8 @@ def build(cls, data: dict, where: str = ""):
             raise ConfigError(
                 f"config key {key!r}: {value!r} is not {_type_name(hints[name])}"
             ) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key {key!r}: {value!r} is not a finite number")
         meta = f.metadata
         if "choices" in meta and value not in meta["choices"]:
             raise ConfigError(
@@ -327,12 +333,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+        raise ConfigError(
+            f"override {text!r}: value is not valid YAML ({_yaml_problem(e)})"
+        ) from None
     return key.split("."), value
 
 
 def apply_overrides(raw: dict, overrides) -> dict:
-    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    raw = copy.deepcopy(raw)  # not a JSON round trip: YAML also reads dates (seed: 2020-01-01)
     for text in overrides or ():
         path, value = parse_override(text)
         node = raw
@@ -447,6 +455,14 @@ def _check_sources(cfg: RunConfig) -> None:
             )
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """The one-line gist of a YAML error (PyYAML's own text spans several lines)."""
+    text = ": ".join(
+        str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p
+    )
+    return text or " ".join(str(e).split())
+
+
 def load_config(path: str | Path, overrides=()) -> RunConfig:
     """Read, override and validate a YAML config file."""
     path = Path(path)
@@ -458,9 +474,13 @@ def load_config(path: str | Path, overrides=()) -> RunConfig:
             hint = f"; configs in ./configs: {', '.join(names)}" if names else ""
         raise ConfigError(f"config file {str(path)!r} does not exist{hint}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}): {e.reason}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values")
     raw = apply_overrides(raw, overrides)

@@ -5,7 +5,10 @@ Output folder of a run::
 
     OUTPUT_DIR/config.yaml      the resolved config (every default written out)
     OUTPUT_DIR/metrics.jsonl    one JSON record per log / evaluation
-    OUTPUT_DIR/checkpoints/     last.pt (periodic, atomic, for --resume), best.pt (best on dev)
+    OUTPUT_DIR/checkpoints/     last.pt (periodic, atomic, for --resume), previous.pt (the one
+                                before, --resume's fallback), best.pt (best on dev),
+                                manifest.json (their checksums; see opdf.run.checkpoint)
+    OUTPUT_DIR/.opdf.lock       held while the run lives (opdf.run.lock)
     OUTPUT_DIR/student/         the merged student (save_pretrained) and its tokenizer
     OUTPUT_DIR/summary.json     what `opdf report` reads
 """
@@ -26,6 +29,7 @@ from opdf.distill.finetune import FineTune  # also importable from here, as befo
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import checkpoint as ckpt
 from opdf.run.config import FinetuneConfig, RunConfig, dump_config
+from opdf.run.lock import LOCK_FILE, RunLock
 from opdf.run.trainer import Trainer, TrainSettings, resolve_device
 
 CONFIG_FILE = "config.yaml"
@@ -197,39 +201,57 @@ def teacher_summary(cfg: RunConfig) -> dict | None:
 STARTUP_FILES = frozenset({"config.yaml", "metrics.jsonl", "checkpoints"})
 
 
-def _with_added_defaults(saved: dict) -> dict:
-    """A run's saved config with the top-level keys added to :class:`RunConfig` since it was
-    written (``lr_scaling``, ...) read as their defaults, which is how that run trained."""
-    added = {
-        f.name: f.default
-        for f in dataclasses.fields(RunConfig)
-        if f.name not in saved
-        and f.name != "method_options"
-        and f.default is not dataclasses.MISSING
-    }
-    return {**added, **saved}
+def _entries(out: Path) -> set[str]:
+    """What ``out`` holds, besides the lock of the run now starting."""
+    return {p.name for p in out.iterdir()} - {LOCK_FILE} if out.is_dir() else set()
+
+
+def _clear(out: Path) -> None:
+    """Delete a run folder's contents, keeping the lock file that the run now starting holds."""
+    for p in out.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _with_defaults(old: dict, defaults: dict) -> dict:
+    """A saved config read with today's defaults for keys it does not have (keys added to opdf
+    after the run started), so that adding a key never blocks a --resume."""
+    out = dict(old)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
 
 
 def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConfig) -> bool:
     """Create ``out``; refuse to reuse a non-empty one unless resuming (same config) or told to
-    overwrite. Returns True when a checkpoint to resume from exists."""
-    last = out / "checkpoints" / ckpt.LAST
+    overwrite. Returns True when a checkpoint to resume from exists. The caller holds the
+    folder's :class:`~opdf.run.lock.RunLock`."""
+    ckpts = out / "checkpoints"
     # A run that failed while starting leaves only opdf's own start-up files (no checkpoint,
     # summary or student): that folder may be reused. Anything else in it is never deleted
     # without --overwrite, and --overwrite only deletes folders that are opdf runs.
-    holds_results = out.exists() and any(
-        p.exists() for p in (last, out / "summary.json", out / "student")
+    holds_results = out.exists() and (
+        ckpt.resumable(ckpts) or any(p.exists() for p in (out / "summary.json", out / "student"))
     )
-    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    entries = _entries(out)
     only_startup = entries <= STARTUP_FILES
     if entries and only_startup and not holds_results and not resume:
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()):
+        _clear(out)
+    if _entries(out):
         if resume:
             saved = out / CONFIG_FILE
             if saved.is_file():
-                old = _with_added_defaults(yaml.safe_load(saved.read_text()) or {})
                 new = cfg.to_dict()
+                options = type(cfg.method_options)()
+                defaults = RunConfig(method=cfg.method, method_options=options).to_dict()
+                old = _with_defaults(yaml.safe_load(saved.read_text()) or {}, defaults)
                 diff = sorted(k for k in set(old) | set(new)
                               if k != "output_dir" and old.get(k) != new.get(k))  # fmt: skip
                 if diff:
@@ -243,7 +265,7 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
                     f"{out} holds a finished run (summary.json); nothing to resume. Use "
                     "--overwrite to run it again, or another output_dir"
                 )
-            return last.is_file()
+            return ckpt.resumable(ckpts)
         if not overwrite:
             raise OpdfError(
                 f"output_dir {str(out)!r} already exists and is not empty; pass --resume to "
@@ -255,7 +277,7 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
                 f"refusing to --overwrite {str(out)!r}: it is not an opdf run folder (no "
                 f"{CONFIG_FILE}); choose a new output_dir"
             )
-        shutil.rmtree(out)
+        _clear(out)
     elif resume:
         raise OpdfError(f"--resume: {out} has no run to resume (no checkpoints/{ckpt.LAST})")
     out.mkdir(parents=True, exist_ok=True)
@@ -332,6 +354,7 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from opdf import merge, overparameterize
+    from opdf.models.hf import SAFE
     from opdf.models.quiet import quiet_transformers
 
     run_dir = Path(run_dir)
@@ -343,6 +366,8 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     if which not in files:
         raise OpdfError(f"which={which!r} is not valid; valid choices: best, last")
     state_file = run_dir / "checkpoints" / files[which]
+    if which == "last" and not state_file.exists():
+        state_file = state_file.with_name(ckpt.PREVIOUS)  # killed while rotating the two
     for need in (cfg_file, arch / "config.json", state_file):
         if not need.exists():
             raise OpdfError(
@@ -354,12 +379,16 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OpdfError(f"{out} exists and is not empty; pass --overwrite or another --output")
     with quiet_transformers():
-        config = AutoConfig.from_pretrained(str(arch), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(arch), **SAFE)
         model = AutoModelForSequenceClassification.from_config(config)
-        tokenizer = AutoTokenizer.from_pretrained(str(arch), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(arch), **SAFE)
     if scheme != "none":
         overparameterize(model, scheme=scheme, unit_modes=unit_modes)
-    model.load_state_dict(ckpt.read_modules(state_file)["student"])
+    if which == "last":  # the newest intact one: last.pt, else previous.pt (with a warning)
+        state = ckpt.read_latest(state_file.parent)[1].modules["student"]
+    else:
+        state = ckpt.read_modules(state_file)["student"]
+    model.load_state_dict(state)
     merge(model)
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
@@ -387,6 +416,15 @@ def run_distill(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
+    # one live run per folder: a second one (--overwrite and --resume too) refuses while this
+    # one lives; a lock left by a killed run blocks nothing
+    with RunLock(out):
+        return _run_locked(cfg, out, resume=resume, overwrite=overwrite, progress=progress,
+                           stop_after_step=stop_after_step)  # fmt: skip
+
+
+def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool,
+                progress: bool | None, stop_after_step: int | None) -> dict | None:  # fmt: skip
     has_ckpt = prepare_output_dir(out, resume=resume, overwrite=overwrite, cfg=cfg)
     if not has_ckpt:
         # a run killed before its first checkpoint restarts from scratch

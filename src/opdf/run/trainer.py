@@ -29,13 +29,16 @@ import torch
 from tqdm.auto import tqdm
 
 from opdf.distill.base import Distiller, TrainContext
-from opdf.errors import OpdfError
+from opdf.errors import DivergedError, OpdfError
 from opdf.lr_scaling import NO_DECAY, CoreRate, core_rates
 from opdf.run import checkpoint as ckpt
 
 # This many optimizer steps in a row without a gradient, none of them declared expected by the
 # method (Distiller.no_gradient_expected), means the method trains nothing.
 MAX_STEPS_WITHOUT_GRADIENT = 10
+# on_nonfinite="skip": this many skipped steps in a row means the run has diverged for good
+MAX_SKIPPED_IN_A_ROW = 10
+NONFINITE_CHOICES = ("stop", "skip")
 
 
 @dataclass
@@ -55,6 +58,8 @@ class TrainSettings:
     eval_every: int | None = None
     checkpoint_every: int | None = None
     log_every: int = 10
+    # a step whose loss or gradient is NaN/inf: "stop" the run (DivergedError) or "skip" it
+    on_nonfinite: str = "stop"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,6 +151,9 @@ class TrainState:
     running: dict[str, float] = field(default_factory=dict)  # train-loss sums since the last log
     n_running: int = 0
     no_grad_run: int = 0  # optimizer steps in a row whose losses had no gradient
+    skipped: int = 0  # steps skipped as not finite (on_nonfinite="skip"), every session
+    skip_run: int = 0  # ... of them in a row
+    saved_step: int | None = None  # the step of the newest last.pt (for messages)
     start: int = 0  # the step this session began at
     t0: float = field(default_factory=time.perf_counter)  # this session's start
 
@@ -156,7 +164,8 @@ class TrainState:
         """The fields a checkpoint keeps (``checkpoint.PROGRESS_KEYS``)."""
         return {"best": self.best, "best_step": self.best_step,
                 "train_seconds": self.train_seconds, "wall_time": self.wall_time(),
-                "running": dict(self.running), "n_running": self.n_running}  # fmt: skip
+                "running": dict(self.running), "n_running": self.n_running,
+                "skipped": self.skipped}  # fmt: skip
 
     def restore(self, step: int, progress: dict) -> None:
         self.step = self.start = step
@@ -164,6 +173,8 @@ class TrainState:
         self.train_seconds, self.wall_before = progress["train_seconds"], progress["wall_time"]
         self.running = dict(progress.get("running", {}))
         self.n_running = progress.get("n_running", 0)
+        self.skipped = progress.get("skipped", 0)
+        self.saved_step = step
 
 
 class Trainer:
@@ -219,7 +230,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def _log(self, record: dict) -> None:
-        with open(self.metrics_path, "a") as f:
+        with ckpt.writing(self.metrics_path, "metrics log"), open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _truncate_metrics(self, step: int) -> None:
@@ -258,6 +269,13 @@ class Trainer:
         finally:
             self.distiller.train(was)
         preds = torch.stack(logits)
+        if not torch.isfinite(preds).all():  # weights blown up while the losses stayed finite
+            bad = int((~torch.isfinite(preds)).any(-1).sum()) if preds.dim() > 1 else 0
+            raise DivergedError(
+                f"the student's outputs on {split} are not finite ({bad or 'some'} of "
+                f"{len(preds)} examples) after step {self.distiller.step + 1}: its weights have "
+                f"diverged{self._stop_advice()}"
+            )
         labels = self.dataset[split].labels
         return {k: float(v) for k, v in self.dataset.metric(preds, labels).items()}
 
@@ -309,11 +327,25 @@ class Trainer:
         """A run killed after a new best but before its next checkpoint leaves a ``best.pt``
         from beyond ``last.pt``; it overwrote the best as of ``last.pt``. Its weights were
         trained and scored on dev all the same, so the resumed run competes against it rather
-        than keeping a score whose weights no longer exist."""
+        than keeping a score whose weights no longer exist. A damaged ``best.pt`` is set aside
+        (``best.pt.damaged``): the resumed run starts its best-on-dev selection afresh."""
         path = self.ckpt_dir / ckpt.BEST
         if not path.exists():
             return
-        saved = ckpt.read(path)
+        try:
+            saved = ckpt.read(path)
+        except ckpt.UnsafeCheckpointError:
+            raise
+        except ckpt.CheckpointError as exc:
+            path.replace(path.with_name(ckpt.BEST + ".damaged"))
+            state.best, state.best_step = -math.inf, None
+            warnings.warn(
+                f"{exc}; set aside as {ckpt.BEST}.damaged, the best on dev is chosen again from "
+                "the evaluations still to come",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
         if saved.step > state.step:
             if saved.score is not None:
                 state.best, state.best_step = saved.score, saved.step
@@ -360,13 +392,16 @@ class Trainer:
         """Optimizers, the resumed state (when asked and present), the method's start hook."""
         d = self.distiller
         d.to(self.device)
-        last = self.ckpt_dir / ckpt.LAST
-        self._resuming = resume and last.exists()
+        if self.s.on_nonfinite not in NONFINITE_CHOICES:
+            raise OpdfError(f"on_nonfinite={self.s.on_nonfinite!r}; valid: stop, skip")
+        # last.pt, or previous.pt when last.pt is damaged
+        found = ckpt.read_latest(self.ckpt_dir) if resume else None
+        self._resuming = found is not None
         self._configure_optimizers()
-        state = TrainState()
+        state = self.state = TrainState()
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if self._resuming:
-            self.restore(ckpt.read(last), state)
+        if found is not None:
+            self.restore(found[1], state)
         state.t0 = time.perf_counter()
         ctx = TrainContext(self.dataset, self.batches_for, self.total_steps, self.device,
                            self.config)  # fmt: skip
@@ -417,9 +452,13 @@ class Trainer:
                 f"{step + 1}) without a gradient: its losses do not depend on any trainable "
                 "parameter, so nothing is being trained"
             )
-        if self.s.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self._clip_params, self.s.max_grad_norm)
-        optimizer.step()
+        grad_norm = self._clip_gradients()
+        if self._nonfinite(state, terms, grad_norm):
+            for opt in self.optimizers.values():  # nothing of this step reaches the weights
+                opt.zero_grad(set_to_none=True)
+        else:
+            state.skip_run = 0
+            optimizer.step()
         if "main" in self.schedulers:
             self.schedulers["main"].step()
         extra = d.on_step_end(step + 1)
@@ -427,6 +466,59 @@ class Trainer:
         state.step += 1
         terms["loss"] = sum(terms.values())
         return terms, extra
+
+    def _clip_gradients(self) -> float:
+        """Clip to ``max_grad_norm`` when set; the total gradient norm either way (one pass over
+        the gradients, what clipping costs anyway)."""
+        if self.s.max_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(self._clip_params, self.s.max_grad_norm)
+        else:
+            grads = [p.grad for p in self._clip_params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        return float(norm)
+
+    def _nonfinite(self, state: TrainState, terms: dict[str, float], grad_norm: float) -> bool:
+        """Whether this step is to be skipped: a NaN/inf loss term or gradient stops the run
+        (:class:`DivergedError`, nothing of the step applied) or, with ``on_nonfinite="skip"``,
+        skips the step (counted in ``summary.json``)."""
+        total = sum(terms.values())
+        if math.isfinite(total) and math.isfinite(grad_norm):
+            return False
+        what = "loss" if not math.isfinite(total) else f"gradient norm ({grad_norm})"
+        losses = ", ".join(f"{k}={v:.6g}" for k, v in terms.items())
+        step = state.step + 1
+        if self.s.on_nonfinite == "skip":
+            state.skipped += 1
+            state.skip_run += 1
+            if state.skip_run < MAX_SKIPPED_IN_A_ROW:
+                warnings.warn(
+                    f"step {step}: the {what} is not finite ({losses}); step skipped "
+                    f"({state.skipped} so far)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return True
+            raise DivergedError(
+                f"step {step}: the {what} is not finite ({losses}), {state.skip_run} steps in a "
+                f"row skipped (on_nonfinite=skip): the run has diverged{self._stop_advice()}"
+            )
+        raise DivergedError(
+            f"step {step}: the {what} is not finite ({losses}); nothing of this step was "
+            f"applied{self._stop_advice()}, or on_nonfinite=skip to skip such steps"
+        )
+
+    def _stop_advice(self) -> str:
+        """Where the run stands and what to change, for a :class:`DivergedError`."""
+        state = getattr(self, "state", None)
+        saved = state.saved_step if state is not None else None
+        where = (
+            f"; {self.ckpt_dir / ckpt.LAST} (step {saved}) is intact"
+            if saved
+            else "; no checkpoint had been written"
+        )
+        return (
+            f"{where}. Lower lr (now {self.s.lr:g}) or max_grad_norm (now {self.s.max_grad_norm})"
+        )
 
     def forward_backward(self, batch: dict) -> tuple[dict[str, float], bool]:
         """Losses and gradients of one batch, in micro-batches of ``batch_size / grad_accum``
@@ -460,19 +552,22 @@ class Trainer:
         return terms, stepped or expected
 
     def _record(self, state: TrainState, terms: dict, extra: dict, bar) -> None:
-        """Add a step's losses to the log window; write the window's mean every ``log_every``."""
-        for k, v in terms.items():
-            state.running[k] = state.running.get(k, 0.0) + v
-        state.n_running += 1
+        """Add a step's losses to the log window; write the window's mean every ``log_every``
+        (a step skipped as not finite is left out of the mean and counted as ``skipped``)."""
+        if math.isfinite(terms["loss"]):
+            for k, v in terms.items():
+                state.running[k] = state.running.get(k, 0.0) + v
+            state.n_running += 1
         done = state.step
         if done % self.s.log_every and done != self.total_steps:
             return
         rec = {k: v / state.n_running for k, v in state.running.items()}
-        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        if "loss" in rec:
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
         self._log({
             "step": done, "split": "train", "epoch": round(done / self.batches.per_epoch, 4),
             "lr": self.optimizers["main"].param_groups[0]["lr"],  # what get_last_lr() reads
-            **rec, **extra,
+            **rec, **extra, **({"skipped": state.skipped} if state.skipped else {}),
         })  # fmt: skip
         state.running, state.n_running = {}, 0
 
@@ -491,8 +586,10 @@ class Trainer:
         return improved
 
     def save_checkpoint(self, state: TrainState) -> None:
-        """``last.pt``, atomically: what :meth:`fit` resumes from."""
-        ckpt.save(self.checkpoint_state(state), self.ckpt_dir / ckpt.LAST)
+        """``last.pt``, atomically, the one before it kept as ``previous.pt``: what :meth:`fit`
+        resumes from."""
+        ckpt.save(self.checkpoint_state(state), self.ckpt_dir / ckpt.LAST, keep_previous=True)
+        state.saved_step = state.step
 
     # ------------------------------------------------------------------ the end
     def finish(self, state: TrainState) -> dict:
@@ -516,9 +613,11 @@ class Trainer:
         # metrics are known exactly; a merged one is scored again (a check of the merge)
         known = best.dev if best is not None and not report.modules else None
         dev, test = known or self.evaluate("dev"), self.evaluate("test")
-        self._save_student(student)
+        with ckpt.writing(self.out / "student", "merged student"):
+            self._save_student(student)
         summary = self._summary(state, report, dev, test)
-        ckpt.atomic_write_json(self.out / "summary.json", summary)
+        with ckpt.writing(self.out / "summary.json", "run summary"):
+            ckpt.atomic_write_json(self.out / "summary.json", summary)
         return summary
 
     def _save_student(self, student) -> None:
@@ -547,6 +646,7 @@ class Trainer:
             "train_time": round(state.train_seconds, 3),
             "seconds_per_step": round(state.train_seconds / max(1, total), 4),
             "resumed_from_step": state.start or None,
+            "skipped_steps": state.skipped,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
         }
