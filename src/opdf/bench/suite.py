@@ -134,11 +134,11 @@ class Suite:
     def default_out(self, tiny: bool = False) -> Path:
         return Path("runs") / "suites" / (f"{self.name}-tiny" if tiny else self.name)
 
-    def sets_threads(self) -> bool:
+    def sets_threads(self, tiny: bool = False) -> bool:
         keys = set(self.set) | set(self.grid)
         for v in self.variants.values():
             keys |= set(v)
-        if self.tiny:
+        if tiny and self.tiny:
             keys |= set(self.tiny.get("set") or {})
         return "threads" in keys
 

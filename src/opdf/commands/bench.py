@@ -66,6 +66,7 @@ def _say(text: str) -> None:
 
 def run(args) -> int:
     import fnmatch
+    import shlex
     from pathlib import Path
 
     from opdf.bench import run as bench
@@ -81,7 +82,7 @@ def run(args) -> int:
         if not cells:
             raise OpdfError(f"--only {' '.join(args.only)}: no cell of {suite.name} matches")
     out = Path(args.out) if args.out else suite.default_out(args.tiny)
-    threads = None if suite.sets_threads() else max(1, bench.cores() // args.jobs)
+    threads = None if suite.sets_threads(args.tiny) else max(1, bench.cores() // args.jobs)
     state = bench.read_state(out)
     planned = bench.plan(suite, cells, out, threads=threads,
                    previous_running=state.get("running", []))  # fmt: skip
@@ -114,7 +115,7 @@ def run(args) -> int:
         pending = [p for p in planned if p.pending]
         if pending:
             cmd = bench.cell_command(pending[0])
-            _say("next: " + " ".join(["python", *cmd[1:]]))
+            _say("next: " + shlex.join(["python", *cmd[1:]]))
         return 0
 
     active = [p for p in planned if p.pending and p.active_ago is not None]
