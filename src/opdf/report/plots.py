@@ -115,6 +115,7 @@ def plot_scale(report: SuiteReport, path: Path) -> bool:
         ax.axhline(y, color="gray", linestyle="--", label=f"{g.label} (plain student)")
         if e:
             ax.axhspan(y - e, y + e, color="gray", alpha=0.15)
+    ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
     ax.set_xlabel("unit modes L (0 = SVD, two cores)")
     ax.set_ylabel(_ylabel(report))
     chosen = " at the dev-chosen " + ", ".join(report.suite.tune) if report.suite.tune else ""
