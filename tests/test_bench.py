@@ -222,6 +222,7 @@ def test_bench_resumes_an_interrupted_cell_runs_the_rest_and_then_nothing(tmp_pa
     assert summaries[base.id]["resumed_from_step"] == 4
     assert summaries[opdf.id]["resumed_from_step"] is None
     assert summaries[opdf.id]["align"]["weight"] == 100 and summaries[opdf.id]["steps"] == 8
+    assert summaries[opdf.id]["peak_rss_mb"] > 50 and summaries[opdf.id]["peak_gpu_mb"] is None
     assert "--resume" in base.log(out).read_text()
     assert (out / "suite.yaml").is_file()
     # rerun: everything is done, nothing starts, nothing is rewritten
