@@ -656,10 +656,19 @@ class Trainer:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MiB (for a resumed run: of the process that
-    finished it; teacher fine-tuning in the same process counts too)."""
+    finished it; teacher fine-tuning in the same process counts too). Linux: ``VmHWM`` of
+    ``/proc/self/status``, the high-water mark of this program's memory; ``ru_maxrss`` would
+    also count the parent's memory at the fork before the exec (``opdf bench``, benchmarks)."""
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
