@@ -49,6 +49,13 @@ def test_suite_a_matches_the_running_study():
     assert str(opdf.folder(suite.default_out())) == folder
 
 
+def test_the_resume_checkpoint_is_the_runs_last_checkpoint():
+    from opdf.bench.suite import LAST_CHECKPOINT
+    from opdf.run import checkpoint as ckpt
+
+    assert LAST_CHECKPOINT == ("checkpoints", ckpt.LAST)
+
+
 @pytest.mark.parametrize(
     "value, text",
     [("5e-5", "5e-5"), (5e-5, "5e-05"), (0.0001, "0.0001"), (1, "1"), (1.0, "1.0"),

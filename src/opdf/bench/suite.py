@@ -351,6 +351,9 @@ def is_suite_file(path: Path) -> bool:
 # ----------------------------------------------------------------------------- on-disk status
 
 DONE, RESUME, NEW, BLOCKED, REUSED = "done", "resume", "new", "blocked", "reused"
+# opdf.run.checkpoint's layout (checkpoints/ + LAST), named here without importing torch; a test
+# keeps the two equal
+LAST_CHECKPOINT = ("checkpoints", "last.pt")
 
 
 def cell_status(cell: Cell, out: str | Path) -> str:
@@ -361,7 +364,7 @@ def cell_status(cell: Cell, out: str | Path) -> str:
         return DONE
     if not Path(cell.config).is_file():
         return BLOCKED
-    if (folder / "checkpoints" / "last.pt").is_file():
+    if folder.joinpath(*LAST_CHECKPOINT).is_file():
         return RESUME
     return NEW
 
