@@ -119,7 +119,7 @@ def test_report_pairs_each_variant_with_the_baseline_on_the_same_seeds(tmp_path,
     assert chosen.stats["t"] == pytest.approx(t)
     assert main(["report", str(folder)]) == 0
     text = capsys.readouterr().out
-    assert "| mpo     | -       | lr=1e-4" in text  # chosen table
+    assert "| mpo     | -       | lr=1e-4 (best of 2)" in text  # chosen table
     assert f"{100 * mean:+.2f} ± {100 * sd:.2f}" in text
     assert "21.39M" in text and "2100" in text  # train params, peak memory
     assert main(["report", str(folder), "--format", "csv"]) == 0

@@ -57,6 +57,7 @@ class Group:
     axes: tuple[tuple[str, Any], ...]  # every grid axis but the replicate one, suite order
     results: list[CellResult] = field(default_factory=list)
     chosen: bool = False
+    candidates: int = 0  # chosen groups: how many tuned settings with results it was chosen from
 
     def seeds(self, replicate: str) -> list[Any]:
         return [r.cell.value(replicate) for r in self.results]
@@ -161,6 +162,7 @@ def chosen_groups(suite: Suite, groups: Sequence[Group]) -> list[Group]:
         if idx is None:
             continue
         members[idx].chosen = True
+        members[idx].candidates = sum(g.mean("dev") is not None for g in members)
         out.append(members[idx])
     return out
 
@@ -264,6 +266,7 @@ def group_record(suite: Suite, g: Group) -> dict:
         "dev_mean": g.mean("dev"), "dev_std": g.std("dev"),
         "test_mean": g.mean("test"), "test_std": g.std("test"),
         "chosen_on_dev": g.chosen,
+        "chosen_from": g.candidates or None,
         "train_params": g.first("train_params"), "inference_params": g.first("inference_params"),
         "seconds_per_step": g.field_mean("seconds_per_step"),
         "peak_rss_mb": g.field_mean("peak_rss_mb"),
@@ -310,6 +313,7 @@ def chosen_table(suite: Suite, chosen: Sequence[Group]) -> str:
     rows = []
     for g in chosen:
         tuned = ", ".join(f"{k}={format_value(v)}" for k, v in g.axes if k in suite.tune) or "-"
+        tuned += f" (best of {g.candidates})"
         rows.append([g.label, _axes_text(_untuned(suite, g)), tuned, str(len(g.results)),
                      _pm(g.mean("dev"), g.std("dev")), _pm(g.mean("test"), g.std("test")),
                      *_cost_cells(g)])  # fmt: skip
