@@ -257,3 +257,39 @@ def test_gpu_suite_runs_tiny_on_cpu(tmp_path, capsys):
     assert "2/2 cells done" in capsys.readouterr().out
     s = json.loads((out / "rt-polarity-opdf__seed=1" / "summary.json").read_text())
     assert s["align_pairs"] > 0 and s["unit_modes"] == 3 and s["device"] == "cpu"
+
+
+def test_stopping_the_suite_stops_its_cells_and_remembers_them(tmp_path):
+    """Ctrl-C (or SIGTERM, turned into the same stop) while cells run: every running cell gets
+    SIGINT and is waited for, the state file names them so that a rerun resumes them at once."""
+    import os
+    import time
+
+    suite = load_suite(_tiny_suite(tmp_path))
+    out = tmp_path / "out"
+    planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    started: list[str] = []
+
+    def command(p):
+        touch = f"pathlib.Path({str(pids)!r}, str(os.getpid())).touch()"
+        code = f"import os, pathlib, sys, time; {touch}; time.sleep(60)"
+        return [sys.executable, "-c", code]
+
+    def say(line):
+        started.append(line)
+        if len(started) == 2:  # both cells started: the user presses Ctrl-C
+            deadline = time.time() + 30
+            while len(list(pids.iterdir())) < 2 and time.time() < deadline:
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_cells(planned, out, jobs=2, total=2, done_before=0, say=say, command=command)
+    assert time.time() - t0 < 40
+    for pid in (int(p.name) for p in pids.iterdir()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert bench.read_state(out)["running"] == sorted(c.id for c in suite.cells())
