@@ -208,6 +208,23 @@ def test_a_cell_something_else_is_writing_is_not_started(tmp_path, capsys):
     assert not (out / "suite.yaml").exists()
 
 
+def test_a_cell_a_live_run_holds_is_left_alone(tmp_path, capsys):
+    from opdf.run.lock import RunLock
+
+    path = _tiny_suite(tmp_path)
+    suite = load_suite(path)
+    out = tmp_path / "out"
+    base = suite.cells()[0]
+    with RunLock(base.folder(out)):
+        planned = bench.plan(suite, suite.cells(), out, threads=None)
+        assert [p.status for p in planned] == [bench.RUNNING, NEW]
+        assert planned[0].holder["pid"] > 0
+        assert main(["bench", str(path), "--out", str(out), "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        assert "running elsewhere 1" in text and "a live run holds it" in text
+    assert bench.plan(suite, [base], out, threads=None)[0].status == NEW
+
+
 def test_bench_resumes_an_interrupted_cell_runs_the_rest_and_then_nothing(tmp_path, capsys):
     """Real smoke cells, each its own `opdf distill` process."""
     from opdf.run.runner import run_distill

@@ -27,6 +27,7 @@ from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, Cell, Suite, ce
 from opdf.errors import ConfigError, OpdfError
 
 STALE = "stale"
+RUNNING = "running"  # another live process holds the cell folder's run lock (opdf.run.lock)
 STATE_FILE = ".bench-state.json"
 LOCK_FILE = ".bench.lock"
 ACTIVE_SECONDS = 60  # a cell touched this recently by something else may still be running
@@ -52,6 +53,7 @@ class Planned:
     reuse_from: Path | None = None
     stale_keys: list[str] = field(default_factory=list)
     active_ago: float | None = None
+    holder: dict | None = None
     test: float | None = None
     dev: float | None = None
 
@@ -157,6 +159,12 @@ def plan(
                     p.status, p.reuse_from = NEW, None  # another setting: run it here
                 elif diff:
                     p.status, p.stale_keys = STALE, diff
+        if p.status in (NEW, RESUME):
+            from opdf.run.lock import holder
+
+            p.holder = holder(folder) if folder.is_dir() else None
+            if p.holder is not None:
+                p.status = RUNNING  # left alone: a live run owns the folder
         if p.status in (NEW, RESUME) and p.cell.id not in previous_running:
             from opdf.bench.suite import last_activity
 

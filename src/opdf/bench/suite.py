@@ -40,7 +40,8 @@ joined by ``,``), e.g. ``runs/suites/rt-polarity-kd/opdf__lr=5e-5__seed=3``.
 A cell runs as its own process, ``opdf distill <config> <variant> <set> <grid overrides>
 output_dir=<cell> --no-progress`` plus ``--resume`` when ``<cell>/checkpoints/last.pt`` exists,
 ``--overwrite`` otherwise; stdout and stderr go to ``<cell>.log``. It is done when
-``<cell>/summary.json`` exists. Cells run with the LAST grid axis outermost (whole seeds
+``<cell>/summary.json`` exists; a cell whose folder a live run holds (``opdf.run.lock``) is
+left alone. Cells run with the LAST grid axis outermost (whole seeds
 first), then the earlier axes, the variants innermost.
 
 This module only reads files (no torch): parsing, cell ids, run order and on-disk status.

@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
                         "suite sets threads")  # fmt: skip
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells, their status (done, resume, new, blocked, stale, "
-                        "reused) and one command line; run nothing")  # fmt: skip
+                        "reused, running) and one command line; run nothing")  # fmt: skip
     p.add_argument("--out", help="results folder (default runs/suites/<name>, or <name>-tiny)")
     p.add_argument(
         "--tiny",
@@ -86,14 +86,14 @@ def run(args) -> int:
     state = bench.read_state(out)
     planned = bench.plan(suite, cells, out, threads=threads,
                    previous_running=state.get("running", []))  # fmt: skip
-    kinds = (DONE, REUSED, RESUME, NEW, BLOCKED, bench.STALE)
+    kinds = (DONE, REUSED, RESUME, NEW, BLOCKED, bench.STALE, bench.RUNNING)
     counts = {s: sum(p.status == s for p in planned) for s in kinds}
     thread_note = (f"threads {threads} per cell (cores // jobs)" if threads is not None
                    else "threads as the suite sets them")  # fmt: skip
     header = f"suite {suite.name}: {len(planned)} cells in {out}; jobs {args.jobs}, {thread_note}"
     tally = (f"done {counts[DONE]}, reused {counts[REUSED]}, to resume {counts[RESUME]}, "
              f"to run {counts[NEW]}, blocked {counts[BLOCKED]}, "
-             f"stale {counts[bench.STALE]}")  # fmt: skip
+             f"stale {counts[bench.STALE]}, running elsewhere {counts[bench.RUNNING]}")  # fmt: skip
     if args.dry_run:
         _say(header)
         width = max(len(p.cell.id) for p in planned)
@@ -108,6 +108,11 @@ def run(args) -> int:
                 note = f"config changed since it ran: {', '.join(p.stale_keys[:4])}"
             elif p.status == REUSED:
                 note = f"from {p.reuse_from}"
+            elif p.status == bench.RUNNING:
+                h = p.holder or {}
+                note = (
+                    f"a live run holds it (pid {h.get('pid', '?')}, since {h.get('started', '?')})"
+                )
             if p.active_ago is not None:
                 note = (note + "; " if note else "") + f"active {p.active_ago:.0f} s ago"
             _say(f"{i:>4}  {p.cell.id:<{width}}  {p.status:<8} {dev:>6} {test:>6}  {note}")
@@ -142,6 +147,10 @@ def run(args) -> int:
     _say(tally)
     pending = [p for p in planned if p.pending]
     finished = sum(p.status in (DONE, REUSED, bench.STALE) for p in planned)
+    elsewhere = [p for p in planned if p.status == bench.RUNNING]
+    if elsewhere:
+        _say(f"note: {len(elsewhere)} cell(s) are being run by another process and are left "
+             f"alone (e.g. {elsewhere[0].cell.id}); rerun later to count them")  # fmt: skip
     runnable = len(planned) - len(blocked)
     with bench.suite_lock(out):
         copy = out / "suite.yaml"
@@ -159,5 +168,6 @@ def run(args) -> int:
     failed = sorted(k for k, v in results.items() if v != 0)
     _say(f"suite {suite.name}: {finished + len(results) - len(failed)}/{runnable} cells done"
          + (f"; {len(failed)} FAILED: {', '.join(failed)}" if failed else "")
-         + (f"; {len(blocked)} blocked" if blocked else ""))  # fmt: skip
+         + (f"; {len(blocked)} blocked" if blocked else "")
+         + (f"; {len(elsewhere)} running elsewhere" if elsewhere else ""))  # fmt: skip
     return 1 if failed else 0
