@@ -204,7 +204,7 @@ def test_a_cell_something_else_is_writing_is_not_started(tmp_path, capsys):
     base.folder(out).mkdir(parents=True)
     (base.folder(out) / "config.yaml").write_text("method: kd\n")  # just written by someone
     assert main(["bench", str(path), "--out", str(out)]) == 2
-    assert "modified in the last minute" in capsys.readouterr().err
+    assert "modified in the last 5 minutes" in capsys.readouterr().err
     assert not (out / "suite.yaml").exists()
 
 
@@ -236,7 +236,7 @@ def test_bench_resumes_an_interrupted_cell_runs_the_rest_and_then_nothing(tmp_pa
     # base: interrupted after its first checkpoint (step 4 of 8), as a killed run leaves it
     assert run_distill(_config_of(base, out), progress=False, stop_after_step=4) is None
     assert bench.cell_status(base, out) == RESUME
-    _age(base.folder(out), 300)  # interrupted minutes ago (a fresh one: see the next test)
+    _age(base.folder(out), 900)  # interrupted minutes ago (a fresh one: see the next test)
     assert main(["bench", str(path), "--out", str(out), "--jobs", "2"]) == 0
     text = capsys.readouterr().out
     assert "resume base__lr=1e-3__seed=1" in text and "start opdf__lr=1e-3__seed=1" in text

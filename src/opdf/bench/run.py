@@ -30,7 +30,8 @@ STALE = "stale"
 RUNNING = "running"  # another live process holds the cell folder's run lock (opdf.run.lock)
 STATE_FILE = ".bench-state.json"
 LOCK_FILE = ".bench.lock"
-ACTIVE_SECONDS = 60  # a cell touched this recently by something else may still be running
+ACTIVE_SECONDS = 300  # a cell touched this recently by something else may still be running
+# (runs log every log_every steps: a minute or more apart on a busy machine)
 IGNORED_KEYS = ("output_dir", "threads")  # differences that do not change what a cell measures
 
 

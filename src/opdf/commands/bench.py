@@ -55,7 +55,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="run cells even if something else touched them in the last minute",
+        help="run cells even if something else touched them in the last 5 minutes",
     )
     p.set_defaults(run=run)
 
@@ -126,7 +126,7 @@ def run(args) -> int:
     active = [p for p in planned if p.pending and p.active_ago is not None]
     if active and not args.force:
         raise OpdfError(
-            f"{len(active)} cell(s) were modified in the last minute by something other than "
+            f"{len(active)} cell(s) were modified in the last 5 minutes by something other than "
             f"opdf bench (e.g. {active[0].cell.id}, {active[0].active_ago:.0f} s ago): another "
             "process may be running them. Wait, or pass --force"
         )
