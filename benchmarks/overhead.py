@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,14 +44,20 @@ from pathlib import Path
 VOCAB = 30522
 
 
-def build(kind: str, unit_modes: int):
+def build(kind: str, unit_modes: int, layers: int = 6, hidden: int = 768):
+    """The paper's 6-layer BERT-base-width student (smaller with ``layers``/``hidden``, as
+    ``benchmarks/perf.py --quick`` uses it)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     import opdf
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(num_hidden_layers=6, num_labels=2))
+    shape = {} if hidden == 768 else dict(hidden_size=hidden, intermediate_size=4 * hidden,
+                                          num_attention_heads=max(1, hidden // 64))  # fmt: skip
+    model = BertForSequenceClassification(
+        BertConfig(num_hidden_layers=layers, num_labels=2, **shape)
+    )
     if kind in ("mpo", "merged"):
         opdf.overparameterize(model, scheme="mpo", unit_modes=unit_modes)
     if kind == "merged":
@@ -80,13 +85,14 @@ def worker(spec: dict) -> dict:
         from opdf.run.allocator import keep_freed_memory
 
         keep_freed_memory()
-    model = build(spec["kind"], spec["unit_modes"])
+    model = build(spec["kind"], spec["unit_modes"], spec.get("layers", 6), spec.get("hidden", 768))
+    length = spec.get("length", 128)
     params = sum(p.numel() for p in model.parameters())
     warmup = spec["warmup"]
     times = []
     if spec["mode"] == "infer":
         model.eval()
-        x = batch(32, 128, 0)["input_ids"]
+        x = batch(spec.get("infer_batch", 32), length, 0)["input_ids"]
         with torch.inference_mode():
             for _ in range(spec["repeats"] + warmup):
                 start = time.perf_counter()
@@ -110,7 +116,7 @@ def worker(spec: dict) -> dict:
         micro = spec["micro"]
         size = spec["batch"]
         for step in range(spec["repeats"] + warmup):
-            batches = [batch(size, 128, 100 * step + m) for m in range(micro)]
+            batches = [batch(size, length, 100 * step + m) for m in range(micro)]
             start = time.perf_counter()
             ctx = opdf.accumulate(model) if spec.get("accumulate") else contextlib.nullcontext()
             with ctx:
@@ -119,7 +125,10 @@ def worker(spec: dict) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - start)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from opdf.run.trainer import peak_rss_mb
+
+    # VmHWM: ru_maxrss would include the parent's memory at fork (benchmarks/perf.py is large)
+    peak_mib = peak_rss_mb()
     return {"times": times[warmup:], "peak_mib": peak_mib, "params": params}
 
 
@@ -137,6 +146,45 @@ def run(spec: dict) -> dict:
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def variants(batch: int = 32, micro_batch: int = 8, micro: int = 4, length: int = 128) -> dict:
+    """The measured variants (name -> worker spec); ``checks`` reads them by these names."""
+    b, m = f"{batch}x{length}", f"{micro_batch}x{length}"
+    return {
+        f"plain {b}": dict(kind="plain", mode="train", batch=batch, micro=1),
+        f"mpo {b}": dict(kind="mpo", mode="train", batch=batch, micro=1),
+        f"plain {m}": dict(kind="plain", mode="train", batch=micro_batch, micro=1),
+        f"mpo {m}": dict(kind="mpo", mode="train", batch=micro_batch, micro=1),
+        f"plain {micro}x({m})": dict(kind="plain", mode="train", batch=micro_batch, micro=micro),
+        f"mpo {micro}x({m}), no accumulate": dict(
+            kind="mpo", mode="train", batch=micro_batch, micro=micro
+        ),
+        f"mpo {micro}x({m}), opdf.accumulate": dict(
+            kind="mpo", mode="train", batch=micro_batch, micro=micro, accumulate=True
+        ),
+        "contraction only (all cores, fwd+bwd)": dict(kind="mpo", mode="chain"),
+        f"infer plain {b}": dict(kind="plain", mode="infer", infer_batch=batch),
+        f"infer merged {b}": dict(kind="merged", mode="infer", infer_batch=batch),
+    }
+
+
+def checks(results: dict[str, dict], stat) -> dict[str, float]:
+    """The ratios of the variants (``stat``: median or min over each variant's timed steps)."""
+    names = list(results)
+    step_plain, step_mpo, micro_plain, micro_mpo, acc_plain, noacc, acc, chain, inf_p, inf_m = names
+
+    def t(name: str) -> float:
+        return stat(results[name]["times"])
+
+    single = t(micro_mpo) - t(micro_plain)
+    return {
+        "step": t(step_mpo) / t(step_plain),
+        "acc": (t(acc) - t(acc_plain)) / single,
+        "noacc": (t(noacc) - t(acc_plain)) / single,
+        "infer": t(inf_m) / t(inf_p),
+        "floor": (t(step_plain) + t(chain)) / t(step_plain),
+    }
 
 
 def main() -> None:
@@ -166,20 +214,7 @@ def main() -> None:
         "warmup": args.warmup,
         "keep_freed_memory": not args.glibc_default,
     }
-    plan = {
-        "plain 32x128": dict(kind="plain", mode="train", batch=32, micro=1),
-        "mpo 32x128": dict(kind="mpo", mode="train", batch=32, micro=1),
-        "plain 8x128": dict(kind="plain", mode="train", batch=8, micro=1),
-        "mpo 8x128": dict(kind="mpo", mode="train", batch=8, micro=1),
-        "plain 4x(8x128)": dict(kind="plain", mode="train", batch=8, micro=4),
-        "mpo 4x(8x128), no accumulate": dict(kind="mpo", mode="train", batch=8, micro=4),
-        "mpo 4x(8x128), opdf.accumulate": dict(
-            kind="mpo", mode="train", batch=8, micro=4, accumulate=True
-        ),
-        "contraction only (all cores, fwd+bwd)": dict(kind="mpo", mode="chain"),
-        "infer plain 32x128": dict(kind="plain", mode="infer"),
-        "infer merged 32x128": dict(kind="merged", mode="infer"),
-    }
+    plan = variants()
     results: dict[str, dict] = {}
     for round_ in range(args.rounds):
         for name, spec in plan.items():
@@ -194,28 +229,11 @@ def main() -> None:
             seen["times"] += r["times"]
             seen["peak_mib"].append(r["peak_mib"])
 
-    def t(name: str, stat) -> float:
-        return stat(results[name]["times"])
-
-    def checks(stat) -> dict[str, float]:
-        single = t("mpo 8x128", stat) - t("plain 8x128", stat)
-        return {
-            "step": t("mpo 32x128", stat) / t("plain 32x128", stat),
-            "acc": (t("mpo 4x(8x128), opdf.accumulate", stat) - t("plain 4x(8x128)", stat))
-            / single,
-            "noacc": (t("mpo 4x(8x128), no accumulate", stat) - t("plain 4x(8x128)", stat))
-            / single,
-            "infer": t("infer merged 32x128", stat) / t("infer plain 32x128", stat),
-            "floor": (t("plain 32x128", stat) + t("contraction only (all cores, fwd+bwd)", stat))
-            / t("plain 32x128", stat),
-        }
-
-    med, best = checks(statistics.median), checks(min)
+    med, best = checks(results, statistics.median), checks(results, min)
     peak = {name: min(r["peak_mib"]) for name, r in results.items()}
-    mem_ratio = peak["mpo 32x128"] / peak["plain 32x128"]
-    same_params = (
-        results["infer merged 32x128"]["params"] == results["infer plain 32x128"]["params"]
-    )
+    names = list(results)
+    mem_ratio = peak[names[1]] / peak[names[0]]
+    same_params = results[names[-1]]["params"] == results[names[-2]]["params"]
 
     def row(label: str, key: str, target: str) -> str:
         return f"| {label} | {med[key]:.3f} | {best[key]:.3f} | {target} |"

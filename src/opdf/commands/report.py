@@ -1,35 +1,95 @@
-"""``opdf report PATH ...``: a table of run summaries."""
+"""``opdf report PATH ...``: a table of run summaries, or the report of a suite."""
 
 from __future__ import annotations
 
 import argparse
 
+DESCRIPTION = """\
+Runs: collect summary.json files (run folders, files, or folders searched recursively) and print
+one row per run: method, variant (base, +SVD, +MPO(L), +OPDF(L) = MPO with the alignment loss),
+seed, dev and test of the task's main metric (percent), train and inference parameters, seconds
+per step and wall time.
+
+Suites: given a suite file (its results in runs/suites/<name>/ or --out) or a suite folder (one
+that `opdf bench` ran, or an exported one), print mean ± std over seeds per setting, the tuned
+axes (learning rate) chosen on DEV per variant (never on test), the paired difference of each
+variant vs the suite's baseline over the same seeds with a paired t-test and a 95% bootstrap CI,
+and parameters, seconds per step and peak memory. --export DIR also writes report.md, cells.csv,
+groups.csv, chosen.csv, paired.csv and PNG plots (accuracy vs learning rate, vs scale, variant
+bars) into DIR/<suite name>/, with every cell's config.yaml, summary.json, metrics.jsonl and log
+(small files only), ready to commit."""
+
+EPILOG = """\
+examples:
+  opdf report runs/
+  opdf report runs/demo --group --format csv
+  opdf report benchmarks/suites/rt-polarity-kd.yaml
+  opdf report benchmarks/suites/rt-polarity-kd.yaml --export benchmarks/results
+  opdf report benchmarks/results/rt-polarity-kd          # an exported suite"""
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
-        help="print a table of finished runs (their summary.json)",
-        description=(
-            "Collect summary.json files (run folders, files, or folders searched recursively) "
-            "and print one row per run: method, variant (base, +SVD, +MPO(L), +OPDF(L) = MPO with "
-            "the alignment loss), seed, dev and test of the task's main metric (percent), train "
-            "and inference parameters, seconds per step and wall time."
-        ),
-        epilog="examples:\n  opdf report runs/\n  opdf report runs/demo --group --format csv",
+        help="tables of finished runs (their summary.json), or of a suite",
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("paths", nargs="+", help="run folders, summary.json files, or parent folders")
-    p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    p.add_argument("paths", nargs="+",
+                   help="run folders, summary.json files, parent folders; or one suite file or "
+                        "suite folder")  # fmt: skip
+    p.add_argument("--format", choices=("markdown", "csv"), default="markdown",
+                   help="csv: for a suite, the per-setting table (groups.csv)")  # fmt: skip
     p.add_argument("--group", action="store_true",
                    help="one row per (method, variant): mean over seeds, test ± std")  # fmt: skip
     p.add_argument("--sort", default=None, help="sort by a column: run, method, variant, test, ...")
+    p.add_argument("--out", help="suite: its results folder (default runs/suites/<name>)")
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="suite: write tables, plots and the cells' small files to DIR/<name>/",
+    )
     p.set_defaults(run=run)
+
+
+def _suite_path(paths):
+    from pathlib import Path
+
+    from opdf.bench.suite import is_suite_file
+
+    if len(paths) != 1:
+        return None
+    p = Path(paths[0])
+    if is_suite_file(p) or (p.is_dir() and (p / "suite.yaml").is_file()):
+        return p
+    return None
+
+
+def run_suite(args, path) -> int:
+    from opdf.report.suite import build_report, export, export_dir, open_suite
+
+    suite, out = open_suite(path, args.out)
+    report = build_report(suite, out)
+    if args.format == "csv":
+        print(report.csv_files()["groups.csv"], end="")
+    else:
+        print(report.markdown())
+    if args.export:
+        dest = export(report, export_dir(args.export, suite))
+        print(f"exported {len(report.results)} cells, tables and plots to {dest}")
+    return 0
 
 
 def run(args) -> int:
     from opdf.errors import OpdfError
     from opdf.report import format_table, group_rows, load_rows
 
+    suite_path = _suite_path(args.paths)
+    if suite_path is not None:
+        return run_suite(args, suite_path)
+    if args.export or args.out:
+        raise OpdfError("--export and --out apply to a suite (a suite file or suite folder)")
     rows = load_rows(args.paths)
     if args.group:
         rows = group_rows(rows)

@@ -649,7 +649,35 @@ class Trainer:
             "skipped_steps": state.skipped,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_gpu_mb": peak_gpu_mb(self.device),
         }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (for a resumed run: of the process that
+    finished it; teacher fine-tuning in the same process counts too). Linux: ``VmHWM`` of
+    ``/proc/self/status``, the high-water mark of this program's memory; ``ru_maxrss`` would
+    also count the parent's memory at the fork before the exec (``opdf bench``, benchmarks)."""
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
+
+def peak_gpu_mb(device) -> float | None:
+    """Peak memory allocated by torch on a CUDA device, MiB; None elsewhere."""
+    if torch.device(device).type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / (1 << 20), 1)
 
 
 def _can_fuse(groups: list[dict]) -> bool:

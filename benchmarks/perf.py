@@ -1,0 +1,250 @@
+"""Performance of opdf in one run: decomposition, training overhead, methods x variants, inference.
+
+Usage::
+
+    python benchmarks/perf.py [--quick] [--unit-modes 3] [--out FILE.md]
+
+Every ratio compares numbers measured in this run, on this machine. Sections:
+
+1. Decomposition vs its SVD floor: ``opdf.mpo.decompose`` of the 72 encoder matrices of a
+   random-init BERT-base against the bare float64 SVDs of the rearranged matrices it needs
+   (``benchmarks/decompose.py``'s functions).
+2. Training overhead and merged inference on the paper's 6-layer BERT-base-width student
+   (``benchmarks/overhead.py``'s worker, each variant in a fresh process): one AdamW step plain vs
+   over-parameterized, the contraction alone (the arithmetic floor), 4 micro-batches with and
+   without ``opdf.accumulate``, the peak RSS, and no-grad latency of the merged student against the
+   never-touched model.
+3. Methods x variants: seconds per step and peak RSS of ``opdf distill`` itself for every method
+   config (kd, theseus, and lgtm / dbkd / adkd when their configs exist) x base / +SVD / +MPO /
+   +OPDF, the ratio to the method's base variant; the rt-polarity setting of the suites (MiniLM-L6
+   teacher -> 3-layer student, batch 32 x 64, 12 steps, all threads; the teacher is fine-tuned
+   once and cached). The mean over all steps, the first (AdamW state allocation) included.
+
+``--quick`` (minutes on a busy 2-core machine; checks that the script works, its numbers are not
+results): the 12 matrix shapes of two layers (random), a 2-layer 256-wide student for section 2
+with 1 warm-up + 1 timed step and 1 round, and the smoke configs (tiny teacher, 4 steps) for
+section 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import decompose as decomposition  # noqa: E402  (benchmarks/decompose.py)
+import overhead  # noqa: E402  (benchmarks/overhead.py)
+
+VARIANTS = {
+    "base": ["overparam=none", "align.weight=0"],
+    "svd": ["overparam=svd", "align.weight=0"],
+    "mpo": ["overparam=mpo", "unit_modes={L}", "align.weight=0"],
+    "opdf": ["overparam=mpo", "unit_modes={L}", "align.weight=100"],
+}
+METHOD_CONFIGS = {
+    "full": {
+        m: f"configs/rt-polarity-{m}.yaml"
+        for m in ("kd-base", "theseus-base", "lgtm", "dbkd", "adkd")
+    },  # fmt: skip
+    "quick": {m: f"configs/smoke-{m}.yaml" for m in ("kd", "theseus", "lgtm", "dbkd", "adkd")},
+}
+
+
+def section_decompose(quick: bool, unit_modes: int) -> list[str]:
+    from opdf.mpo import decompose, mpo_shapes
+
+    if quick:  # the shapes of two BERT-base layers, without building the 110M model
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        shapes = [(768, 768)] * 4 + [(3072, 768), (768, 3072)]
+        weights = [(f"w{i}", 0.02 * torch.randn(*s, generator=g)) for i, s in enumerate(shapes * 2)]
+    else:
+        weights = decomposition.encoder_weights()
+    ours = svd = 0.0
+    worst = 0.0
+    for _name, w in weights:
+        row, col = mpo_shapes(*w.shape, unit_modes=unit_modes)
+        svd += decomposition.bare_svd(w, row, col)
+        start = time.perf_counter()
+        mpo = decompose(w, row, col)
+        ours += time.perf_counter() - start
+        worst = max(worst, float((mpo.to_matrix() - w).norm() / w.norm()))
+    return [
+        f"## 1. Decomposition ({len(weights)} BERT-base encoder matrices, L={unit_modes})",
+        "",
+        "| what | seconds |",
+        "|---|---|",
+        f"| opdf.mpo.decompose | {ours:.2f} |",
+        f"| bare float64 SVDs of the rearranged matrices (the floor) | {svd:.2f} |",
+        f"| ratio (target <= 1.2) | {ours / svd:.3f} |",
+        "",
+        f"worst relative reconstruction error: {worst:.1e}",
+    ]
+
+
+def section_overhead(quick: bool, unit_modes: int) -> list[str]:
+    shape = dict(layers=2, hidden=256, length=32) if quick else {}
+    warmup, repeats, rounds = (1, 1, 1) if quick else (3, 3, 2)
+    plan = overhead.variants(**({"batch": 8, "micro_batch": 2, "length": 32} if quick else {}))
+    base = {"unit_modes": unit_modes, "repeats": repeats, "warmup": warmup,
+            "keep_freed_memory": True, **shape}  # fmt: skip
+    results: dict[str, dict] = {}
+    for r in range(rounds):
+        for name, spec in plan.items():
+            out = overhead.run({**base, **spec})
+            print(f"  round {r + 1} {name}: " + " ".join(f"{t:.3f}" for t in out["times"]),
+                  flush=True)  # fmt: skip
+            seen = results.setdefault(name, {"times": [], "peak_mib": [], "params": out["params"]})
+            seen["times"] += out["times"]
+            seen["peak_mib"].append(out["peak_mib"])
+    med, best = overhead.checks(results, statistics.median), overhead.checks(results, min)
+    names = list(results)
+    peak = {n: min(r["peak_mib"]) for n, r in results.items()}
+    model = "2 x 256 student (quick)" if quick else "6-layer BERT-base-width student"
+    lines = [
+        f"## 2. Training overhead and merged inference ({model}, L={unit_modes})",
+        "",
+        f"{warmup} warm-up + {repeats} timed steps per process x {rounds} round(s).",
+        "",
+        "| variant | median s | fastest s | peak RSS (MiB) |",
+        "|---|---|---|---|",
+        *[
+            f"| {n} | {statistics.median(r['times']):.3f} | {min(r['times']):.3f} | {peak[n]:.0f} |"
+            for n, r in results.items()
+        ],  # fmt: skip
+        "",
+        "| check | from medians | from fastest | target |",
+        "|---|---|---|---|",
+        f"| step, over-parameterized / plain | {med['step']:.3f} | {best['step']:.3f} | <= 1.5 |",
+        f"| its floor: (plain + contraction) / plain | {med['floor']:.3f} | "
+        f"{best['floor']:.3f} | |",
+        f"| overhead per optimizer step with accumulate / one micro-batch step | "
+        f"{med['acc']:.3f} | {best['acc']:.3f} | <= 1.2 |",
+        f"| the same without accumulate | {med['noacc']:.3f} | {best['noacc']:.3f} | |",
+        f"| merged inference latency / never-touched | {med['infer']:.3f} | "
+        f"{best['infer']:.3f} | <= 1.05 |",
+        f"| peak RSS, over-parameterized / plain | {peak[names[1]] / peak[names[0]]:.3f} | | |",
+        f"| parameters after merge identical | "
+        f"{results[names[-1]]['params'] == results[names[-2]]['params']} | | True |",
+    ]
+    return lines
+
+
+def _distill(config: str, overrides: list[str], out: Path, threads: int) -> dict:
+    cmd = [sys.executable, "-m", "opdf", "distill", config, *overrides, f"output_dir={out}",
+           f"threads={threads}", "--overwrite", "--no-progress"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        raise SystemExit(f"perf: {' '.join(cmd)} failed: {tail}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def section_methods(quick: bool, unit_modes: int) -> list[str]:
+    configs = {m: c for m, c in METHOD_CONFIGS["quick" if quick else "full"].items()
+               if (ROOT / c).is_file()}  # fmt: skip
+    steps = 4 if quick else 12
+    common = [f"max_steps={steps}", f"eval_every={10 * steps}", f"checkpoint_every={10 * steps}",
+              f"log_every={steps}"]  # fmt: skip
+    if not quick:
+        common += ["data.max_train_samples=640", "batch_size=32"]
+    threads = overhead_threads()
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="opdf-perf-"))
+    try:
+        for method, config in configs.items():
+            base_sps = base_rss = None
+            for variant, extra in VARIANTS.items():
+                overrides = [o.format(L=unit_modes) for o in extra] + common
+                print(f"  {method} {variant} ...", flush=True)
+                s = _distill(config, overrides, tmp / f"{method}-{variant}", threads)
+                sps, rss = s["seconds_per_step"], s.get("peak_rss_mb")
+                if variant == "base":
+                    base_sps, base_rss = sps, rss
+                rows.append(
+                    f"| {method} | {variant} | {s['train_params'] / 1e6:.2f}M | "
+                    f"{s['inference_params'] / 1e6:.2f}M | {sps:.3f} | {sps / base_sps:.2f} | "
+                    + (f"{rss:.0f} | {rss / base_rss:.2f} |" if rss and base_rss else "- | - |")
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    setting = "smoke configs, tiny teacher (quick)" if quick else \
+        "rt-polarity, MiniLM-L6 teacher -> 3-layer student, batch 32 x 64"  # fmt: skip
+    return [
+        f"## 3. Methods x variants through `opdf distill` ({setting}, {steps} steps, "
+        f"{threads} threads)",
+        "",
+        "| method | variant | train params | inference params | s/step | / base | "
+        "peak RSS (MiB) | / base |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Methods without a config here are not measured: "
+        + (", ".join(m for m in METHOD_CONFIGS["quick" if quick else "full"] if m not in configs)
+           or "none") + ".",
+    ]  # fmt: skip
+
+
+def overhead_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks the script runs")
+    parser.add_argument("--unit-modes", type=int, default=3)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["decompose", "overhead",
+                        "methods"], help="sections to leave out")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    args = parser.parse_args()
+    import torch
+
+    started = time.time()
+    cmd = "python benchmarks/perf.py" + (" --quick" if args.quick else "") + \
+        (f" --unit-modes {args.unit_modes}" if args.unit_modes != 3 else "") + \
+        (f" --skip {' '.join(args.skip)}" if args.skip else "")  # fmt: skip
+    lines = [
+        "# opdf performance"
+        + (
+            " (--quick: a check that the script runs, not results)" if args.quick else ""
+        ),  # fmt: skip
+        "",
+        f"- command: `{cmd}`",
+        f"- machine: {platform.machine()}, {overhead_threads()} cores, Python "
+        f"{sys.version.split()[0]}, torch {torch.__version__}, no GPU used",
+    ]
+    sections = {"decompose": section_decompose, "overhead": section_overhead,
+                "methods": section_methods}  # fmt: skip
+    for name, fn in sections.items():
+        if name in args.skip:
+            continue
+        print(f"{name} ...", flush=True)
+        lines += ["", *fn(args.quick, args.unit_modes)]
+    lines += ["", f"total wall time: {time.time() - started:.0f} s"]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""Running a suite: which cells are left, teachers first, then N cell processes at a time.
+
+Every cell is its own ``opdf distill`` process (one failure cannot take the others down, and a
+killed suite leaves each cell as resumable as a killed ``opdf distill``). Stopping: Ctrl-C or
+SIGTERM stop the running cells (SIGINT, then SIGTERM after a grace period) and return 130; the
+next ``opdf bench`` resumes them from their last checkpoint. Cells are children that die with
+the suite process on Linux (``PR_SET_PDEATHSIG``), so a ``kill -9`` leaves no orphan training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, Cell, Suite, cell_status
+from opdf.errors import ConfigError, OpdfError
+
+STALE = "stale"
+RUNNING = "running"  # another live process holds the cell folder's run lock (opdf.run.lock)
+STATE_FILE = ".bench-state.json"
+LOCK_FILE = ".bench.lock"
+ACTIVE_SECONDS = 300  # a cell touched this recently by something else may still be running
+# (runs log every log_every steps: a minute or more apart on a busy machine)
+IGNORED_KEYS = ("output_dir", "threads")  # differences that do not change what a cell measures
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Planned:
+    """A cell with its status and the overrides it runs with (``threads`` settled)."""
+
+    cell: Cell
+    status: str
+    overrides: list[str]
+    folder: Path
+    log: Path
+    reuse_from: Path | None = None
+    stale_keys: list[str] = field(default_factory=list)
+    active_ago: float | None = None
+    holder: dict | None = None
+    test: float | None = None
+    dev: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.status in (NEW, RESUME)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flatten(v, key) if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str) and a != b:
+        pa, pb = Path(a), Path(b)  # paths written relative to another working directory
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def config_diff(saved: dict, expected: dict) -> list[str]:
+    """Dotted keys whose values differ between a cell's saved ``config.yaml`` and the config it
+    would run with now; keys only one side has (added by a later opdf) are not differences."""
+    a, b = _flatten(saved), _flatten(expected)
+    return sorted(
+        k for k in set(a) & set(b)
+        if k.split(".")[0] not in IGNORED_KEYS and not _same(a[k], b[k])
+    )  # fmt: skip
+
+
+def _saved_config(folder: Path) -> dict | None:
+    f = folder / "config.yaml"
+    if not f.is_file():
+        return None
+    try:
+        data = yaml.safe_load(f.read_text())
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _summary(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def resolved_config(cell: Cell, overrides: Sequence[str], folder: Path):
+    """The :class:`RunConfig` the cell runs with (validates it; ConfigError names the cell)."""
+    from opdf.run.config import load_config
+
+    try:
+        return load_config(cell.config, [*overrides, f"output_dir={folder}"])
+    except ConfigError as e:
+        raise ConfigError(f"cell {cell.id}: {e}") from None
+
+
+def plan(
+    suite: Suite,
+    cells: Sequence[Cell],
+    out: Path,
+    *,
+    threads: int | None,
+    validate: bool = True,
+    previous_running: Sequence[str] = (),
+) -> list[Planned]:
+    """Status of every cell. ``validate`` loads each runnable cell's config (catching bad
+    overrides before any work) and compares finished cells with what they would run now
+    (``stale``: the suite or its base config changed since)."""
+    planned = []
+    for cell in cells:
+        folder, log = cell.folder(out), cell.log(out)
+        status = cell_status(cell, out)
+        overrides = list(cell.overrides)
+        saved = _saved_config(folder)
+        if threads is not None:
+            # a resumed run must keep the thread count it started with (part of its config)
+            t = saved.get("threads") if status == RESUME and saved else None
+            overrides.append(f"threads={t if isinstance(t, int) else threads}")
+        p = Planned(cell, status, overrides, folder, log)
+        if status == NEW:
+            for name in suite.reuse:
+                other = out.parent / name / cell.id
+                if (other / "summary.json").is_file():
+                    p.status, p.reuse_from = REUSED, other
+                    break
+        if validate and p.status != BLOCKED:
+            expected = resolved_config(cell, overrides, folder).to_dict()
+            source = p.reuse_from if p.status == REUSED else folder
+            old = _saved_config(source) if p.status in (DONE, RESUME, REUSED) else None
+            if old is not None:
+                diff = config_diff(old, expected)
+                if diff and p.status == REUSED:
+                    p.status, p.reuse_from = NEW, None  # another setting: run it here
+                elif diff:
+                    p.status, p.stale_keys = STALE, diff
+        if p.status in (NEW, RESUME):
+            from opdf.run.lock import holder
+
+            p.holder = holder(folder) if folder.is_dir() else None
+            if p.holder is not None:
+                p.status = RUNNING  # left alone: a live run owns the folder
+        if p.status in (NEW, RESUME) and p.cell.id not in previous_running:
+            from opdf.bench.suite import last_activity
+
+            t = last_activity(cell, out)
+            ago = time.time() - t if t is not None else None
+            if ago is not None and ago < ACTIVE_SECONDS:
+                p.active_ago = max(0.0, ago)
+        if p.status in (DONE, REUSED):
+            s = _summary(p.reuse_from or folder) or {}
+            main = s.get("main_metric", "accuracy")
+            p.test = (s.get("test") or {}).get(main)
+            p.dev = (s.get("dev") or {}).get(main)
+        planned.append(p)
+    return planned
+
+
+def cell_command(p: Planned) -> list[str]:
+    """The ``opdf distill`` command line of a cell."""
+    flag = "--resume" if p.status == RESUME else "--overwrite"
+    return [sys.executable, "-m", "opdf", "distill", p.cell.config, *p.overrides,
+            f"output_dir={p.folder}", flag, "--no-progress"]  # fmt: skip
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def child_env(threads: int | None) -> dict[str, str]:
+    """The cell's environment: this opdf first on the path, BLAS threads as the cell's."""
+    import opdf
+
+    env = dict(os.environ)
+    src = str(Path(opdf.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _threads_of(overrides: Sequence[str]) -> int | None:
+    for o in reversed(overrides):
+        if o.startswith("threads="):
+            try:
+                return int(o.partition("=")[2])
+            except ValueError:
+                return None
+    return None
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+class _Stop(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_as_stop():
+    def handler(signum, frame):
+        raise _Stop
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def suite_lock(out: Path):
+    """One ``opdf bench`` per suite folder at a time."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise OpdfError(
+            f"another opdf bench is running the suite in {out}; wait for it or stop it"
+        ) from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def read_state(out: Path) -> dict:
+    try:
+        data = json.loads((out / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_state(out: Path, running: Sequence[str]) -> None:
+    from opdf.run.checkpoint import atomic_write_json
+
+    atomic_write_json(out / STATE_FILE, {"pid": os.getpid(), "running": sorted(running)})
+
+
+def prepare_teachers(planned: Sequence[Planned], out: Path, say: Callable[[str], None]) -> None:
+    """Fine-tune each distinct uncached teacher once, before cells run in parallel (otherwise
+    every cell of a fresh suite would fine-tune the same teacher at the same time)."""
+    from opdf.run.runner import FINETUNE_MARK, teacher_cache_dir
+
+    todo: dict[Path, Planned] = {}
+    for p in planned:
+        cfg = resolved_config(p.cell, p.overrides, p.folder)
+        if cfg.teacher.finetune is None:
+            continue
+        d = teacher_cache_dir(cfg)
+        if not (d / FINETUNE_MARK).is_file():
+            todo.setdefault(d, p)
+    for i, (d, p) in enumerate(todo.items(), 1):
+        log = out / f"finetune-{d.name}.log"
+        say(f"fine-tuning teacher {i}/{len(todo)} ({d.name}) for {p.cell.id}; log: {log}")
+        cmd = [sys.executable, "-m", "opdf", "finetune", p.cell.config, *p.overrides,
+               "--no-progress"]  # fmt: skip
+        with open(log, "w") as fh:
+            code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                   env=child_env(_threads_of(p.overrides)))  # fmt: skip
+        if code != 0:
+            raise OpdfError(f"fine-tuning the teacher failed (exit {code}): {_last_line(log)}; "
+                            f"log: {log}")  # fmt: skip
+
+
+def link_reused(planned: Sequence[Planned], out: Path) -> None:
+    """Finished identical cells of a ``reuse`` suite appear here as relative symlinks."""
+    for p in planned:
+        if p.status != REUSED or p.folder.exists() or p.folder.is_symlink():
+            continue
+        os.symlink(os.path.relpath(p.reuse_from, out), p.folder)
+        other_log = p.reuse_from.parent / f"{p.cell.id}.log"
+        if other_log.exists() and not p.log.exists():
+            os.symlink(os.path.relpath(other_log, out), p.log)
+
+
+def run_cells(
+    planned: Sequence[Planned],
+    out: Path,
+    *,
+    jobs: int,
+    total: int,
+    done_before: int,
+    say: Callable[[str], None] = print,
+    command: Callable[[Planned], list[str]] = cell_command,
+    grace_seconds: float = 30.0,
+) -> dict[str, int]:
+    """Run the pending cells, ``jobs`` at a time; returns ``{cell id: exit code}``. A failed
+    cell is reported and the others go on. Ctrl-C / SIGTERM: stop, then KeyboardInterrupt."""
+    queue = [p for p in planned if p.pending]
+    running: dict[subprocess.Popen, tuple[Planned, float, Any]] = {}
+    results: dict[str, int] = {}
+    done = done_before
+
+    def start(p: Planned) -> None:
+        p.folder.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(p.log, "a" if p.status == RESUME else "w")  # noqa: SIM115 - closed on exit
+        cmd = command(p)
+        fh.write(f"# opdf bench: {' '.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env(_threads_of(p.overrides)),
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )  # fmt: skip
+        running[proc] = (p, time.time(), fh)
+        _write_state(out, [q.cell.id for q, *_ in running.values()])
+        what = "resume" if p.status == RESUME else "start"
+        say(f"[{done}/{total}] {what} {p.cell.id} (log: {p.log})")
+
+    try:
+        with _sigterm_as_stop():
+            while queue or running:
+                while queue and len(running) < jobs:
+                    start(queue.pop(0))
+                time.sleep(0.2)
+                for proc in [q for q in running if q.poll() is not None]:
+                    p, t0, fh = running.pop(proc)
+                    fh.close()
+                    code = proc.returncode
+                    results[p.cell.id] = code
+                    secs = time.time() - t0
+                    if code == 0 and (p.folder / "summary.json").is_file():
+                        done += 1
+                        s = _summary(p.folder) or {}
+                        main = s.get("main_metric", "accuracy")
+                        dev = (s.get("dev") or {}).get(main)
+                        test = (s.get("test") or {}).get(main)
+                        score = (f" dev {100 * dev:.2f} test {100 * test:.2f}"
+                                 if dev is not None and test is not None else "")  # fmt: skip
+                        say(f"[{done}/{total}] done {p.cell.id}{score} ({secs:.0f} s)")
+                    else:
+                        results[p.cell.id] = code or 1
+                        say(f"[{done}/{total}] FAILED {p.cell.id} (exit {code}, {secs:.0f} s): "
+                            f"{_last_line(p.log)}; log: {p.log}")  # fmt: skip
+                    _write_state(out, [q.cell.id for q, *_ in running.values()])
+    except (KeyboardInterrupt, _Stop):
+        ids = [p.cell.id for p, *_ in running.values()]
+        say(f"stopping {len(ids)} running cell(s): {', '.join(ids) or '-'}")
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+        deadline = time.time() + grace_seconds
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for _p, _t, fh in running.values():
+            fh.close()
+        _write_state(out, ids)  # these were ours: a rerun may resume them at once
+        raise KeyboardInterrupt from None
+    return results

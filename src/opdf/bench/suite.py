@@ -1,0 +1,385 @@
+"""Suites: a grid of ``opdf distill`` runs over one base config (``opdf bench SUITE.yaml``).
+
+A suite file (everything but ``name`` and ``config`` optional)::
+
+    # benchmarks/suites/rt-polarity-kd.yaml
+    name: rt-polarity-kd                          # results in runs/suites/<name>/ unless --out
+    config: ../../configs/rt-polarity-kd-base.yaml  # relative to this file
+    set:                                          # overrides applied to every cell
+      data.max_train_samples: 2000
+      epochs: 2
+      threads: 1
+    variants:                                     # named override sets = the first axis
+      base: {overparam: none}
+      opdf: {overparam: mpo, unit_modes: 3, align.weight: 100}
+    grid:                                         # further axes: any config key
+      lr: [5e-5, 1e-4, 2e-4]
+      seed: [1, 2, 3, 4, 5]
+    # optional, read by `opdf report` and `opdf bench`:
+    tune: [lr]          # axes chosen on dev per variant (default: [lr] when lr is an axis)
+    replicates: seed    # the axis averaged over and paired on (default: seed)
+    baseline: base      # the variant every other one is compared with (default: the first)
+    reuse: [other-suite]  # sibling suite folders whose finished, identical cells count as done
+    tiny: {set: {...}, grid: {seed: [1]}}   # `--tiny`: overrides for a seconds-long CPU check
+
+Keys are dotted config keys, as in ``opdf distill CONFIG key=value``; a value replaces the key's
+whole value (``data: {...}`` would replace the whole data section, ``data.max_length`` only that
+key). A key may appear in only one of ``set``, a variant and ``grid``.
+
+Several base configs (e.g. one per KD method): ``config: {theseus: a.yaml, lgtm: b.yaml}``; the
+cell's first id component is then ``<config name>-<variant>`` (``theseus-opdf``), or the config
+name alone without variants. A variant may instead carry its own ``config: path`` (with a single
+suite config only). Cells whose config file does not exist yet are *blocked*: listed, not run,
+not failures, so a suite can name methods that have not landed.
+
+Cell ids and folders: ``<out>/<first>__<key>=<value>__<key>=<value>``, the grid keys in suite
+order, the values as written in the YAML (PyYAML reads ``5e-5`` as the string ``5e-5``: kept
+as is; ints as digits, floats in Python's shortest round-trip form, booleans true/false, lists
+joined by ``,``), e.g. ``runs/suites/rt-polarity-kd/opdf__lr=5e-5__seed=3``.
+
+A cell runs as its own process, ``opdf distill <config> <variant> <set> <grid overrides>
+output_dir=<cell> --no-progress`` plus ``--resume`` when ``<cell>/checkpoints/last.pt`` exists,
+``--overwrite`` otherwise; stdout and stderr go to ``<cell>.log``. It is done when
+``<cell>/summary.json`` exists; a cell whose folder a live run holds (``opdf.run.lock``) is
+left alone. Cells run with the LAST grid axis outermost (whole seeds
+first), then the earlier axes, the variants innermost.
+
+This module only reads files (no torch): parsing, cell ids, run order and on-disk status.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opdf.errors import ConfigError
+
+SUITE_KEYS = ("name", "config", "set", "variants", "grid", "tune", "replicates", "baseline",
+              "reuse", "tiny", "description")  # fmt: skip
+TINY_KEYS = ("set", "grid")
+SEP = "__"
+_SAFE = re.compile(r"[^A-Za-z0-9._+,=-]")
+
+
+def format_value(value: Any) -> str:
+    """A grid value as it appears in a cell id (see the module docstring)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)  # shortest round-trip form: 0.0001, 5e-05, 1.0
+    if isinstance(value, list | tuple):
+        return ",".join(format_value(v) for v in value)
+    text = str(value)
+    return _SAFE.sub("_", text)
+
+
+def override_text(key: str, value: Any) -> str:
+    """``key=value`` as ``opdf distill`` parses it back (YAML flow style), so that the value the
+    run sees is exactly the one in the suite file (``5e-5`` stays the string PyYAML read)."""
+    dumped = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip()
+    dumped = dumped.removesuffix("...").strip()  # the document end marker after a scalar
+    if yaml.safe_load(dumped) != value:  # pragma: no cover - PyYAML round-trips plain data
+        raise ConfigError(f"{key}: the value {value!r} cannot be passed on a command line")
+    return f"{key}={dumped}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a suite: its id, base config and overrides (without ``output_dir``)."""
+
+    id: str
+    label: str  # the first id component: variant, <config name>-<variant>, or the config name
+    config: str  # path of the base config, normalised (relative to the working directory)
+    config_name: str | None
+    variant: str | None
+    values: tuple[tuple[str, Any], ...]  # grid axis -> value, suite order
+    overrides: tuple[str, ...]
+    order: int  # position in run order
+
+    def value(self, key: str, default: Any = None) -> Any:
+        return dict(self.values).get(key, default)
+
+    def folder(self, out: str | Path) -> Path:
+        return Path(out) / self.id
+
+    def log(self, out: str | Path) -> Path:
+        return Path(out) / f"{self.id}.log"
+
+
+@dataclass
+class Suite:
+    """A parsed suite file (see the module docstring)."""
+
+    name: str
+    path: Path
+    configs: dict[str | None, str]  # config name (None: single) -> path as normalised
+    set: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    grid: dict[str, list[Any]]
+    tune: list[str]
+    replicates: str
+    baseline: str | None
+    reuse: list[str]
+    tiny: dict[str, Any] | None
+    variant_configs: dict[str, str] = field(default_factory=dict)
+    description: str | None = None
+
+    def default_out(self, tiny: bool = False) -> Path:
+        return Path("runs") / "suites" / (f"{self.name}-tiny" if tiny else self.name)
+
+    def sets_threads(self, tiny: bool = False) -> bool:
+        keys = set(self.set) | set(self.grid)
+        for v in self.variants.values():
+            keys |= set(v)
+        if tiny and self.tiny:
+            keys |= set(self.tiny.get("set") or {})
+        return "threads" in keys
+
+    def cells(self, *, tiny: bool = False) -> list[Cell]:
+        """Every cell, in run order: the last grid axis outermost, variants innermost."""
+        grid = dict(self.grid)
+        extra: dict[str, Any] = {}
+        if tiny:
+            if not self.tiny:
+                raise ConfigError(f"suite {self.name!r} has no 'tiny' section (for --tiny)")
+            grid.update(self.tiny.get("grid") or {})
+            extra = dict(self.tiny.get("set") or {})
+        keys = list(grid)
+        variants = list(self.variants) or [None]
+        names = list(self.configs)
+        cells: list[Cell] = []
+        # itertools.product varies the last iterable fastest: list the axes outermost first
+        outer_first = [grid[k] for k in reversed(keys)]
+        for combo in itertools.product(*outer_first, variants, names):
+            *rev_values, variant, cname = combo
+            values = tuple(zip(keys, reversed(rev_values), strict=True))
+            config = self.configs[cname]
+            if variant is not None and variant in self.variant_configs:
+                config = self.variant_configs[variant]
+            first = "-".join(str(p) for p in (cname, variant) if p is not None)
+            parts = ([first] if first else []) + [f"{k}={format_value(v)}" for k, v in values]
+            overrides = [override_text(k, v) for k, v in (self.variants.get(variant) or {}).items()
+                         if k != "config"]  # fmt: skip
+            overrides += [override_text(k, v) for k, v in self.set.items()]
+            overrides += [override_text(k, v) for k, v in values]
+            overrides += [override_text(k, v) for k, v in extra.items()]
+            cells.append(Cell(
+                id=SEP.join(parts) or "run", label=first, config=config, config_name=cname,
+                variant=variant, values=values, overrides=tuple(overrides), order=len(cells),
+            ))  # fmt: skip
+        seen: dict[str, Cell] = {}
+        for c in cells:
+            if c.id in seen:
+                raise ConfigError(
+                    f"suite {self.name!r}: two cells get the id {c.id!r} (values that print "
+                    "alike); make the grid values distinct"
+                )
+            seen[c.id] = c
+        return cells
+
+
+def _norm_path(base: Path, value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a path to a config file, got {value!r}")
+    p = Path(os.path.normpath(base / Path(value).expanduser()))
+    try:
+        rel = os.path.relpath(p, Path.cwd())
+    except ValueError:  # another drive (Windows)
+        return str(p)
+    return rel if not rel.startswith("..") else str(p.resolve())
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys to values, got {value!r}")
+    for k in value:
+        if not isinstance(k, str) or not k or any(not p for p in k.split(".")):
+            raise ConfigError(f"{where}: {k!r} is not a config key (dotted, e.g. data.max_length)")
+    return dict(value)
+
+
+def _name(value: Any, where: str) -> str:
+    text = str(value)
+    if not text or _SAFE.search(text) or SEP in text or "=" in text:
+        raise ConfigError(
+            f"{where}: {text!r} is not a valid name (letters, digits, . _ + , - only, no '__')"
+        )
+    return text
+
+
+def parse_suite(data: Any, path: Path) -> Suite:
+    """Validate a suite mapping (read from ``path``) into a :class:`Suite`."""
+    where = str(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a suite must be a mapping with name, config, grid, ...")
+    unknown = [k for k in data if k not in SUITE_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown suite key {unknown[0]!r}; valid keys: "
+                          f"{', '.join(SUITE_KEYS)}")  # fmt: skip
+    for need in ("name", "config"):
+        if need not in data:
+            raise ConfigError(f"{where}: missing the suite key {need!r}")
+    name = _name(data["name"], f"{where}: name")
+    base = path.parent
+    raw_config = data["config"]
+    if isinstance(raw_config, dict):
+        if not raw_config:
+            raise ConfigError(f"{where}: config: give at least one config")
+        configs = {_name(k, f"{where}: config name"): _norm_path(base, v, f"{where}: config.{k}")
+                   for k, v in raw_config.items()}  # fmt: skip
+    else:
+        configs = {None: _norm_path(base, raw_config, f"{where}: config")}
+    set_ = _mapping(data.get("set"), f"{where}: set")
+    raw_variants = data.get("variants") or {}
+    if not isinstance(raw_variants, dict):
+        raise ConfigError(f"{where}: variants: expected a mapping of names to override mappings")
+    variants, variant_configs = {}, {}
+    for vname, overrides in raw_variants.items():
+        vname = _name(vname, f"{where}: variant name")
+        overrides = _mapping(overrides, f"{where}: variants.{vname}")
+        if "config" in overrides:
+            if None not in configs:
+                raise ConfigError(
+                    f"{where}: variants.{vname}.config: a variant may carry its own config only "
+                    "when the suite has a single config (not a mapping)"
+                )
+            variant_configs[vname] = _norm_path(base, overrides["config"],
+                                                f"{where}: variants.{vname}.config")  # fmt: skip
+        variants[vname] = overrides
+    raw_grid = data.get("grid") or {}
+    grid = _mapping(raw_grid, f"{where}: grid")
+    for k, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: grid.{k}: expected a non-empty list of values")
+        for v in values:
+            if isinstance(v, dict):
+                raise ConfigError(f"{where}: grid.{k}: {v!r}: grid values must be scalars or lists")
+    owners: dict[str, str] = {}
+    for k in set_:
+        owners[k] = "set"
+    for k in grid:
+        if k in owners:
+            raise ConfigError(f"{where}: {k!r} is both in {owners[k]} and in grid; keep one")
+        owners[k] = "grid"
+    for vname, overrides in variants.items():
+        for k in overrides:
+            if k in ("config",):
+                continue
+            if k in ("output_dir",):
+                raise ConfigError(f"{where}: variants.{vname}: output_dir is set by opdf bench")
+            if owners.get(k) in ("set", "grid"):
+                raise ConfigError(
+                    f"{where}: {k!r} is both in variants.{vname} and in {owners[k]}; keep one"
+                )
+    if "output_dir" in set_ or "output_dir" in grid:
+        raise ConfigError(f"{where}: output_dir is set by opdf bench (one folder per cell)")
+    replicates = str(data.get("replicates", "seed"))
+    tune = data.get("tune")
+    if tune is None:
+        tune = ["lr"] if "lr" in grid else []
+    if isinstance(tune, str):
+        tune = [tune]
+    for k in tune:
+        if k not in grid:
+            raise ConfigError(f"{where}: tune: {k!r} is not a grid axis ({', '.join(grid)})")
+    if replicates in tune:
+        raise ConfigError(f"{where}: the replicate axis {replicates!r} cannot be tuned")
+    baseline = data.get("baseline")
+    if baseline is None and variants:
+        baseline = next(iter(variants))
+    if baseline is not None and baseline not in variants:
+        raise ConfigError(f"{where}: baseline {baseline!r} is not a variant "
+                          f"({', '.join(variants) or 'none defined'})")  # fmt: skip
+    reuse = data.get("reuse") or []
+    if isinstance(reuse, str):
+        reuse = [reuse]
+    reuse = [_name(r, f"{where}: reuse") for r in reuse]
+    tiny = data.get("tiny")
+    if tiny is not None:
+        if not isinstance(tiny, dict) or any(k not in TINY_KEYS for k in tiny):
+            raise ConfigError(f"{where}: tiny: expected a mapping with keys {', '.join(TINY_KEYS)}")
+        _mapping(tiny.get("set"), f"{where}: tiny.set")
+        for k, values in (tiny.get("grid") or {}).items():
+            if k not in grid:
+                raise ConfigError(f"{where}: tiny.grid.{k}: not an axis of grid")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: tiny.grid.{k}: expected a non-empty list")
+    return Suite(
+        name=name, path=path, configs=configs, set=set_, variants=variants, grid=grid,
+        tune=list(tune), replicates=replicates, baseline=baseline, reuse=reuse, tiny=tiny,
+        variant_configs=variant_configs, description=data.get("description"),
+    )  # fmt: skip
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file (paths of configs are not checked here)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"suite file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_suite(data, path)
+
+
+def is_suite_file(path: Path) -> bool:
+    """A YAML file with the suite keys ``name`` and ``config`` and a ``grid`` or ``variants``."""
+    if not path.is_file() or path.suffix not in (".yaml", ".yml"):
+        return False
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return False
+    return (
+        isinstance(data, dict)
+        and "name" in data
+        and "config" in data
+        and ("grid" in data or "variants" in data)
+    )
+
+
+# ----------------------------------------------------------------------------- on-disk status
+
+DONE, RESUME, NEW, BLOCKED, REUSED = "done", "resume", "new", "blocked", "reused"
+# opdf.run.checkpoint's layout (checkpoints/ + LAST), named here without importing torch; a test
+# keeps the two equal
+LAST_CHECKPOINT = ("checkpoints", "last.pt")
+
+
+def cell_status(cell: Cell, out: str | Path) -> str:
+    """``done`` (summary.json), ``resume`` (checkpoints/last.pt), ``blocked`` (config file
+    missing) or ``new`` (nothing, or a start that left no checkpoint)."""
+    folder = cell.folder(out)
+    if (folder / "summary.json").is_file():
+        return DONE
+    if not Path(cell.config).is_file():
+        return BLOCKED
+    if folder.joinpath(*LAST_CHECKPOINT).is_file():
+        return RESUME
+    return NEW
+
+
+def last_activity(cell: Cell, out: str | Path) -> float | None:
+    """Newest modification time among the cell's log and its folder's top-level files."""
+    times = []
+    for p in (cell.log(out), cell.folder(out)):
+        if p.exists():
+            times.append(p.stat().st_mtime)
+    folder = cell.folder(out)
+    if folder.is_dir():
+        times += [q.stat().st_mtime for q in folder.iterdir()]
+        ck = folder / "checkpoints"
+        if ck.is_dir():
+            times += [q.stat().st_mtime for q in ck.iterdir()]
+    return max(times) if times else None

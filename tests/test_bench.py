@@ -1,0 +1,312 @@
+"""`opdf bench`: suite parsing, cell ids and order, on-disk status, and real runs of smoke cells
+(skip-done, resume of an interrupted cell, a failed cell not stopping the others)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from opdf.bench import run as bench
+from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, format_value, load_suite
+from opdf.cli import main
+from opdf.errors import ConfigError
+from opdf.run.config import dump_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke-kd.yaml"
+
+
+def write_suite(path: Path, **data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_suite_a_matches_the_running_study():
+    """Ids, run order and overrides of benchmarks/suites/rt-polarity-kd.yaml are those of the
+    cells the lead's background script writes (`opdf distill ... seed=S lr=LR ...`)."""
+    suite = load_suite(ROOT / "benchmarks/suites/rt-polarity-kd.yaml")
+    cells = suite.cells()
+    assert len(cells) == 4 * 3 * 5
+    assert [c.id for c in cells[:5]] == [
+        "base__lr=5e-5__seed=1", "svd__lr=5e-5__seed=1", "mpo__lr=5e-5__seed=1",
+        "opdf__lr=5e-5__seed=1", "base__lr=1e-4__seed=1",
+    ]  # fmt: skip
+    assert {c.value("seed") for c in cells[:12]} == {1}  # whole seeds first
+    assert cells[-1].id == "opdf__lr=2e-4__seed=5"
+    opdf = next(c for c in cells if c.id == "opdf__lr=5e-5__seed=3")
+    lead = ["overparam=mpo", "unit_modes=3", "align.weight=100", "seed=3", "lr=5e-5",
+            "data.max_train_samples=2000", "epochs=2", "eval_every=25", "checkpoint_every=25",
+            "threads=1"]  # fmt: skip
+    assert sorted(opdf.overrides) == sorted(lead)
+    assert opdf.config == "configs/rt-polarity-kd-base.yaml" or Path(opdf.config).samefile(
+        ROOT / "configs/rt-polarity-kd-base.yaml"
+    )
+    folder = "runs/suites/rt-polarity-kd/opdf__lr=5e-5__seed=3"
+    assert str(opdf.folder(suite.default_out())) == folder
+
+
+def test_the_resume_checkpoint_is_the_runs_last_checkpoint():
+    from opdf.bench.suite import LAST_CHECKPOINT
+    from opdf.run import checkpoint as ckpt
+
+    assert LAST_CHECKPOINT == ("checkpoints", ckpt.LAST)
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [("5e-5", "5e-5"), (5e-5, "5e-05"), (0.0001, "0.0001"), (1, "1"), (1.0, "1.0"),
+     (True, "true"), (None, "null"), ([0, 4], "0,4"), ("a/b", "a_b")],
+)  # fmt: skip
+def test_values_print_as_written(value, text):
+    assert format_value(value) == text
+
+
+def test_config_mapping_variant_config_and_blocked(tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text(SMOKE.read_text())
+    s = write_suite(
+        tmp_path / "s.yaml", name="m",
+        config={"kd": str(SMOKE), "later": "missing.yaml"},
+        variants={"base": {"overparam": "none"}, "opdf": {"align.weight": 1}},
+        grid={"seed": [1, 2]},
+    )  # fmt: skip
+    cells = load_suite(s).cells()
+    assert [c.id for c in cells[:4]] == ["kd-base__seed=1", "later-base__seed=1",
+                                         "kd-opdf__seed=1", "later-opdf__seed=1"]  # fmt: skip
+    assert bench.cell_status(cells[1], tmp_path / "out") == BLOCKED
+    assert bench.cell_status(cells[0], tmp_path / "out") == NEW
+    v = write_suite(
+        tmp_path / "v.yaml", name="v", config=str(SMOKE),
+        variants={"a": {}, "b": {"config": "other.yaml", "lr": 0.01}}, grid={"seed": [1]},
+    )  # fmt: skip
+    a, b = load_suite(v).cells()
+    assert Path(a.config).samefile(SMOKE) and Path(b.config).samefile(other)
+    assert b.overrides == ("lr=0.01", "seed=1")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"name": "x", "config": "c.yaml", "grids": {}}, "unknown suite key 'grids'"),
+        ({"name": "x", "config": "c.yaml", "set": {"lr": 1}, "grid": {"lr": [1]}}, "both in set"),
+        ({"name": "x", "config": "c.yaml", "grid": {"seed": [1]}, "tune": ["lr"]}, "not a grid"),
+        ({"name": "x", "config": "c.yaml", "variants": {"a": {}}, "baseline": "b"}, "not a var"),
+        ({"name": "x", "config": "c.yaml", "grid": {"lr": ["a/b", "a_b"]}}, "two cells get"),
+        ({"name": "x", "config": "c.yaml", "grid": {"lr": []}}, "non-empty list"),
+        ({"name": "x__y", "config": "c.yaml"}, "not a valid name"),
+        ({"config": "c.yaml"}, "missing the suite key 'name'"),
+    ],
+)
+def test_bad_suites_fail_with_a_clear_message(tmp_path, data, message):
+    path = write_suite(tmp_path / "s.yaml", **data)
+    with pytest.raises(ConfigError, match=message):
+        load_suite(path).cells()
+
+
+def _tiny_suite(tmp_path: Path, **extra) -> Path:
+    return write_suite(
+        tmp_path / "tiny.yaml", name="tiny", config=str(SMOKE),
+        set={"max_steps": 8, "eval_every": 4, "checkpoint_every": 4, "threads": 1},
+        variants={"base": {"overparam": "none", "align.weight": 0},
+                  "opdf": {"overparam": "mpo", "unit_modes": 2, "align.weight": 100}},
+        grid={"lr": ["1e-3"], "seed": [1]}, **extra,
+    )  # fmt: skip
+
+
+def _config_of(cell, out: Path):
+    return load_config(cell.config, [*cell.overrides, f"output_dir={cell.folder(out)}"])
+
+
+def test_stale_and_reused_cells(tmp_path):
+    suite = load_suite(_tiny_suite(tmp_path, reuse=["earlier"]))
+    base, opdf = suite.cells()
+    out = tmp_path / "runs" / "tiny"
+    # base: finished here, but with another learning rate than the suite now says
+    cfg = load_config(base.config, [*base.overrides, "lr=0.5", f"output_dir={base.folder(out)}"])
+    base.folder(out).mkdir(parents=True)
+    (base.folder(out) / "config.yaml").write_text(dump_config(cfg))
+    (base.folder(out) / "summary.json").write_text("{}")
+    # opdf: finished, identically configured, in the sibling suite 'earlier'
+    other = tmp_path / "runs" / "earlier" / opdf.id
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text(dump_config(_config_of(opdf, tmp_path / "runs/earlier")))
+    (other / "summary.json").write_text('{"main_metric": "accuracy", "test": {"accuracy": 0.5}}')
+    planned = bench.plan(suite, suite.cells(), out, threads=None)
+    assert [(p.status, p.stale_keys) for p in planned] == [("stale", ["lr"]), (REUSED, [])]
+    assert planned[1].test == 0.5
+    bench.link_reused(planned, out)
+    assert opdf.folder(out).is_symlink() and (opdf.folder(out) / "summary.json").is_file()
+    # a differently configured cell in the reused suite is not reused
+    changed = load_config(opdf.config, [*opdf.overrides, "lr=0.5"])
+    (other / "config.yaml").write_text(dump_config(changed))
+    opdf.folder(out).unlink()
+    assert bench.plan(suite, [opdf], out, threads=None)[0].status == NEW
+
+
+def test_a_failed_cell_is_reported_and_the_others_go_on(tmp_path):
+    suite = load_suite(_tiny_suite(tmp_path))
+    out = tmp_path / "out"
+    planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
+    lines: list[str] = []
+
+    def command(p):
+        ok = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True); " \
+             "(p / 'summary.json').write_text('{}')"  # fmt: skip
+        if p.cell.variant == "base":
+            return [sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"]
+        return [sys.executable, "-c", ok, str(p.folder)]
+
+    results = bench.run_cells(planned, out, jobs=2, total=2, done_before=0, say=lines.append,
+                              command=command)  # fmt: skip
+    assert results == {"base__lr=1e-3__seed=1": 3, "opdf__lr=1e-3__seed=1": 0}
+    assert any("FAILED base__lr=1e-3__seed=1 (exit 3" in x and "boom" in x for x in lines)
+    assert (out / "opdf__lr=1e-3__seed=1" / "summary.json").is_file()
+
+
+def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
+    path = _tiny_suite(tmp_path)
+    out = tmp_path / "out"
+    done = out / "base__lr=1e-3__seed=1"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(
+        json.dumps(
+            {"main_metric": "accuracy", "dev": {"accuracy": 0.75}, "test": {"accuracy": 0.5}}
+        )
+    )
+    before = sorted(p.name for p in out.rglob("*"))
+    assert main(["bench", str(path), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "base__lr=1e-3__seed=1  done" in text and "75.00  50.00" in text
+    assert "opdf__lr=1e-3__seed=1  new" in text
+    assert "done 1, reused 0, to resume 0, to run 1" in text
+    assert "next: python -m opdf distill" in text and "--overwrite" in text
+    assert sorted(p.name for p in out.rglob("*")) == before
+    assert main(["bench", str(path), "--out", str(out), "--dry-run", "--only", "nope*"]) == 2
+
+
+def _age(folder: Path, seconds: float) -> None:
+    import os
+    import time
+
+    t = time.time() - seconds
+    for p in [folder, *folder.rglob("*")]:
+        os.utime(p, (t, t))
+
+
+def test_a_cell_something_else_is_writing_is_not_started(tmp_path, capsys):
+    path = _tiny_suite(tmp_path)
+    out = tmp_path / "out"
+    base = load_suite(path).cells()[0]
+    base.folder(out).mkdir(parents=True)
+    (base.folder(out) / "config.yaml").write_text("method: kd\n")  # just written by someone
+    assert main(["bench", str(path), "--out", str(out)]) == 2
+    assert "modified in the last 5 minutes" in capsys.readouterr().err
+    assert not (out / "suite.yaml").exists()
+
+
+def test_a_cell_a_live_run_holds_is_left_alone(tmp_path, capsys):
+    from opdf.run.lock import RunLock
+
+    path = _tiny_suite(tmp_path)
+    suite = load_suite(path)
+    out = tmp_path / "out"
+    base = suite.cells()[0]
+    with RunLock(base.folder(out)):
+        planned = bench.plan(suite, suite.cells(), out, threads=None)
+        assert [p.status for p in planned] == [bench.RUNNING, NEW]
+        assert planned[0].holder["pid"] > 0
+        assert main(["bench", str(path), "--out", str(out), "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        assert "running elsewhere 1" in text and "a live run holds it" in text
+    assert bench.plan(suite, [base], out, threads=None)[0].status == NEW
+
+
+def test_bench_resumes_an_interrupted_cell_runs_the_rest_and_then_nothing(tmp_path, capsys):
+    """Real smoke cells, each its own `opdf distill` process."""
+    from opdf.run.runner import run_distill
+
+    path = _tiny_suite(tmp_path)
+    suite = load_suite(path)
+    out = tmp_path / "out"
+    base, opdf = suite.cells()
+    # base: interrupted after its first checkpoint (step 4 of 8), as a killed run leaves it
+    assert run_distill(_config_of(base, out), progress=False, stop_after_step=4) is None
+    assert bench.cell_status(base, out) == RESUME
+    _age(base.folder(out), 900)  # interrupted minutes ago (a fresh one: see the next test)
+    assert main(["bench", str(path), "--out", str(out), "--jobs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "resume base__lr=1e-3__seed=1" in text and "start opdf__lr=1e-3__seed=1" in text
+    assert "2/2 cells done" in text
+    summaries = {c.id: json.loads((c.folder(out) / "summary.json").read_text())
+                 for c in (base, opdf)}  # fmt: skip
+    assert summaries[base.id]["resumed_from_step"] == 4
+    assert summaries[opdf.id]["resumed_from_step"] is None
+    assert summaries[opdf.id]["align"]["weight"] == 100 and summaries[opdf.id]["steps"] == 8
+    assert summaries[opdf.id]["peak_rss_mb"] > 50 and summaries[opdf.id]["peak_gpu_mb"] is None
+    assert "--resume" in base.log(out).read_text()
+    assert (out / "suite.yaml").is_file()
+    # rerun: everything is done, nothing starts, nothing is rewritten
+    stamp = (opdf.folder(out) / "summary.json").stat().st_mtime_ns
+    assert main(["bench", str(path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "done 2, reused 0, to resume 0, to run 0" in text and "start" not in text
+    assert (opdf.folder(out) / "summary.json").stat().st_mtime_ns == stamp
+    assert all(bench.cell_status(c, out) == DONE for c in (base, opdf))
+    # and the report reads the suite folder
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "## Paired differences vs base" in text and "opdf" in text
+
+
+def test_gpu_suite_runs_tiny_on_cpu(tmp_path, capsys):
+    """(e): every cell of the GPU suite validates with --tiny; two of them run."""
+    path = ROOT / "benchmarks/suites/gpu-mpnet.yaml"
+    out = tmp_path / "gpu-tiny"
+    assert main(["bench", str(path), "--tiny", "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "8 cells" in text and "to run 8, blocked 0" in text
+    only = ["--only", "rt-polarity-opdf__*", "imdb-base__*"]
+    assert main(["bench", str(path), "--tiny", "--out", str(out), *only]) == 0
+    assert "2/2 cells done" in capsys.readouterr().out
+    s = json.loads((out / "rt-polarity-opdf__seed=1" / "summary.json").read_text())
+    assert s["align_pairs"] > 0 and s["unit_modes"] == 3 and s["device"] == "cpu"
+
+
+def test_stopping_the_suite_stops_its_cells_and_remembers_them(tmp_path):
+    """Ctrl-C (or SIGTERM, turned into the same stop) while cells run: every running cell gets
+    SIGINT and is waited for, the state file names them so that a rerun resumes them at once."""
+    import os
+    import time
+
+    suite = load_suite(_tiny_suite(tmp_path))
+    out = tmp_path / "out"
+    planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    started: list[str] = []
+
+    def command(p):
+        touch = f"pathlib.Path({str(pids)!r}, str(os.getpid())).touch()"
+        code = f"import os, pathlib, sys, time; {touch}; time.sleep(60)"
+        return [sys.executable, "-c", code]
+
+    def say(line):
+        started.append(line)
+        if len(started) == 2:  # both cells started: the user presses Ctrl-C
+            deadline = time.time() + 30
+            while len(list(pids.iterdir())) < 2 and time.time() < deadline:
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_cells(planned, out, jobs=2, total=2, done_before=0, say=say, command=command)
+    assert time.time() - t0 < 40
+    for pid in (int(p.name) for p in pids.iterdir()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert bench.read_state(out)["running"] == sorted(c.id for c in suite.cells())
