@@ -84,3 +84,22 @@ def test_cores_stored_in_bf16_are_contracted_in_float32():
     expected = contract([c.float() for c in cs]).to(torch.bfloat16)
     assert torch.equal(w.detach(), expected)
     assert rel(w.detach(), contract([c.double() for c in cs])) < BF16_CONTRACTION_BOUND / 2
+
+
+def test_a_bf16_run_trains_under_autocast_and_saves_the_float32_merge(tmp_path):
+    from safetensors.torch import load_file
+
+    from opdf.run import load_config, run_distill
+    from opdf.run.runner import merge_checkpoint
+
+    out = tmp_path / "bf16"
+    args = ["max_steps=4", "eval_every=2", "checkpoint_every=2", "precision=bf16",
+            f"output_dir={out}"]  # fmt: skip
+    summary = run_distill(load_config("configs/smoke-kd.yaml", args), progress=False)
+    assert summary["precision"] == "bf16"
+    saved = load_file(str(out / "student" / "model.safetensors"))
+    assert {w.dtype for w in saved.values()} == {torch.float32}
+    # the saved student is the float32 merge of the best checkpoint's cores, bit for bit
+    again = load_file(str(merge_checkpoint(out, which="best") / "model.safetensors"))
+    assert saved.keys() == again.keys()
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
