@@ -188,3 +188,35 @@ def test_bad_arguments_are_user_errors(parts, tmp_path):
     trainer = OpdfTrainer(model=plain, args=args, teacher=teacher, scheme="mpo")
     # an already over-parameterized model is used as it is
     assert {p.scheme for _, _, p in mpo_modules(trainer.model)} == {"svd"}
+
+
+def test_under_torchrun_two_processes_train_the_one_process_model(parts, tmp_path):
+    """The Trainer's own DDP (accelerate, gloo, find_unused_parameters as the Trainer sets it)
+    with OPDF's one contraction per step: 2 processes x 4 examples x 2 accumulation steps give
+    the model 1 process x 8 x 2 gives; rank 0 alone writes the merged model."""
+    import os
+    import subprocess
+    import sys
+
+    from opdf.run import load_config
+    from opdf.run.runner import finetune_teacher
+
+    teacher_dir = str(finetune_teacher(load_config("configs/smoke-kd.yaml"), progress=False))
+    script = str(Path(__file__).with_name("hf_trainer_script.py"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, script, str(tmp_path / "one"), "8", teacher_dir],
+                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         script, str(tmp_path / "two"), "4", teacher_dir],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1 = json.loads(one.stdout.strip().splitlines()[-1])
+    r2 = json.loads(two.stdout.strip().splitlines()[-1])
+    assert (r1["world_size"], r2["world_size"]) == (1, 2)
+    assert r2["losses"] == pytest.approx(r1["losses"], rel=1e-4)
+    a, b = weights(tmp_path / "one" / "merged"), weights(tmp_path / "two" / "merged")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
