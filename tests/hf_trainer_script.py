@@ -11,10 +11,9 @@ from pathlib import Path
 from transformers import DataCollatorWithPadding, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_integration_transformers import NO_DROPOUT, Texts  # noqa: E402
-
 from opdf.integrations.transformers import OpdfTrainer  # noqa: E402
 from opdf.models import load_model, student_from_teacher  # noqa: E402
+from test_integration_transformers import NO_DROPOUT, Texts  # noqa: E402
 
 
 def main(out: str, per_device: int, teacher_dir: str) -> None:

@@ -55,7 +55,7 @@ def contract_weight(core_list: Sequence[torch.Tensor], weight_shape: Sequence[in
     This is opdf's mixed-precision policy. Under ``torch.autocast(dtype=torch.bfloat16)`` the
     chain of matmuls would run in bf16; measured on BERT-base-width L=3 matrices that gives a
     relative error of 4.4e-3 in ``W`` (2.6x the error of rounding the exact ``W`` to bf16 once)
-    and was 2x slower than float32 on this machine's CPU (``benchmarks/bf16_contraction.py``,
+    and was 1.7-1.9x slower than float32 on this machine's CPU (``benchmarks/bf16_contraction.py``,
     ``benchmarks/results/bf16.md``). So autocast is switched off here, cores stored in bf16/fp16
     are upcast for the contraction and the result is cast back to their dtype. Under autocast the
     float32 weight then enters ``F.linear`` like any plain float32 weight (cast to bf16 there).
