@@ -214,6 +214,77 @@ def test_accumulate_contracts_once(monkeypatch):
     assert calls["n"] == 12  # once per over-parameterized weight, not per micro-batch
 
 
+def test_accumulate_carry_puts_every_gradient_into_the_last_backward(monkeypatch):
+    """carry(): the last micro-batch's backward delivers the whole gradient (what DDP needs),
+    the cores get no gradient before it, nothing runs at the exit, and the contraction is still
+    done once per weight."""
+    base = opdf.overparameterize(tiny_bert(), unit_modes=2)
+    base.train()
+    micro = [batch(n=2, seed=s) for s in range(3)]
+    ref_model = copy.deepcopy(base)
+    torch.manual_seed(0)
+    for b in micro:
+        (ref_model(**b).loss / len(micro)).backward()
+    ref = {n: p.grad.clone() for n, p in ref_model.named_parameters() if p.grad is not None}
+
+    import opdf.overparam as op
+
+    calls = {"n": 0}
+    real = op.contract
+
+    def counting(cs):
+        calls["n"] += 1
+        return real(cs)
+
+    monkeypatch.setattr(op, "contract", counting)
+    model = copy.deepcopy(base)
+    core_params = {id(c) for cs in opdf.cores(model).values() for c in cs}
+    seen_in_last = set()
+    hooks = [
+        p.register_post_accumulate_grad_hook(lambda t: seen_in_last.add(id(t)))
+        for p in model.parameters()
+        if id(p) in core_params
+    ]
+    torch.manual_seed(0)
+    with opdf.accumulate(model) as acc:
+        for i, b in enumerate(micro):
+            last = i == len(micro) - 1
+            extra = acc.carry() if last else 0.0
+            if last:
+                assert all(p.grad is None for p in model.parameters() if id(p) in core_params)
+            loss = model(**b).loss / len(micro) + extra
+            if last:
+                assert float(extra.detach()) == 0.0  # the carry term does not change the loss value
+            loss.backward()
+        assert seen_in_last == core_params  # every core got its gradient in the last backward
+        grads_in_block = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for h in hooks:
+        h.remove()
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(got) == set(ref)
+    for name, g in ref.items():
+        assert torch.equal(got[name], grads_in_block[name]), name  # the exit added nothing
+        rel = float((got[name] - g).norm() / g.norm().clamp_min(1e-12))
+        assert rel <= 1e-4, name
+    assert calls["n"] == 12  # once per weight
+    assert all(p.override is None for _, _, p in mpo_modules(model))
+    with pytest.raises(OpdfError, match="once"), opdf.accumulate(model) as acc:
+        acc.carry()
+        acc.carry()
+
+
+def test_accumulate_carry_without_its_backward_keeps_the_earlier_gradients():
+    model = opdf.overparameterize(tiny_bert(), unit_modes=1)
+    reference = copy.deepcopy(model)
+    reference(**batch(seed=0)).loss.backward()
+    with pytest.raises(RuntimeError, match="simulated"), opdf.accumulate(model) as acc:
+        model(**batch(seed=0)).loss.backward()
+        acc.carry()
+        raise RuntimeError("simulated failure in the last micro-batch")
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert p.grad is not None and torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), name
+
+
 def test_freeze_central_and_train_only_central():
     m1 = opdf.overparameterize(tiny_bert(), unit_modes=2, freeze_central=True)
     m2 = opdf.overparameterize(tiny_bert(), unit_modes=2, train_only_central=True)

@@ -109,3 +109,15 @@ def test_print_config_shows_defaults(capsys):
     assert main(["distill", SMOKE_KD, "--print-config", "seed=3"]) == 0
     out = capsys.readouterr().out
     assert "seed: 3" in out and "temperature: 4.0" in out and "warmup_ratio" in out
+
+
+def test_precision_and_student_dropout_keys():
+    cfg = load_config("configs/smoke-kd.yaml", ["precision=bf16", "student.dropout=0"])
+    assert cfg.precision == "bf16" and cfg.student.dropout == 0.0
+    assert load_config("configs/smoke-kd.yaml").precision == "fp32"
+    with pytest.raises(ConfigError, match="precision.*valid choices: fp32, bf16"):
+        load_config("configs/smoke-kd.yaml", ["precision=fp16"])
+    with pytest.raises(ConfigError, match="student.dropout.*< 1"):
+        load_config("configs/smoke-kd.yaml", ["student.dropout=1.0"])
+    with pytest.raises(ConfigError, match="student.dropout"):
+        load_config("configs/smoke-kd.yaml", ["student.dropout=-0.1"])

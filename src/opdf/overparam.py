@@ -36,6 +36,8 @@ __all__ = [
     "cores",
     "mpo_modules",
     "accumulate",
+    "Accumulation",
+    "contract_weight",
     "param_report",
     "ParamReport",
     "default_targets",
@@ -44,6 +46,34 @@ __all__ = [
 ]
 
 Shapes = tuple[Sequence[int], Sequence[int]]
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def contract_weight(core_list: Sequence[torch.Tensor], weight_shape: Sequence[int]) -> torch.Tensor:
+    """The dense weight from its cores, contracted in float32 (or wider) whatever autocast says.
+
+    This is opdf's mixed-precision policy. Under ``torch.autocast(dtype=torch.bfloat16)`` the
+    chain of matmuls would run in bf16; measured on BERT-base-width L=3 matrices that gives a
+    relative error of 4.4e-3 in ``W`` (2.6x the error of rounding the exact ``W`` to bf16 once)
+    and was 1.7-1.9x slower than float32 on this machine's CPU (``benchmarks/bf16_contraction.py``,
+    ``benchmarks/results/bf16.md``). So autocast is switched off here, cores stored in bf16/fp16
+    are upcast for the contraction and the result is cast back to their dtype. Under autocast the
+    float32 weight then enters ``F.linear`` like any plain float32 weight (cast to bf16 there).
+    ``merge`` uses the same path, so the merged weight never depends on the training precision.
+    """
+    dtype = core_list[0].dtype
+    device_type = core_list[0].device.type
+    low = dtype in LOW_PRECISION
+    off = (
+        torch.autocast(device_type, enabled=False)
+        if torch.is_autocast_enabled(device_type)
+        else contextlib.nullcontext()
+    )
+    with off:
+        if low:
+            core_list = [c.float() for c in core_list]
+        weight = contract(core_list).reshape(tuple(weight_shape))
+    return weight.to(dtype) if low else weight
 
 
 # ----------------------------------------------------------------------------- one class per module
@@ -114,7 +144,7 @@ class MPOParametrization(nn.Module):
     def forward(self, *cores: torch.Tensor) -> torch.Tensor:
         if self.override is not None:
             return self.override
-        return contract(cores).reshape(self.weight_shape)
+        return contract_weight(cores, self.weight_shape)
 
     def right_inverse(self, weight: torch.Tensor) -> list[torch.Tensor]:
         mpo = decompose(weight, self.row_modes, self.col_modes, max_bond=self.max_bond)
@@ -404,7 +434,7 @@ def merge(model: nn.Module) -> nn.Module:
         core_list = _core_list(module, param)
         trainable = any(c.requires_grad for c in core_list)
         with torch.no_grad():
-            weight = contract(core_list).reshape(param.weight_shape).clone()
+            weight = contract_weight(core_list, param.weight_shape).clone()
         param.override = nn.Parameter(weight, requires_grad=True)
         _own_class(module)  # removal edits the class: never one that another model uses
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
@@ -419,8 +449,65 @@ def merge(model: nn.Module) -> nn.Module:
     return model
 
 
+class _Carry(torch.autograd.Function):
+    """A zero whose backward sends ``out * grads[k]`` into ``weights[k]`` (see ``carry``)."""
+
+    @staticmethod
+    def forward(ctx, grads, ran, *weights):  # noqa: D102 - autograd protocol
+        ctx.grads, ctx.ran = grads, ran
+        return weights[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx, out):  # noqa: D102 - autograd protocol
+        ctx.ran.append(True)
+        return (None, None, *[out * g for g in ctx.grads])
+
+
+class Accumulation:
+    """What ``with opdf.accumulate(model) as acc`` yields: :meth:`carry` for the last
+    micro-batch when a single backward must carry every gradient (DistributedDataParallel)."""
+
+    def __init__(self, model: nn.Module, held: list) -> None:
+        self.model = model
+        self._held = held
+        self._carried = False
+        self._ran: list[bool] = []  # appended to by _Carry.backward
+
+    def carry(self) -> torch.Tensor:
+        """Call just before the last micro-batch's forward; add the result to its loss.
+
+        From here on the forwards use the live contraction, and the returned zero carries the
+        gradient of the earlier micro-batches, so the last micro-batch's backward runs the one
+        contraction backward and every core gets its whole gradient in that backward. That is
+        what DDP needs: run the earlier micro-batches under ``ddp.no_sync()`` and the last one
+        synced, and the cores' gradients are all-reduced once, in the usual backward (nothing
+        happens at the end of the block)::
+
+            with opdf.accumulate(model) as acc:
+                for i, batch in enumerate(micro_batches):
+                    last = i == len(micro_batches) - 1
+                    extra = acc.carry() if last else 0.0
+                    with contextlib.nullcontext() if last else ddp.no_sync():
+                        (loss_fn(ddp(**batch)) / len(micro_batches) + extra).backward()
+
+        With ``find_unused_parameters=True``, add it inside the DDP-wrapped forward.
+        """
+        if self._carried:
+            raise OpdfError("Accumulation.carry() may be called once per accumulate block")
+        self._carried = True
+        weights, grads = [], []
+        for param, weight, leaf in self._held:
+            param.override = weight  # live: this forward's backward runs the contraction's
+            if weight.requires_grad and leaf.grad is not None:
+                weights.append(weight)
+                grads.append(leaf.grad)
+        if not weights:
+            return torch.zeros(())
+        return _Carry.apply(tuple(grads), self._ran, *weights)
+
+
 @contextlib.contextmanager
-def accumulate(model: nn.Module) -> Iterator[nn.Module]:
+def accumulate(model: nn.Module) -> Iterator[Accumulation]:
     """Gradient accumulation with one contraction per optimizer step.
 
     Inside the block each over-parameterized weight is contracted once; every micro-batch forward
@@ -433,25 +520,32 @@ def accumulate(model: nn.Module) -> Iterator[nn.Module]:
             for batch in micro_batches:
                 (loss_fn(model(**batch)) / len(micro_batches)).backward()
         optimizer.step()
+
+    Under DistributedDataParallel use :meth:`Accumulation.carry` instead, so that the cores'
+    gradients arrive in the last micro-batch's (synced) backward rather than after it.
     """
     held = []
     for _name, module, param in mpo_modules(model):
         if param.override is not None:
             raise OpdfError("opdf.accumulate() blocks cannot be nested on the same model")
-        core_list = _core_list(module, param)
-        weight = contract(core_list).reshape(param.weight_shape)
+        weight = contract_weight(_core_list(module, param), param.weight_shape)
         leaf = weight.detach().requires_grad_(weight.requires_grad)
         param.override = leaf
         held.append((param, weight, leaf))
+    acc = Accumulation(model, held)
     try:
-        yield model
+        yield acc
     finally:
-        # Like plain accumulation, micro-batches finished before an exception keep their gradient.
+        # Like plain accumulation, micro-batches finished before an exception keep their gradient
+        # (also when carry() was taken but its backward never ran).
         for param, _weight, _leaf in held:
             param.override = None
-        pairs = [(w, leaf.grad) for _, w, leaf in held if w.requires_grad and leaf.grad is not None]
-        if pairs:
-            torch.autograd.backward([w for w, _ in pairs], [g for _, g in pairs])
+        if not acc._ran:
+            pairs = [
+                (w, leaf.grad) for _, w, leaf in held if w.requires_grad and leaf.grad is not None
+            ]
+            if pairs:
+                torch.autograd.backward([w for w, _ in pairs], [g for _, g in pairs])
 
 
 # ----------------------------------------------------------------------------- reporting

@@ -22,14 +22,19 @@ Safety: a lock keeps a second run out of OUTPUT_DIR while this one lives (also w
 read without running code; --resume falls back to checkpoints/previous.pt when last.pt is
 damaged. A NaN/inf loss or gradient stops the run (exit code 3, the message names the step and
 the loss terms; on_nonfinite=skip skips such steps instead, counted in summary.json). Exit code
-2: a user error (config, data, files), printed as one line."""
+2: a user error (config, data, files), printed as one line.
+
+Data parallel: launch the same command with torchrun (DistributedDataParallel; gloo on CPU,
+nccl on GPU, one process per GPU). batch_size stays the global batch of an optimizer step, split
+over the processes; rank 0 writes the output folder; --resume works the same way."""
 
 EPILOG = """\
 examples:
   opdf distill configs/smoke-kd.yaml
   opdf distill configs/rt-polarity-kd-opdf.yaml seed=2 output_dir=runs/kd-opdf-s2
   opdf distill configs/rt-polarity-kd-base.yaml overparam=mpo unit_modes=3 max_steps=200
-  opdf distill configs/rt-polarity-kd-opdf.yaml --resume    # continue after an interruption"""
+  opdf distill configs/rt-polarity-kd-opdf.yaml --resume    # continue after an interruption
+  torchrun --standalone --nproc_per_node=2 -m opdf distill configs/smoke-kd.yaml threads=1"""
 
 
 def add_parser(subparsers) -> None:
@@ -69,6 +74,7 @@ def run(args) -> int:
 
         raise ConfigError("--resume and --overwrite exclude each other")
     from opdf.run.allocator import keep_freed_memory
+    from opdf.run.distributed import is_main_process
     from opdf.run.runner import run_distill
 
     keep_freed_memory()  # see opdf.run.allocator: faster steps, peak memory kept
@@ -76,6 +82,8 @@ def run(args) -> int:
         cfg, resume=args.resume, overwrite=args.overwrite,
         progress=False if args.no_progress else None,
     )  # fmt: skip
+    if not is_main_process():
+        return 0  # rank 0 prints the result
     main = summary["main_metric"]
     print(json.dumps({
         "output_dir": cfg.output_dir, "method": summary["method"],
@@ -84,5 +92,6 @@ def run(args) -> int:
         f"test_{main}": round(summary["test"][main], 4),
         "train_params": summary["train_params"], "inference_params": summary["inference_params"],
         "seconds_per_step": summary["seconds_per_step"], "wall_time": summary["wall_time"],
+        "world_size": summary["world_size"],
     }))  # fmt: skip
     return 0

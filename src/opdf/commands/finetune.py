@@ -36,12 +36,15 @@ def run(args) -> int:
     args = split_late_flags(args)
     from opdf.run.allocator import keep_freed_memory
     from opdf.run.config import load_config
-    from opdf.run.runner import finetune_teacher, teacher_cache_dir, teacher_summary
+    from opdf.run.distributed import is_main_process
+    from opdf.run.runner import run_finetune, teacher_cache_dir, teacher_summary
 
     cfg = load_config(args.config, args.overrides)
     keep_freed_memory()  # see opdf.run.allocator: faster steps, peak memory kept
     cached = cfg.teacher.finetune is not None and (teacher_cache_dir(cfg) / "student").is_dir()
-    path = finetune_teacher(cfg, force=args.force, progress=False if args.no_progress else None)
+    path = run_finetune(cfg, force=args.force, progress=False if args.no_progress else None)
+    if not is_main_process():
+        return 0  # under torchrun rank 0 prints the result
     info = teacher_summary(cfg) or {}
     main = info.get("main_metric")
     print(json.dumps({

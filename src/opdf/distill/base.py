@@ -101,6 +101,9 @@ class Distiller(nn.Module):
     # False for methods that build the student from the teacher's own layers (BERT-of-Theseus)
     accepts_student_model: ClassVar[bool] = True
     needs_teacher: ClassVar[bool] = True
+    #: False when a step may leave trainable parameters out of its graph (Theseus): under DDP
+    #: the runner then asks it to find them every step (``find_unused_parameters``)
+    every_parameter_used: ClassVar[bool] = True
     #: set by ``forward_train`` when its loss has no trainable path by design (Theseus drawing the
     #: predecessor for every module): the trainer then does not count the step as training nothing
     no_gradient_expected: bool = False

@@ -7,6 +7,8 @@ layer with probability p, else its k predecessor layers: ``y_{i+1} = r_i scc_i(y
 prd_i(y_i)``, ``r_i ~ Bernoulli(p)``. Only the successor layers train; predecessor layers,
 embeddings, pooler and classifier are frozen (the student's copies of them stay equal to the
 teacher's). The loss is the task loss only. Evaluation and export use the successor alone.
+The draws come from a generator seeded by the run's seed and the step (one draw per micro-batch),
+so every process of a data-parallel run replaces the same modules, and a resumed run repeats them.
 
 Replacement schedulers (``replacement_scheduler.py`` of the official code), as functions of the
 optimizer-step counter t:
@@ -88,6 +90,7 @@ class Theseus(Distiller):
     """BERT-of-Theseus: successor layers replace predecessor modules with probability p."""
 
     accepts_student_model = False
+    every_parameter_used = False  # a successor layer is out of the graph when not drawn
 
     @dataclass
     class Options:
@@ -157,9 +160,13 @@ class Theseus(Distiller):
         student.requires_grad_(False)
         successors.requires_grad_(True)
         self.last_rate = self.scheduler.rate(0)
+        self._draw_seed = 0
+        self._draw_step: int | None = None
+        self._draws = torch.Generator()
 
     def on_train_start(self, context) -> None:
-        """Size a ``linear_k: null`` schedule to the run's length."""
+        """Size a ``linear_k: null`` schedule to the run's length; seed the draws."""
+        self._draw_seed = int(getattr(context.config, "seed", 0) or 0)
         self.scheduler = self.options.make_scheduler(context.total_steps)
         self.last_rate = self.scheduler.rate(self.step)
         reach = self.scheduler.steps_to_successor()
@@ -179,7 +186,11 @@ class Theseus(Distiller):
     def forward_train(self, batch):
         p = self.rate()
         self.last_rate = p
-        draws = torch.bernoulli(torch.full((len(self._blocks),), p)).bool().tolist()
+        if self._draw_step != self.step:  # draws depend on (seed, step) alone: every DDP rank
+            self._draw_step = self.step  # draws the same, and a resumed run repeats them
+            self._draws.manual_seed(self._draw_seed * 1_000_003 + self.step)
+        full = torch.full((len(self._blocks),), p)
+        draws = torch.bernoulli(full, generator=self._draws).bool().tolist()
         self.no_gradient_expected = not any(draws)  # only frozen predecessors in the graph
         for block, use in zip(self._blocks, draws, strict=True):
             block.use_successor = use

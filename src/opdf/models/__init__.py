@@ -7,7 +7,12 @@
 from opdf.models.builtin import BUILTINS, builtin_names, prepare_builtin
 from opdf.models.cache import cache_dir, models_dir
 from opdf.models.hf import base_model, load_encoder, load_model, load_tokenizer, resolve_model_dir
-from opdf.models.student import default_student_layers, find_layer_list, student_from_teacher
+from opdf.models.student import (
+    default_student_layers,
+    find_layer_list,
+    set_dropout,
+    student_from_teacher,
+)
 
 __all__ = [
     "BUILTINS",
@@ -22,5 +27,6 @@ __all__ = [
     "models_dir",
     "prepare_builtin",
     "resolve_model_dir",
+    "set_dropout",
     "student_from_teacher",
 ]

@@ -58,3 +58,21 @@ def student_from_teacher(teacher: nn.Module, layers: Sequence[int] | None = None
     config.num_hidden_layers = len(chosen)
     config.opdf_teacher_layers = list(chosen)
     return student
+
+
+# the config fields transformers encoders read their dropout rates from
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                  "dropout", "attention_dropout", "seq_classif_dropout")  # fmt: skip
+
+
+def set_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Set every ``nn.Dropout`` of ``model`` to rate ``p`` (in place), and the config's dropout
+    fields to match, so that a saved config says what the model trained with."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = float(p)
+    config = getattr(model, "config", None)
+    for name in DROPOUT_FIELDS:
+        if config is not None and getattr(config, name, None) is not None:
+            setattr(config, name, float(p))
+    return model

@@ -32,6 +32,9 @@ Each file is a :class:`Checkpoint` saved as a plain dict::
     progress    the loop's bookkeeping (PROGRESS_KEYS): best score and step, timings, the running
                 train-loss sums of the log window in progress, steps skipped as not finite
     rng         Python, NumPy, torch and CUDA RNG states (rng_state(): tensors, ints, tuples)
+                of rank 0
+    world_size  the number of processes that trained it (absent: 1)
+    rank_rngs   under DDP: the RNG states of ranks 1 .. world_size - 1 (absent: none)
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ class Checkpoint:
     method: dict = field(default_factory=dict)
     progress: dict = field(default_factory=dict)
     rng: dict | None = None
+    world_size: int = 1
+    rank_rngs: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out = {"format": FORMAT, "step": self.step, "modules": self.modules}
@@ -99,6 +104,8 @@ class Checkpoint:
         if self.rng is not None:  # a resumable (last) checkpoint
             out.update(optimizers=self.optimizers, schedulers=self.schedulers,
                        method=self.method, progress=self.progress, rng=self.rng)  # fmt: skip
+            if self.world_size != 1:
+                out.update(world_size=self.world_size, rank_rngs=self.rank_rngs)
         return out
 
     @classmethod
@@ -111,7 +118,8 @@ class Checkpoint:
                 method=raw.get("method", {}), rng=raw.get("rng"),
                 progress={k: raw[k] for k in PROGRESS_KEYS if k in raw},
             )  # fmt: skip
-        fields = ("score", "dev", "optimizers", "schedulers", "method", "progress", "rng")
+        fields = ("score", "dev", "optimizers", "schedulers", "method", "progress", "rng",
+                  "world_size", "rank_rngs")  # fmt: skip
         return cls(raw["step"], raw["modules"], **{k: raw[k] for k in fields if k in raw})
 
 

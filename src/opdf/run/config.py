@@ -15,6 +15,7 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     teacher: {model: minilm-l6, finetune: {epochs: 3, lr: 5.0e-5, batch_size: 32}}
     student: {model: null, layers: null}   # null model: teacher layers (bottom half by default)
     overparam: mpo                  # none | svd | mpo
+    precision: fp32                 # fp32 | bf16 (autocast; the MPO contraction stays fp32)
     unit_modes: 3
     align: {weight: 0.0, cores: auxiliary, layer_map: null}
     kd: {temperature: 4.0, alpha: 0.9}     # the section named after the method: its options
@@ -49,6 +50,7 @@ from opdf.choices import LR_SCALINGS, SCHEMES, check_core_selection
 from opdf.errors import ConfigError, OpdfError
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 
 def choice(*values, **kw):
@@ -104,10 +106,14 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    """``model: null`` builds the student from teacher ``layers`` (default: the bottom half)."""
+    """``model: null`` builds the student from teacher ``layers`` (default: the bottom half).
+    ``dropout`` sets the rate of every ``torch.nn.Dropout`` in the student (null: the model's
+    own; 0 makes a run deterministic in its data order alone, e.g. to compare 1 and N
+    processes)."""
 
     model: str | None = None
     layers: list[int] | None = None
+    dropout: float | None = positive(None, allow_zero=True)
 
 
 @dataclass
@@ -145,6 +151,9 @@ class RunConfig:
     checkpoint_every: int | None = positive(None)
     log_every: int = positive(10)
     device: str = choice(*DEVICES, default="auto")
+    # bf16: forwards under torch.autocast(bfloat16); the MPO contraction, the optimizer state and
+    # the merged student stay float32 (opdf.overparam.contract_weight)
+    precision: str = choice(*PRECISIONS, default="fp32")
     threads: int | None = positive(None)
     on_nonfinite: str = choice("stop", "skip", default="stop")
     # method options: the section named after the method (validated by the method's Options)
@@ -407,6 +416,8 @@ def _resolve_paths(cfg: RunConfig, base_dir: Path | None) -> None:
 
 def check(cfg: RunConfig) -> None:
     """Cross-key rules that single values cannot express."""
+    if cfg.student.dropout is not None and not cfg.student.dropout < 1:
+        raise ConfigError(f"config key 'student.dropout': {cfg.student.dropout!r} must be < 1")
     if cfg.align.weight > 0 and cfg.overparam == "none":
         raise ConfigError(
             "align.weight > 0 needs an over-parameterized student: set overparam to svd or mpo, "

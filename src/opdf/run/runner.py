@@ -11,10 +11,15 @@ Output folder of a run::
     OUTPUT_DIR/.opdf.lock       held while the run lives (opdf.run.lock)
     OUTPUT_DIR/student/         the merged student (save_pretrained) and its tokenizer
     OUTPUT_DIR/summary.json     what `opdf report` reads
+
+Under ``torchrun`` (:mod:`opdf.run.distributed`) every process builds the same run; rank 0 alone
+prepares and writes the output folder, and the teacher is fine-tuned (when not cached) by all of
+them together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -28,7 +33,9 @@ import yaml
 from opdf.distill.finetune import FineTune  # also importable from here, as before
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import checkpoint as ckpt
+from opdf.run import distributed
 from opdf.run.config import FinetuneConfig, RunConfig, dump_config
+from opdf.run.distributed import SINGLE, DistEnv
 from opdf.run.lock import LOCK_FILE, RunLock
 from opdf.run.trainer import Trainer, TrainSettings, resolve_device
 
@@ -145,19 +152,34 @@ def teacher_cache_dir(cfg: RunConfig) -> Path:
     return cache_dir() / "teachers" / f"{slug}-{teacher_key(cfg)}"
 
 
-def finetune_teacher(cfg: RunConfig, *, force: bool = False, progress: bool | None = None) -> Path:
+def finetune_teacher(
+    cfg: RunConfig,
+    *,
+    force: bool = False,
+    progress: bool | None = None,
+    dist: DistEnv = SINGLE,
+    device: torch.device | None = None,
+) -> Path:
     """The task-fine-tuned teacher folder: from the cache when present, else trained now and
     cached (atomically) under ``<cache>/teachers/<model>-<hash>/``. ``teacher.finetune: null``
-    returns the model folder as is."""
+    returns the model folder as is. Under DDP all ranks train it together and rank 0 writes
+    the cache, which every rank must then see (one machine, or a shared ``OPDF_CACHE``)."""
     from opdf.models import load_model, resolve_model_dir
     from opdf.models.cache import atomic_dir
 
     if cfg.teacher.finetune is None:
         return resolve_model_dir(cfg.teacher.model)
     final = teacher_cache_dir(cfg)
-    if (final / FINETUNE_MARK).is_file() and not force:
+    cached = distributed.all_gather_object((final / FINETUNE_MARK).is_file() and not force, dist)
+    if all(cached):
         return final / "student"
-    if force and final.exists():
+    if any(cached):
+        raise OpdfError(
+            f"the fine-tuned teacher {final} is cached for some processes but not for others "
+            "(machines that do not share OPDF_CACHE): run `opdf finetune CONFIG` once on every "
+            "machine first, or put OPDF_CACHE on a shared file system"
+        )
+    if force and final.exists() and dist.is_main:
         shutil.rmtree(final)
     ft: FinetuneConfig = cfg.teacher.finetune
     if cfg.threads:
@@ -175,16 +197,53 @@ def finetune_teacher(cfg: RunConfig, *, force: bool = False, progress: bool | No
     info = {"method": "finetune", "model": cfg.teacher.model, "overparam": "none",
             "unit_modes": 0, "align": None, "seed": ft.seed, "cache_key": teacher_key(cfg),
             "finetune": dataclasses.asdict(ft), "data": dataclasses.asdict(cfg.data)}  # fmt: skip
-    with atomic_dir(final) as tmp:
+
+    def train(folder: Path) -> dict:
         trainer = Trainer(
-            distiller, dataset, tokenizer, settings, tmp, device=resolve_device(cfg.device),
-            run_info=info, progress=progress, desc=f"finetune {Path(cfg.teacher.model).name}",
+            distiller, dataset, tokenizer, settings, folder,
+            device=device or resolve_device(cfg.device), run_info=info,
+            progress=progress if dist.is_main else False,
+            desc=f"finetune {Path(cfg.teacher.model).name}", dist=dist,
             resumable=False,  # in a temporary folder: a killed fine-tune starts over
         )  # fmt: skip
-        summary = trainer.fit()
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # the merged model is in student/
-        ckpt.atomic_write_json(tmp / FINETUNE_MARK, summary)
+        return trainer.fit()
+
+    if dist.is_main:
+        with atomic_dir(final) as tmp:
+            summary = train(tmp)
+            shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # the model is in student/
+            ckpt.atomic_write_json(tmp / FINETUNE_MARK, summary)
+    else:
+        train(final)  # writes nothing: rank 0 does
+    distributed.barrier(dist)
+    if not (final / FINETUNE_MARK).is_file():
+        raise OpdfError(
+            f"rank {dist.rank} does not see the teacher rank 0 cached in {final}: on several "
+            "machines put OPDF_CACHE on a shared file system, or run `opdf finetune CONFIG` on "
+            "every machine first"
+        )
     return final / "student"
+
+
+def run_finetune(cfg: RunConfig, *, force: bool = False, progress: bool | None = None) -> Path:
+    """``opdf finetune``: :func:`finetune_teacher` in its own process group under torchrun."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    env, device = distributed.setup(resolve_device(cfg.device))
+    with distributed.group(env):
+        distributed.on_main(lambda: prepare_models(cfg), env)
+        return finetune_teacher(cfg, force=force, progress=progress, dist=env, device=device)
+
+
+def prepare_models(cfg: RunConfig) -> None:
+    """Prepare the config's built-in models into the cache. Under torchrun rank 0 does this
+    before the others look: transformers' ``save_pretrained`` writes nothing on other ranks
+    once a process group exists, so concurrent preparation would leave empty folders."""
+    from opdf.models import builtin_names, prepare_builtin
+
+    for model in (cfg.teacher.model, cfg.student.model):
+        if model in builtin_names():
+            prepare_builtin(model)
 
 
 def teacher_summary(cfg: RunConfig) -> dict | None:
@@ -284,11 +343,12 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
     return False
 
 
-def build(cfg: RunConfig, *, progress: bool | None = None):
+def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGLE,
+          device: torch.device | None = None):  # fmt: skip
     """Everything a run needs: ``(distiller, dataset, tokenizer, align, info)``."""
     from opdf import AlignmentLoss, overparameterize
     from opdf.distill import get_method
-    from opdf.models import load_model
+    from opdf.models import load_model, set_dropout
 
     method = get_method(cfg.method)
     if cfg.student.model is not None and not getattr(method, "accepts_student_model", True):
@@ -298,13 +358,15 @@ def build(cfg: RunConfig, *, progress: bool | None = None):
             "not student.model"
         )
     dataset = load_data(cfg)
-    teacher_dir = finetune_teacher(cfg, progress=progress)
+    teacher_dir = finetune_teacher(cfg, progress=progress, dist=dist, device=device)
     teacher, tokenizer = load_model(teacher_dir, dataset.num_labels, seed=cfg.seed)
     ckpt.seed_everything(cfg.seed)
     if cfg.student.model is not None:
         student, _ = load_model(cfg.student.model, dataset.num_labels, seed=cfg.seed)
     else:
         student = method.build_student(teacher, cfg.student.layers)
+    if cfg.student.dropout is not None:
+        set_dropout(student, cfg.student.dropout)
     student.train()
     if cfg.overparam != "none":
         overparameterize(student, scheme=cfg.overparam, unit_modes=cfg.unit_modes)
@@ -412,30 +474,53 @@ def run_distill(
     progress: bool | None = None,
     stop_after_step: int | None = None,
 ) -> dict | None:
-    """Run one config end to end; returns the summary (None if stopped by ``stop_after_step``)."""
+    """Run one config end to end; returns the summary (None if stopped by ``stop_after_step``).
+    Under torchrun each process calls this; they form one data-parallel run."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    env, device = distributed.setup(resolve_device(cfg.device))
+    with distributed.group(env):
+        return _run_distill(cfg, env, device, resume=resume, overwrite=overwrite,
+                            progress=progress, stop_after_step=stop_after_step)  # fmt: skip
+
+
+def _run_distill(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool,
+                 overwrite: bool, progress: bool | None, stop_after_step: int | None):  # fmt: skip
     out = Path(cfg.output_dir)
-    # one live run per folder: a second one (--overwrite and --resume too) refuses while this
-    # one lives; a lock left by a killed run blocks nothing
-    with RunLock(out):
-        return _run_locked(cfg, out, resume=resume, overwrite=overwrite, progress=progress,
-                           stop_after_step=stop_after_step)  # fmt: skip
+    progress = progress if env.is_main else False
+    with contextlib.ExitStack() as stack:
+
+        def lock() -> None:
+            # one live run per folder: a second one (--overwrite and --resume too) refuses while
+            # this one lives; a lock left by a killed run blocks nothing. Rank 0 holds it.
+            stack.enter_context(RunLock(out))
+
+        distributed.on_main(lock, env)
+        return _run_locked(cfg, out, env, device, resume=resume, overwrite=overwrite,
+                           progress=progress, stop_after_step=stop_after_step)  # fmt: skip
 
 
-def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool,
-                progress: bool | None, stop_after_step: int | None) -> dict | None:  # fmt: skip
-    has_ckpt = prepare_output_dir(out, resume=resume, overwrite=overwrite, cfg=cfg)
-    if not has_ckpt:
-        # a run killed before its first checkpoint restarts from scratch
-        for stale in ("metrics.jsonl", "summary.json"):
-            (out / stale).unlink(missing_ok=True)
-    ckpt.atomic_write_text(out / CONFIG_FILE, dump_config(cfg))
-    distiller, dataset, tokenizer, align, info = build(cfg, progress=progress)
-    save_architecture(distiller.export_student(), tokenizer, out / "checkpoints" / ARCH_DIR)
+def _run_locked(cfg: RunConfig, out: Path, env: DistEnv, device: torch.device, *, resume: bool,
+                overwrite: bool, progress: bool | None,
+                stop_after_step: int | None) -> dict | None:  # fmt: skip
+    def prepare() -> bool:
+        has_ckpt = prepare_output_dir(out, resume=resume, overwrite=overwrite, cfg=cfg)
+        if not has_ckpt:
+            # a run killed before its first checkpoint restarts from scratch
+            for stale in ("metrics.jsonl", "summary.json"):
+                (out / stale).unlink(missing_ok=True)
+        ckpt.atomic_write_text(out / CONFIG_FILE, dump_config(cfg))
+        return has_ckpt
+
+    has_ckpt = distributed.on_main(prepare, env)
+    distributed.on_main(lambda: prepare_models(cfg), env)
+    distiller, dataset, tokenizer, align, info = build(cfg, progress=progress, dist=env,
+                                                       device=device)  # fmt: skip
+    if env.is_main:
+        save_architecture(distiller.export_student(), tokenizer, out / "checkpoints" / ARCH_DIR)
     trainer = Trainer(
         distiller, dataset, tokenizer, settings_from(cfg), out, align=align,
-        device=resolve_device(cfg.device), run_info=info, progress=progress,
+        device=device, run_info=info, progress=progress, dist=env,
         desc=f"{cfg.method}/{cfg.overparam}{'+align' if align is not None else ''}", config=cfg,
     )  # fmt: skip
     if align is not None:

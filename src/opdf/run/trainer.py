@@ -12,7 +12,15 @@ the best student, its evaluation on dev and test, ``student/`` and ``summary.jso
 :meth:`~Trainer.train_step` (which calls :meth:`~Trainer.forward_backward`),
 :meth:`~Trainer.evaluate_and_keep_best`, :meth:`~Trainer.save_checkpoint` (what it saves is
 collected in :meth:`~Trainer.checkpoint_state`, in the layout of :mod:`opdf.run.checkpoint`), and
-:meth:`~Trainer.finish`. A wrapper such as DDP overrides these steps, not the loop.
+:meth:`~Trainer.finish`.
+
+Data parallel (``torchrun``, :mod:`opdf.run.distributed`): ``batch_size`` stays the global batch
+of an optimizer step; each rank collates its contiguous shard of it, runs its
+``grad_accum`` micro-batches (all but the last under DDP's ``no_sync``, the last carrying the
+one contraction's gradient, :meth:`opdf.overparam.Accumulation.carry`), and DDP all-reduces the
+cores' gradients once. Every rank evaluates a shard of dev/test and the logits are gathered, so
+all ranks take the same decisions; rank 0 alone writes files. ``precision: bf16`` runs the
+forwards under ``torch.autocast``; the contraction stays float32.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from opdf.distill.base import Distiller, TrainContext
 from opdf.errors import DivergedError, OpdfError
 from opdf.lr_scaling import NO_DECAY, CoreRate, core_rates
 from opdf.run import checkpoint as ckpt
+from opdf.run import distributed
+from opdf.run.distributed import SINGLE, DistEnv
 
 # This many optimizer steps in a row without a gradient, none of them declared expected by the
 # method (Distiller.no_gradient_expected), means the method trains nothing.
@@ -60,6 +70,7 @@ class TrainSettings:
     log_every: int = 10
     # a step whose loss or gradient is NaN/inf: "stop" the run (DivergedError) or "skip" it
     on_nonfinite: str = "stop"
+    precision: str = "fp32"  # or "bf16": forwards under torch.autocast
 
 
 def resolve_device(name: str) -> torch.device:
@@ -138,6 +149,24 @@ def _scale_cores(groups: list[dict], rates: list[CoreRate], lr: float) -> list[d
     return out + cores
 
 
+class TrainStep(torch.nn.Module):
+    """One micro-batch's forward as one module, so that DDP wraps (and, with
+    ``find_unused_parameters``, traces) everything that carries a gradient: the method's losses,
+    the alignment loss and the accumulation carry."""
+
+    def __init__(self, distiller: Distiller, align=None):
+        super().__init__()
+        self.distiller = distiller
+        self._align = [align]  # a list: its frozen teacher cores are no DDP buffers
+
+    def forward(self, batch: dict, acc=None):
+        carry = acc.carry() if acc is not None else None  # before the forward: see carry()
+        _, losses = self.distiller.forward_train(batch)
+        if self._align[0] is not None:
+            losses["align"] = self._align[0]()
+        return losses, carry
+
+
 @dataclass
 class TrainState:
     """The loop's bookkeeping, shared by the named steps of :meth:`Trainer.fit`; what of it a
@@ -195,6 +224,7 @@ class Trainer:
         desc: str = "train",
         config=None,
         resumable: bool = True,
+        dist: DistEnv = SINGLE,
     ):
         from opdf.data import PaddingCollator, TokenizedSplit
 
@@ -212,6 +242,13 @@ class Trainer:
         # False: no last.pt, for a run that cannot resume anyway (a teacher fine-tune is written
         # to a temporary folder and starts over when killed)
         self.resumable = resumable
+        self.dist = dist
+        if settings.batch_size % (settings.grad_accum * dist.world_size):
+            raise OpdfError(
+                f"batch_size {settings.batch_size} is the global batch of an optimizer step: "
+                f"with {dist.world_size} processes and grad_accum {settings.grad_accum} it must "
+                f"be a multiple of {settings.grad_accum * dist.world_size}"
+            )
         self._resuming = False  # set by _start: the optimizers are about to load a saved state
         reg = dataset.is_regression
         self.data = {
@@ -220,21 +257,30 @@ class Trainer:
         }
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.collate = PaddingCollator(pad, reg)
-        self.micro = settings.batch_size // settings.grad_accum
+        self.micro = settings.batch_size // (settings.grad_accum * dist.world_size)  # per rank
         self.batches = Batches(self.data["train"], self.collate, settings.batch_size, settings.seed)
         steps = settings.max_steps or math.ceil(settings.epochs * self.batches.per_epoch)
         self.total_steps = max(1, steps)
         self.eval_every = settings.eval_every or self.batches.per_epoch
         self.ckpt_dir = self.out / "checkpoints"
         self.metrics_path = self.out / "metrics.jsonl"
+        self.step_module: torch.nn.Module = TrainStep(distiller, align)  # DDP-wrapped in _start
 
     # ------------------------------------------------------------------ helpers
+    def autocast(self):
+        """The forwards' precision context (``precision: bf16``: bf16 autocast)."""
+        if self.s.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         with ckpt.writing(self.metrics_path, "metrics log"), open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _truncate_metrics(self, step: int) -> None:
-        if not self.metrics_path.exists():
+        if not self.dist.is_main or not self.metrics_path.exists():
             return
         keep = []
         for line in self.metrics_path.read_text().splitlines():
@@ -249,6 +295,7 @@ class Trainer:
     def _eval_batches(self, split: str):
         data = self.data[split]
         order = sorted(range(len(data)), key=lambda i: (data.lengths[i], i))  # less padding
+        order = order[self.dist.rank :: self.dist.world_size]  # this rank's share
         bs = self.s.eval_batch_size
         for s in range(0, len(order), bs):
             idx = order[s : s + bs]
@@ -261,13 +308,18 @@ class Trainer:
         self.distiller.eval()
         n = len(self.data[split])
         logits = [None] * n
+        mine: list[tuple[list[int], torch.Tensor]] = []
         try:
             for idx, batch in self._eval_batches(split):
-                out = self.distiller.forward_eval(_to(batch, self.device)).float().cpu()
-                for j, i in enumerate(idx):
-                    logits[i] = out[j]
+                with self.autocast():
+                    out = self.distiller.forward_eval(_to(batch, self.device))
+                mine.append((idx, out.float().cpu()))
         finally:
             self.distiller.train(was)
+        for part in distributed.all_gather_object(mine, self.dist):  # every rank's shard
+            for idx, out in part:
+                for j, i in enumerate(idx):
+                    logits[i] = out[j]
         preds = torch.stack(logits)
         if not torch.isfinite(preds).all():  # weights blown up while the losses stayed finite
             bad = int((~torch.isfinite(preds)).any(-1).sum()) if preds.dim() > 1 else 0
@@ -308,10 +360,15 @@ class Trainer:
             method=self.distiller.extra_state(),
             progress=state.progress(),
             rng=ckpt.rng_state(),
+            world_size=self.dist.world_size,
         )
 
     def restore(self, saved: ckpt.Checkpoint, state: TrainState) -> None:
-        """The inverse of :meth:`checkpoint_state` (RNG states last, as they were saved)."""
+        """The inverse of :meth:`checkpoint_state` (RNG states last, as they were saved).
+
+        Under DDP every rank restores the same modules, optimizers and progress (rank 0 alone
+        keeps the log window's sums, which hold every rank's share) and its own RNG state; ranks
+        the checkpoint has no state for (it was written by fewer processes) draw afresh."""
         self.load_module_states(saved.modules)
         for k, sd in saved.optimizers.items():
             self.optimizers[k].load_state_dict(sd)
@@ -319,8 +376,24 @@ class Trainer:
             self.schedulers[k].load_state_dict(sd)
         self.distiller.load_extra_state(saved.method)
         state.restore(saved.step, saved.progress)
+        if not self.dist.is_main:
+            state.running = {}
         self._truncate_metrics(saved.step)
-        ckpt.set_rng_state(saved.rng)
+        rank = self.dist.rank
+        if rank == 0:
+            ckpt.set_rng_state(saved.rng)
+        elif rank <= len(saved.rank_rngs):
+            ckpt.set_rng_state(saved.rank_rngs[rank - 1])
+        else:
+            ckpt.seed_everything(self.s.seed + rank + 7919 * saved.step)
+        if saved.world_size != self.dist.world_size and self.dist.is_main:
+            warnings.warn(
+                f"resuming a run saved with {saved.world_size} process(es) on "
+                f"{self.dist.world_size}: the global batches, data order, weights and optimizer "
+                "state continue exactly; dropout draws of the ranks follow new streams",
+                UserWarning,
+                stacklevel=2,
+            )
         self._adopt_later_best(state)
 
     def _adopt_later_best(self, state: TrainState) -> None:
@@ -330,32 +403,23 @@ class Trainer:
         than keeping a score whose weights no longer exist. A damaged ``best.pt`` is set aside
         (``best.pt.damaged``): the resumed run starts its best-on-dev selection afresh."""
         path = self.ckpt_dir / ckpt.BEST
-        if not path.exists():
+        saved = distributed.on_main(lambda: _best_header(path), self.dist)  # rank 0 reads it
+        if saved is None:
             return
-        try:
-            saved = ckpt.read(path)
-        except ckpt.UnsafeCheckpointError:
-            raise
-        except ckpt.CheckpointError as exc:
-            path.replace(path.with_name(ckpt.BEST + ".damaged"))
+        if saved == "damaged":
             state.best, state.best_step = -math.inf, None
-            warnings.warn(
-                f"{exc}; set aside as {ckpt.BEST}.damaged, the best on dev is chosen again from "
-                "the evaluations still to come",
-                UserWarning,
-                stacklevel=2,
-            )
             return
         if saved.step > state.step:
             if saved.score is not None:
                 state.best, state.best_step = saved.score, saved.step
                 return
-            warnings.warn(  # written by an opdf that did not store the score
-                f"{path} holds step {saved.step}, after the resumed step {state.step}, without "
-                "its dev score; it will be replaced by the next dev improvement",
-                UserWarning,
-                stacklevel=2,
-            )
+            if self.dist.is_main:
+                warnings.warn(  # written by an opdf that did not store the score
+                    f"{path} holds step {saved.step}, after the resumed step {state.step}, "
+                    "without its dev score; it will be replaced by the next dev improvement",
+                    UserWarning,
+                    stacklevel=2,
+                )
 
     # ------------------------------------------------------------------ setup
     def build_optimizer(self, groups: list[dict], lr: float | None = None):
@@ -390,23 +454,40 @@ class Trainer:
 
     def _start(self, resume: bool) -> TrainState:
         """Optimizers, the resumed state (when asked and present), the method's start hook."""
-        d = self.distiller
+        d, env = self.distiller, self.dist
         d.to(self.device)
         if self.s.on_nonfinite not in NONFINITE_CHOICES:
             raise OpdfError(f"on_nonfinite={self.s.on_nonfinite!r}; valid: stop, skip")
-        # last.pt, or previous.pt when last.pt is damaged
-        found = ckpt.read_latest(self.ckpt_dir) if resume else None
+        # last.pt, or previous.pt when last.pt is damaged; under DDP rank 0 reads it and hands
+        # it to the others
+        found = None
+        if resume:
+            found = distributed.on_main(lambda: ckpt.read_latest(self.ckpt_dir), env)
         self._resuming = found is not None
         self._configure_optimizers()
+        if env.enabled and set(self.optimizers) != {"main"}:
+            others = ", ".join(sorted(set(self.optimizers) - {"main"}))
+            raise OpdfError(
+                f"method {d.name} steps optimizers of its own ({others}), whose gradients DDP "
+                "does not all-reduce: run it in one process (without torchrun)"
+            )
         state = self.state = TrainState()
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if env.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         if found is not None:
             self.restore(found[1], state)
+        elif env.rank > 0:
+            ckpt.seed_everything(self.s.seed + env.rank)  # dropout masks of its own
         state.t0 = time.perf_counter()
         ctx = TrainContext(self.dataset, self.batches_for, self.total_steps, self.device,
                            self.config)  # fmt: skip
         d.on_train_start(ctx)
         d.train()
+        teacher = ("distiller.teacher.",) if d.teacher is not None and d.teacher_frozen else ()
+        self.step_module = distributed.wrap(
+            TrainStep(d, self.align), env, self.device, ignore=teacher,
+            find_unused_parameters=not d.every_parameter_used,
+        )  # fmt: skip
         return state
 
     # ------------------------------------------------------------------ the loop
@@ -444,7 +525,7 @@ class Trainer:
         d.step = step
         optimizer = self.optimizers["main"]
         optimizer.zero_grad(set_to_none=True)
-        terms, has_gradient = self.forward_backward(self.batches.batch(step))
+        terms, has_gradient = self.forward_backward(*self.shard(step))
         state.no_grad_run = 0 if has_gradient else state.no_grad_run + 1
         if state.no_grad_run >= MAX_STEPS_WITHOUT_GRADIENT:
             raise OpdfError(
@@ -520,35 +601,62 @@ class Trainer:
             f"{where}. Lower lr (now {self.s.lr:g}) or max_grad_norm (now {self.s.max_grad_norm})"
         )
 
-    def forward_backward(self, batch: dict) -> tuple[dict[str, float], bool]:
-        """Losses and gradients of one batch, in micro-batches of ``batch_size / grad_accum``
-        (one MPO contraction for all of them). Returns the batch-weighted loss terms and whether
-        the step has a gradient, or needs none by the method's own account."""
+    def shard(self, step: int) -> tuple[dict, int, float]:
+        """This rank's part of step ``step``'s global batch, collated: ``(batch, global size,
+        weight)``. A rank whose share of a short last batch is empty runs one example with
+        weight 0, so that every rank takes part in the all-reduce."""
+        indices = self.batches.indices(step)
+        mine = distributed.shard(indices, self.dist)
+        weight = 1.0
+        if not mine:
+            mine, weight = indices[:1], 0.0
+        data = self.batches.data
+        return self.collate([data[i] for i in mine]), len(indices), weight
+
+    def forward_backward(
+        self, batch: dict, global_size: int | None = None, weight: float = 1.0
+    ) -> tuple[dict[str, float], bool]:
+        """Losses and gradients of one (rank's share of a) batch, in micro-batches of
+        ``batch_size / (grad_accum * world_size)``, with one MPO contraction for all of them.
+        Returns this rank's share of the batch-weighted loss terms (the ranks' shares add up to
+        the global batch's) and whether the step has a gradient, or needs none by the method's
+        own account."""
         d, n = self.distiller, len(batch["labels"])
+        total = global_size or n
+        world = self.dist.world_size
         micro = [
             {k: v[i : i + self.micro] for k, v in batch.items()} for i in range(0, n, self.micro)
         ]
-        ctx = _accumulate(d.export_student()) if len(micro) > 1 else contextlib.nullcontext()
+        module = self.step_module
+        no_sync = getattr(module, "no_sync", None)  # a DDP-wrapped module
+        acc_block = _accumulate(d.export_student()) if len(micro) > 1 else contextlib.nullcontext()
         terms: dict[str, float] = {}
         stepped = expected = False
-        with ctx:
-            for mb in micro:
+        with acc_block as acc:
+            for j, mb in enumerate(micro):
+                last = j == len(micro) - 1
                 mb = _to(mb, self.device)
-                _, losses = d.forward_train(mb)
-                if self.align is not None:
-                    losses["align"] = self.align()
-                if not losses:
-                    raise OpdfError(f"method {d.name}: forward_train returned no loss")
-                frac = len(mb["labels"]) / n
-                loss = sum(losses.values())
-                # no trainable tensor in the graph: see MAX_STEPS_WITHOUT_GRADIENT
-                if loss.requires_grad:
-                    (loss * frac).backward()
-                    stepped = True
-                else:
-                    expected = expected or d.no_gradient_expected
+                share = len(mb["labels"]) / total * weight
+                sync = no_sync() if no_sync is not None and not last else contextlib.nullcontext()
+                with sync:
+                    with self.autocast():
+                        losses, carry = module(mb, acc if last else None)
+                    if not losses:
+                        raise OpdfError(f"method {d.name}: forward_train returned no loss")
+                    loss = sum(losses.values())
+                    # no trainable tensor in the graph: see MAX_STEPS_WITHOUT_GRADIENT
+                    if loss.requires_grad:
+                        stepped = True
+                    else:
+                        expected = expected or d.no_gradient_expected
+                    # DDP averages over ranks: scale this rank's share up by the world size
+                    objective = loss * (share * world)
+                    if carry is not None:
+                        objective = objective + carry
+                    if objective.requires_grad:
+                        objective.backward()
                 for k, v in losses.items():
-                    terms[k] = terms.get(k, 0.0) + float(v.detach()) * frac
+                    terms[k] = terms.get(k, 0.0) + float(v.detach()) * share
         return terms, stepped or expected
 
     def _record(self, state: TrainState, terms: dict, extra: dict, bar) -> None:
@@ -561,7 +669,8 @@ class Trainer:
         done = state.step
         if done % self.s.log_every and done != self.total_steps:
             return
-        rec = {k: v / state.n_running for k, v in state.running.items()}
+        self._gather_running(state)
+        rec = {k: v / state.n_running for k, v in state.running.items()} if state.n_running else {}
         if "loss" in rec:
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
         self._log({
@@ -571,6 +680,17 @@ class Trainer:
         })  # fmt: skip
         state.running, state.n_running = {}, 0
 
+    def _gather_running(self, state: TrainState) -> None:
+        """Sum the log window's loss terms over the ranks (each holds its share of every batch)
+        into every rank's ``state.running``; a no-op on one process."""
+        if not self.dist.enabled:
+            return
+        total: dict[str, float] = {}
+        for part in distributed.all_gather_object(state.running, self.dist):
+            for k, v in part.items():
+                total[k] = total.get(k, 0.0) + v
+        state.running = total
+
     def evaluate_and_keep_best(self, state: TrainState, bar=None) -> bool:
         """Score the student on dev; a new best is saved to ``best.pt``. Returns whether it was."""
         dev = self.evaluate("dev")
@@ -578,8 +698,9 @@ class Trainer:
         improved = score > state.best
         if improved:
             state.best, state.best_step = score, state.step
-            saved = ckpt.Checkpoint(state.step, self.module_states(), score=score, dev=dev)
-            ckpt.save(saved, self.ckpt_dir / ckpt.BEST)
+            if self.dist.is_main:
+                saved = ckpt.Checkpoint(state.step, self.module_states(), score=score, dev=dev)
+                ckpt.save(saved, self.ckpt_dir / ckpt.BEST)
         self._log({"step": state.step, "split": "dev", **dev, "best": improved})
         if bar is not None:
             bar.set_postfix(dev=f"{score:.4f}", best=f"{state.best:.4f}")
@@ -587,8 +708,19 @@ class Trainer:
 
     def save_checkpoint(self, state: TrainState) -> None:
         """``last.pt``, atomically, the one before it kept as ``previous.pt``: what :meth:`fit`
-        resumes from."""
-        ckpt.save(self.checkpoint_state(state), self.ckpt_dir / ckpt.LAST, keep_previous=True)
+        resumes from. Under DDP rank 0 writes it, with every rank's RNG state and the log
+        window's sums over all ranks (kept by rank 0)."""
+        env = self.dist
+        rngs = distributed.all_gather_object(ckpt.rng_state(), env)
+        if env.enabled:
+            self._gather_running(state)
+            if not env.is_main:
+                state.running = {}
+        if env.is_main:
+            saved = self.checkpoint_state(state)
+            saved.rank_rngs = rngs[1:]
+            ckpt.save(saved, self.ckpt_dir / ckpt.LAST, keep_previous=True)
+        distributed.barrier(env)  # the file is complete before any rank goes on (or is killed)
         state.saved_step = state.step
 
     # ------------------------------------------------------------------ the end
@@ -599,7 +731,9 @@ class Trainer:
         student = self.distiller.export_student()
         report = param_report(student)
         best_path = self.ckpt_dir / ckpt.BEST
-        best = ckpt.read(best_path) if best_path.exists() else None
+        best = distributed.on_main(  # rank 0 reads it, every rank loads it
+            lambda: ckpt.read(best_path) if best_path.exists() else None, self.dist
+        )
         if best is not None:
             self.load_module_states(best.modules)
         merge(student)
@@ -613,11 +747,13 @@ class Trainer:
         # metrics are known exactly; a merged one is scored again (a check of the merge)
         known = best.dev if best is not None and not report.modules else None
         dev, test = known or self.evaluate("dev"), self.evaluate("test")
-        with ckpt.writing(self.out / "student", "merged student"):
-            self._save_student(student)
         summary = self._summary(state, report, dev, test)
-        with ckpt.writing(self.out / "summary.json", "run summary"):
-            ckpt.atomic_write_json(self.out / "summary.json", summary)
+        if self.dist.is_main:
+            with ckpt.writing(self.out / "student", "merged student"):
+                self._save_student(student)
+            with ckpt.writing(self.out / "summary.json", "run summary"):
+                ckpt.atomic_write_json(self.out / "summary.json", summary)
+        distributed.barrier(self.dist)
         return summary
 
     def _save_student(self, student) -> None:
@@ -641,6 +777,9 @@ class Trainer:
             "best_step": state.best_step,
             "steps": total,
             "batch_size": self.s.batch_size,
+            "grad_accum": self.s.grad_accum,
+            "world_size": self.dist.world_size,
+            "precision": self.s.precision,
             "data_sizes": self.dataset.sizes(),
             "wall_time": round(state.wall_time(), 3),
             "train_time": round(state.train_seconds, 3),
@@ -689,6 +828,28 @@ def _can_fuse(groups: list[dict]) -> bool:
         for g in groups
         for p in g["params"]
     )
+
+
+def _best_header(path: Path):
+    """On rank 0 at a resume: ``best.pt`` without its weights (its step and score), None when
+    there is none, or ``"damaged"`` when it is (set aside as ``best.pt.damaged``)."""
+    if not path.exists():
+        return None
+    try:
+        saved = ckpt.read(path)
+    except ckpt.UnsafeCheckpointError:
+        raise
+    except ckpt.CheckpointError as exc:
+        path.replace(path.with_name(ckpt.BEST + ".damaged"))
+        warnings.warn(
+            f"{exc}; set aside as {ckpt.BEST}.damaged, the best on dev is chosen again from "
+            "the evaluations still to come",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "damaged"
+    saved.modules = {}
+    return saved
 
 
 def _accumulate(model):
