@@ -6,7 +6,6 @@ computing the whole batch."""
 from __future__ import annotations
 
 import contextlib
-import os
 
 import pytest
 import torch
@@ -34,62 +33,76 @@ def data() -> dict[str, torch.Tensor]:
             "labels": torch.randint(0, 2, (BATCH,), generator=g)}  # fmt: skip
 
 
-def _worker(rank: int, init_file: str, out_file: str, find_unused: bool) -> None:
+def _worker(rank: int, init_file: str, out_file: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)  # fmt: skip
     try:
-        net = model()
-        ddp = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=find_unused)
-        reductions = []
-
-        def counting_hook(state, bucket):
-            reductions.append(bucket.index())
-            fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
-            return fut.then(lambda f: f.value()[0] / WORLD)
-
-        ddp.register_comm_hook(None, counting_hook)
-        contractions = {"n": 0}
-        real = op.contract
-
-        def counting(cs):
-            contractions["n"] += 1
-            return real(cs)
-
-        op.contract = counting
-        batch = data()
-        per_rank = BATCH // WORLD
-        mine = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
-        micro = [{k: v[i : i + MICRO] for k, v in mine.items()} for i in range(0, per_rank, MICRO)]
-        reduced_before_last = None
-        with opdf.accumulate(net) as acc:
-            for i, mb in enumerate(micro):
-                last = i == len(micro) - 1
-                if last:
-                    reduced_before_last = len(reductions)
-                    extra = acc.carry()
-                    ctx = contextlib.nullcontext()  # the synced backward
-                else:
-                    extra = 0.0
-                    ctx = ddp.no_sync()
-                with ctx:
-                    (ddp(**mb).loss / len(micro) + extra).backward()
-        op.contract = real
-        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        results = {f: _one_step(rank, f) for f in (False, True)}
         if rank == 0:
-            torch.save({"grads": grads, "contractions": contractions["n"],
-                        "reductions": len(reductions), "before_last": reduced_before_last,
-                        "buckets": len(set(reductions))}, out_file)  # fmt: skip
+            torch.save(results, out_file)
     finally:
         dist.destroy_process_group()
 
 
+def _one_step(rank: int, find_unused: bool) -> dict:
+    """One optimizer step's gradients under DDP (find_unused_parameters as given), counting the
+    contractions and the bucket reductions."""
+    net = model()
+    ddp = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=find_unused)
+    reductions = []
+
+    def counting_hook(state, bucket):
+        reductions.append(bucket.index())
+        fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+        return fut.then(lambda f: f.value()[0] / WORLD)
+
+    ddp.register_comm_hook(None, counting_hook)
+    contractions = {"n": 0}
+    real = op.contract
+
+    def counting(cs):
+        contractions["n"] += 1
+        return real(cs)
+
+    op.contract = counting
+    batch = data()
+    per_rank = BATCH // WORLD
+    mine = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
+    micro = [{k: v[i : i + MICRO] for k, v in mine.items()} for i in range(0, per_rank, MICRO)]
+    reduced_before_last = None
+    with opdf.accumulate(net) as acc:
+        for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            if last:
+                reduced_before_last = len(reductions)
+                extra = acc.carry()
+                ctx = contextlib.nullcontext()  # the synced backward
+            else:
+                extra = 0.0
+                ctx = ddp.no_sync()
+            with ctx:
+                (ddp(**mb).loss / len(micro) + extra).backward()
+    op.contract = real
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return {"grads": grads, "contractions": contractions["n"],
+            "reductions": len(reductions), "before_last": reduced_before_last,
+            "buckets": len(set(reductions))}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> dict:
+    """Both DDP modes, in one pair of spawned processes (spawning is the slow part)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    out = tmp / "rank0.pt"
+    mp.spawn(_worker, args=(str(tmp / "init"), str(out)), nprocs=WORLD)
+    return torch.load(out)
+
+
 @pytest.mark.parametrize("find_unused", [False, True])
-def test_accumulate_and_no_sync_give_one_contraction_and_one_all_reduce(tmp_path, find_unused):
-    out = tmp_path / "rank0.pt"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(out), find_unused), nprocs=WORLD)
-    got = torch.load(out)
+def test_accumulate_and_no_sync_give_one_contraction_and_one_all_reduce(two_processes,
+                                                                        find_unused):  # fmt: skip
+    got = two_processes[find_unused]
     net = model()
     n_weights = len(opdf.cores(net))
     assert got["contractions"] == n_weights  # once per weight for the whole step

@@ -166,7 +166,7 @@ class Theseus(Distiller):
 
     def on_train_start(self, context) -> None:
         """Size a ``linear_k: null`` schedule to the run's length; seed the draws."""
-        self._draw_seed = int(getattr(context.config, "seed", 0) or 0)
+        self._draw_seed = int(getattr(getattr(context, "config", None), "seed", 0) or 0)
         self.scheduler = self.options.make_scheduler(context.total_steps)
         self.last_rate = self.scheduler.rate(self.step)
         reach = self.scheduler.steps_to_successor()
