@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from opdf.data.dataset import split_indices
 from opdf.data.metrics import MetricFn, topk_accuracy
+from opdf.errors import OpdfError
 
 __all__ = [
     "VISION_DATASETS",
@@ -89,9 +90,9 @@ class ImageSplit:
         self.images = np.ascontiguousarray(self.images, dtype=np.uint8)
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if self.images.ndim != 4:
-            raise ValueError(f"images must have shape (n, C, H, W), got {self.images.shape}")
+            raise OpdfError(f"images must have shape (n, C, H, W), got {self.images.shape}")
         if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+            raise OpdfError(f"{len(self.images)} images but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -268,13 +269,13 @@ def read_idx(path: str | Path) -> np.ndarray:
     with _open(path) as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
+        raise OpdfError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
     dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - offset != expected:
-        raise ValueError(
+        raise OpdfError(
             f"{path}: header says {dims} ({expected} bytes of data) but the file holds "
             f"{len(raw) - offset}; the file is truncated or damaged"
         )
@@ -288,7 +289,7 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
     codes = {np.dtype(v).newbyteorder("=").str: k for k, v in _IDX_TYPES.items()}
     code = codes.get(array.dtype.newbyteorder("=").str)
     if code is None:
-        raise ValueError(f"IDX has no type code for dtype {array.dtype}")
+        raise OpdfError(f"IDX has no type code for dtype {array.dtype}")
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + array.astype(np.dtype(_IDX_TYPES[code])).tobytes()
     opener = gzip.open if path.suffix == ".gz" else open
@@ -321,7 +322,7 @@ def load_fashion_mnist(path: str | Path | None = None) -> tuple[ImageSplit, Imag
         images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
         labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
+            raise OpdfError(
                 f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not "
                 "form an (n, H, W) / (n,) pair"
             )
@@ -389,7 +390,7 @@ def _unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
         obj = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict (the CIFAR 'python version' format)")
+        raise OpdfError(f"{path}: expected a pickled dict (the CIFAR 'python version' format)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -397,10 +398,10 @@ def _cifar_part(path: Path, label_key: str) -> ImageSplit:
     d = _unpickle(path)
     for key in ("data", label_key):
         if key not in d:
-            raise ValueError(f"{path}: no {key!r} entry (keys: {', '.join(map(str, d))})")
+            raise OpdfError(f"{path}: no {key!r} entry (keys: {', '.join(map(str, d))})")
     data = np.asarray(d["data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: 'data' has shape {data.shape}, expected (n, 3072)")
+        raise OpdfError(f"{path}: 'data' has shape {data.shape}, expected (n, 3072)")
     return ImageSplit(data.reshape(-1, 3, 32, 32), np.asarray(d[label_key], dtype=np.int64))
 
 
@@ -433,7 +434,7 @@ def load_cifar(
         labels = _names(_unpickle(meta)["label_names"]) if meta.is_file() else None
     elif classes == 100:
         if label_kind not in ("fine", "coarse"):
-            raise ValueError(f"label_kind must be 'fine' or 'coarse', got {label_kind!r}")
+            raise OpdfError(f"label_kind must be 'fine' or 'coarse', got {label_kind!r}")
         missing = [n for n in ("train", "test") if not (folder / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder} is not a CIFAR-100 folder: missing {missing}")
@@ -442,7 +443,7 @@ def load_cifar(
         meta = folder / "meta"
         labels = _names(_unpickle(meta)[f"{label_kind}_label_names"]) if meta.is_file() else None
     else:
-        raise ValueError(f"classes must be 10 or 100, got {classes!r}")
+        raise OpdfError(f"classes must be 10 or 100, got {classes!r}")
     return train, test, labels
 
 
@@ -477,7 +478,7 @@ def _stratified(split: ImageSplit, size: int | None, seed: int) -> ImageSplit:
     if size is None or size >= len(split):
         return split
     if size <= 0:
-        raise ValueError(f"max samples must be positive, got {size}")
+        raise OpdfError(f"max samples must be positive, got {size}")
     keep, _ = split_indices(split.labels, [size, len(split) - size], seed)
     return split.select(keep)
 
@@ -531,7 +532,7 @@ def load_vision_dataset(
     base = base.lower()
     if base not in VISION_DATASETS or (inline and base not in ("cifar10", "cifar100")):
         valid = ", ".join(VISION_DATASETS)
-        raise ValueError(
+        raise OpdfError(
             f"unknown image dataset {name!r}; valid names: {valid}, cifar10:<folder>, "
             "cifar100:<folder>"
         )
@@ -542,7 +543,7 @@ def load_vision_dataset(
         full, test, labels = load_fashion_mnist(path)
     elif base.startswith("cifar"):
         if not path:
-            raise ValueError(f"{base} needs its folder: data.options.path=<folder> or "
+            raise OpdfError(f"{base} needs its folder: data.options.path=<folder> or "
                              f"data.name={base}:<folder>")  # fmt: skip
         full, test, labels = load_cifar(path, 10 if base == "cifar10" else 100, label_kind)
     else:
@@ -552,15 +553,15 @@ def load_vision_dataset(
     if test is None:
         test_n = defaults["test_size"] if test_size is None else int(test_size)
         if dev_n <= 0 or test_n <= 0 or dev_n + test_n >= len(full):
-            raise ValueError(f"dev_size={dev_n} and test_size={test_n} must be > 0 and leave "
+            raise OpdfError(f"dev_size={dev_n} and test_size={test_n} must be > 0 and leave "
                              f"training images out of {len(full)}")  # fmt: skip
         parts = split_indices(full.labels, [len(full) - dev_n - test_n, dev_n, test_n], split_seed)
         train, dev, test = (full.select(p) for p in parts)
     else:
         if test_size is not None:
-            raise ValueError(f"{base} has an official test split; test_size does not apply")
+            raise OpdfError(f"{base} has an official test split; test_size does not apply")
         if not 0 < dev_n < len(full):
-            raise ValueError(f"dev_size={dev_n} must be in 1..{len(full) - 1}")
+            raise OpdfError(f"dev_size={dev_n} must be in 1..{len(full) - 1}")
         tr, dv = split_indices(full.labels, [len(full) - dev_n, dev_n], split_seed)
         train, dev = full.select(tr), full.select(dv)
     num_labels = int(max(full.labels.max(), test.labels.max())) + 1
@@ -572,7 +573,7 @@ def load_vision_dataset(
         hflip=bool(defaults["hflip"] if hflip is None else hflip),
     )
     if aug.crop_padding < 0:
-        raise ValueError(f"crop_padding must be >= 0, got {aug.crop_padding}")
+        raise OpdfError(f"crop_padding must be >= 0, got {aug.crop_padding}")
     ds = ImageDataset(
         name=base,
         train=_stratified(train, max_train_samples, seed),
@@ -587,5 +588,5 @@ def load_vision_dataset(
     )
     empty = [k for k, v in ds.splits.items() if len(v) == 0]
     if empty:
-        raise ValueError(f"{base}: split(s) {', '.join(empty)} are empty; sizes: {ds.sizes()}")
+        raise OpdfError(f"{base}: split(s) {', '.join(empty)} are empty; sizes: {ds.sizes()}")
     return ds

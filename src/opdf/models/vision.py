@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opdf.errors import OpdfError
+
 __all__ = [
     "ARCHITECTURE_FILE",
     "VISION_MODELS",
@@ -89,9 +91,9 @@ class CifarResNet(nn.Module):
                  in_channels: int = 3):  # fmt: skip
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"ResNet depth must be 6n+2 (8, 14, 20, 32, 56, ...), got {depth}")
+            raise OpdfError(f"ResNet depth must be 6n+2 (8, 14, 20, 32, 56, ...), got {depth}")
         if len(widths) != 4:
-            raise ValueError(f"widths must be (stem, stage1, stage2, stage3), got {widths}")
+            raise OpdfError(f"widths must be (stem, stage1, stage2, stage3), got {widths}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -149,7 +151,7 @@ class WideResNet(nn.Module):
                  in_channels: int = 3, dropout: float = 0.0):  # fmt: skip
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, 40), got {depth}")
+            raise OpdfError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, 40), got {depth}")
         n = (depth - 4) // 6
         widths = [16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
@@ -209,7 +211,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, resolution: int):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+            raise OpdfError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.head_dim = heads, dim // heads
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -270,7 +272,7 @@ class TinyViT(nn.Module):
                  num_classes: int = 10, in_channels: int = 3, image_size: int = 32):  # fmt: skip
         super().__init__()
         if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+            raise OpdfError(f"depth must be >= 1, got {depth}")
         resolution = image_size
         for _ in range(2):
             resolution = (resolution + 1) // 2  # two 3x3 stride-2 convs with padding 1
@@ -324,7 +326,7 @@ def is_vision_model(name_or_path) -> bool:
 def _build(spec: dict) -> nn.Module:
     family = spec.get("family")
     if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
+        raise OpdfError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
     kwargs = dict(spec.get("kwargs", {}))
     kwargs.update(num_classes=spec["num_classes"], in_channels=spec["in_channels"])
     if family == "tinyvit":
@@ -339,7 +341,7 @@ def build_vision_model(name: str, num_classes: int, in_channels: int = 3, image_
     """A freshly initialized built-in model (``seed``: initialize without touching the global
     RNG). The model carries its architecture in ``model.vision_spec`` for export."""
     if name not in VISION_MODELS:
-        raise ValueError(f"unknown vision model {name!r}; valid names: {', '.join(VISION_MODELS)}")
+        raise OpdfError(f"unknown vision model {name!r}; valid names: {', '.join(VISION_MODELS)}")
     family, kwargs = VISION_MODELS[name]
     spec = {"format": FORMAT, "version": FORMAT_VERSION, "name": name, "family": family,
             "kwargs": kwargs, "num_classes": int(num_classes), "in_channels": int(in_channels),
@@ -358,9 +360,9 @@ def save_vision_model(model: nn.Module, folder: str | Path, **extra) -> Path:
 
     spec = getattr(model, "vision_spec", None)
     if spec is None:
-        raise ValueError("this model was not built by opdf.models.vision (no vision_spec)")
+        raise OpdfError("this model was not built by opdf.models.vision (no vision_spec)")
     if any("parametrizations" in k for k in model.state_dict()):
-        raise ValueError("the model is over-parameterized; call opdf.merge(model) before saving")
+        raise OpdfError("the model is over-parameterized; call opdf.merge(model) before saving")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -377,14 +379,14 @@ def read_architecture(folder: str | Path) -> dict:
     try:
         spec = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise OpdfError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an opdf vision architecture file (format {FORMAT!r})")
+        raise OpdfError(f"{path}: not an opdf vision architecture file (format {FORMAT!r})")
     if spec.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {spec['version']} is newer than this opdf's")
+        raise OpdfError(f"{path}: format version {spec['version']} is newer than this opdf's")
     missing = [k for k in ("family", "num_classes", "in_channels", "image_size") if k not in spec]
     if missing:
-        raise ValueError(f"{path}: missing {', '.join(missing)}")
+        raise OpdfError(f"{path}: missing {', '.join(missing)}")
     return spec
 
 
@@ -402,7 +404,7 @@ def load_vision_model(folder: str | Path, *, weights: bool = True) -> nn.Module:
         state = load_file(str(path))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise OpdfError(
                 f"{path} does not match its architecture: missing {missing[:4]}, unexpected "
                 f"{unexpected[:4]}"
             )
