@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from opdf.data.vision import ImageBatcher, load_vision_dataset
+from opdf.data.views import ImageView
+from opdf.data.vision import load_vision_dataset
 from opdf.distill import get_method
+from opdf.distill.base import TrainContext
 from opdf.distill.dkd import dkd_loss, dkd_terms, warmup_factor
 from opdf.distill.kd import kd_loss
 from opdf.distill.tinyvit import (
@@ -161,15 +163,15 @@ def test_soft_target_cross_entropy():
 def tiny_setup():
     ds = load_vision_dataset("digits", max_train_samples=120)
     teacher = build_vision_model("resnet8", 10, 1, 8, seed=0).eval().requires_grad_(False)
-    return ds, teacher, ImageBatcher(ds, "train")
+    return ds, teacher, ImageView(ds, "train", seed=5)
 
 
 def test_store_replays_the_augmented_view_whatever_the_batch():
     ds, teacher, data = tiny_setup()
-    store = TopKStore.build(teacher, data, epochs=2, seed=5, k=3, batch_size=32, progress=False)
+    store = TopKStore.build(teacher, data, epochs=2, k=3, batch_size=32, progress=False)
     assert store.values.shape == (2, 120, 3) and store.k == 3 and store.epochs == 2
     idx = [117, 3, 64, 9, 40]  # a training batch in another order and size
-    batch = data.batch(idx, epoch=1, seed=5)
+    batch = data.batch(idx, epoch=1)
     with torch.no_grad():
         probs = torch.softmax(teacher(batch["pixel_values"]), -1)
     values, indices = store.lookup(batch["epoch"], batch["index"])
@@ -188,12 +190,15 @@ def test_store_replays_the_augmented_view_whatever_the_batch():
 
 def test_store_key_covers_teacher_seed_and_k():
     ds, teacher, data = tiny_setup()
-    key = store_key(teacher, data, 2, 5, 3)
-    assert key == store_key(teacher, data, 2, 5, 3)
-    assert len({key, store_key(teacher, data, 2, 6, 3), store_key(teacher, data, 2, 5, 4),
-                store_key(teacher, data, 3, 5, 3)}) == 4  # fmt: skip
+    key = store_key(teacher, data, 2, 3)
+    assert key == store_key(teacher, ImageView(ds, "train", seed=5), 2, 3)
+    other_seed = ImageView(ds, "train", seed=6)
+    assert len({key, store_key(teacher, other_seed, 2, 3), store_key(teacher, data, 2, 4),
+                store_key(teacher, data, 3, 3)}) == 4  # fmt: skip
     other = build_vision_model("resnet8", 10, 1, 8, seed=1)
-    assert store_key(other, data, 2, 5, 3) != key
+    assert store_key(other, data, 2, 3) != key
+    no_aug = load_vision_dataset("digits", max_train_samples=120, augment=False)
+    assert store_key(teacher, ImageView(no_aug, "train", seed=5), 2, 3) != key
 
 
 def test_tinyvit_method_trains_on_soft_labels_only(tmp_path):
@@ -201,15 +206,15 @@ def test_tinyvit_method_trains_on_soft_labels_only(tmp_path):
     cls = get_method("tinyvit")
     student = build_vision_model("vit-d2", 10, 1, 8, seed=2)
     method = cls(student, teacher, cls.Options(topk=3), num_labels=10)
-    ctx = SimpleNamespace(train_data=data, total_steps=8, steps_per_epoch=4, seed=5,
-                          eval_batch_size=64, device=torch.device("cpu"), cache_dir=tmp_path,
-                          progress=False)  # fmt: skip
+    ctx = TrainContext(ds, None, total_steps=8, device=torch.device("cpu"), steps_per_epoch=4,
+                       train_view=data, eval_batch_size=64, cache_dir=tmp_path,
+                       progress=False)  # fmt: skip
     method.on_train_start(ctx)
-    assert method.store.epochs == 2 and len(list(tmp_path.glob("*.pt"))) == 1
+    assert method.store.epochs == 2 and len(list(tmp_path.glob("teacher-topk/*.pt"))) == 1
     again = cls(student, teacher, cls.Options(topk=3), num_labels=10)
     again.on_train_start(ctx)  # from the cache file
     assert torch.equal(again.store.values, method.store.values)
-    batch = data.batch([4, 8, 15], epoch=1, seed=5)
+    batch = data.batch([4, 8, 15], epoch=1)
     batch["labels"] = torch.tensor([9, 9, 9])  # labels are never used
     logits, losses = method.forward_train(batch)
     assert list(losses) == ["soft_ce"]

@@ -10,7 +10,8 @@
    (:func:`sparse_soft_targets`, TinyViT's ``train_one_epoch_distill_using_saved_logits``), with
    soft-target cross-entropy and **no ground-truth term**. The teacher never runs during training.
 
-The store is cached on disk (``<opdf cache>/teacher-topk/<key>.pt``), the key hashing the teacher's
+The store is cached on disk (``<opdf cache>/teacher-topk/<key>.pt``, when the trainer passes a
+cache folder and ``tinyvit.cache`` is on), the key hashing the teacher's
 weights, the training images and labels, their normalization and augmentation, the seed, ``k`` and
 the number of epochs: runs that differ only in the student (none / svd / mpo / OPDF) reuse it, as
 TinyViT reuses one set of saved logits for every student.
@@ -92,16 +93,24 @@ class TopKStore:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, teacher: nn.Module, data, epochs: int, seed: int, k: int, *,
-              batch_size: int = 256, device: torch.device | None = None,
-              progress: bool | None = None) -> TopKStore:  # fmt: skip
-        """Run ``teacher`` (eval mode) over every image of ``data`` (an
-        :class:`opdf.data.ImageBatcher` of the train split) in index order, for each epoch with
+    def build(
+        cls,
+        teacher: nn.Module,
+        view,
+        epochs: int,
+        k: int,
+        *,
+        batch_size: int = 256,
+        device: torch.device | None = None,
+        progress: bool | None = None,
+    ) -> TopKStore:
+        """Run ``teacher`` (eval mode) over every image of ``view`` (the training split as the
+        trainer batches it, :class:`opdf.data.views.ImageView`) in index order, each epoch with
         that epoch's augmentation."""
         from tqdm.auto import tqdm
 
         device = device or torch.device("cpu")
-        n = len(data)
+        n = len(view)
         values = torch.empty(epochs, n, k, dtype=torch.float16)
         indices = torch.empty(epochs, n, k, dtype=torch.int16)
         was = teacher.training
@@ -113,7 +122,7 @@ class TopKStore:
             for e in range(epochs):
                 for start in range(0, n, batch_size):
                     idx = list(range(start, min(n, start + batch_size)))
-                    batch = data.batch(idx, epoch=e, seed=seed)
+                    batch = view.batch(idx, epoch=e)
                     batch = {key: v.to(device) for key, v in batch.items()}
                     v, i = topk_probs(model_logits(teacher, batch), k)
                     values[e, start : start + len(idx)] = v.cpu()
@@ -148,9 +157,11 @@ class TopKStore:
         return cls(obj["values"], obj["indices"])
 
 
-def store_key(teacher: nn.Module, data, epochs: int, seed: int, k: int) -> str:
-    """A digest of everything the stored outputs depend on."""
-    h = hashlib.sha256(f"v{STORE_VERSION}:{epochs}:{seed}:{k}".encode())
+def store_key(teacher: nn.Module, view, epochs: int, k: int) -> str:
+    """A digest of everything the stored outputs depend on: the teacher's weights and buffers,
+    the training images, labels, normalization, augmentation and seed, ``epochs`` and ``k``."""
+    data = view.batcher
+    h = hashlib.sha256(f"v{STORE_VERSION}:{epochs}:{view.seed}:{k}".encode())
     for name, tensor in sorted(teacher.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -179,8 +190,8 @@ class TinyViTDistill(Distiller):
     store: TopKStore | None = None
 
     def on_train_start(self, context) -> None:
-        data = getattr(context, "train_data", None)
-        if data is None or not hasattr(data, "augment"):
+        view = context.train_view
+        if view is None or not hasattr(view, "batcher"):
             raise ConfigError("tinyvit distils on image data only (data.name: an image dataset)")
         k = self.options.topk
         if k > self.num_labels:
@@ -190,15 +201,15 @@ class TinyViTDistill(Distiller):
             return
         path = None
         if self.options.cache and getattr(context, "cache_dir", None) is not None:
-            key = store_key(self.teacher, data, epochs, context.seed, k)
-            path = Path(context.cache_dir) / f"{key}.pt"
+            key = store_key(self.teacher, view, epochs, k)
+            path = Path(context.cache_dir) / "teacher-topk" / f"{key}.pt"
             store = TopKStore.load(path) if path.is_file() else None
-            if store is not None and store.epochs == epochs and store.values.shape[1] == len(data):
+            if store is not None and store.epochs == epochs and store.values.shape[1] == len(view):
                 self.store = store
                 return
         self.store = TopKStore.build(
-            self.teacher, data, epochs, context.seed, k, batch_size=context.eval_batch_size,
-            device=context.device, progress=getattr(context, "progress", None),
+            self.teacher, view, epochs, k, batch_size=context.eval_batch_size,
+            device=context.device, progress=context.progress,
         )  # fmt: skip
         if path is not None:
             self.store.save(path)

@@ -46,9 +46,12 @@ __all__ = [
     "CifarResNet",
     "TinyViT",
     "WideResNet",
+    "build_from_spec",
     "build_vision_model",
     "is_vision_model",
     "load_vision_model",
+    "read_architecture",
+    "save_vision_architecture",
     "save_vision_model",
     "vision_model_names",
 ]
@@ -323,7 +326,8 @@ def is_vision_model(name_or_path) -> bool:
     return name in VISION_MODELS or (Path(name).expanduser() / ARCHITECTURE_FILE).is_file()
 
 
-def _build(spec: dict) -> nn.Module:
+def build_from_spec(spec: dict) -> nn.Module:
+    """The model an architecture spec (``architecture.json``) describes, freshly initialized."""
     family = spec.get("family")
     if family not in FAMILIES:
         raise OpdfError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
@@ -347,10 +351,23 @@ def build_vision_model(name: str, num_classes: int, in_channels: int = 3, image_
             "kwargs": kwargs, "num_classes": int(num_classes), "in_channels": int(in_channels),
             "image_size": int(image_size)}  # fmt: skip
     if seed is None:
-        return _build(spec)
+        return build_from_spec(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _build(spec)
+        return build_from_spec(spec)
+
+
+def save_vision_architecture(model: nn.Module, folder: str | Path, **extra) -> Path:
+    """``folder/architecture.json`` alone: ``model.vision_spec`` plus ``extra`` (e.g. ``input=``,
+    ``label_names=``); enough to rebuild the model (:func:`load_vision_model` with
+    ``weights=False``), also while it is over-parameterized."""
+    spec = getattr(model, "vision_spec", None)
+    if spec is None:
+        raise OpdfError("this model was not built by opdf.models.vision (no vision_spec)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ARCHITECTURE_FILE).write_text(json.dumps({**spec, **extra}, indent=2) + "\n")
+    return folder
 
 
 def save_vision_model(model: nn.Module, folder: str | Path, **extra) -> Path:
@@ -358,8 +375,7 @@ def save_vision_model(model: nn.Module, folder: str | Path, **extra) -> Path:
     (``model.vision_spec`` plus ``extra``, e.g. ``input=`` and ``label_names=``)."""
     from safetensors.torch import save_file
 
-    spec = getattr(model, "vision_spec", None)
-    if spec is None:
+    if getattr(model, "vision_spec", None) is None:
         raise OpdfError("this model was not built by opdf.models.vision (no vision_spec)")
     if any("parametrizations" in k for k in model.state_dict()):
         raise OpdfError("the model is over-parameterized; call opdf.merge(model) before saving")
@@ -367,9 +383,7 @@ def save_vision_model(model: nn.Module, folder: str | Path, **extra) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
-    info = {**spec, **extra}
-    (folder / ARCHITECTURE_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return folder
+    return save_vision_architecture(model, folder, **extra)
 
 
 def read_architecture(folder: str | Path) -> dict:
@@ -396,7 +410,7 @@ def load_vision_model(folder: str | Path, *, weights: bool = True) -> nn.Module:
     from safetensors.torch import load_file
 
     folder = Path(folder).expanduser()
-    model = _build(read_architecture(folder))
+    model = build_from_spec(read_architecture(folder))
     if weights:
         path = folder / WEIGHTS_FILE
         if not path.is_file():
