@@ -54,6 +54,7 @@ from opdf.errors import OpdfError
 
 __all__ = [
     "VISION_DATASETS",
+    "VISION_OPTIONS",
     "FASHION_MNIST_DIR",
     "Augment",
     "ImageBatcher",
@@ -491,6 +492,11 @@ _DEFAULTS = {
     "cifar10": dict(dev_size=5000, crop_padding=4, hflip=True),
     "cifar100": dict(dev_size=5000, crop_padding=4, hflip=True),
 }
+
+
+#: the options ``data.options`` may hold for an image dataset (see :func:`load_vision_dataset`)
+VISION_OPTIONS = ("path", "dev_size", "test_size", "split_seed", "augment", "crop_padding", "hflip",
+                  "label_kind")  # fmt: skip
 
 
 def load_vision_dataset(

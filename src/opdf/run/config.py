@@ -502,8 +502,15 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 def _check_image_sources(cfg: RunConfig) -> None:
     """Image data: both models are vision models (a built-in name or a folder with an
     ``architecture.json``), the student is named, and a built-in teacher gets trained."""
+    from opdf.data.vision import VISION_OPTIONS
     from opdf.models.vision import is_vision_model, vision_model_names
 
+    unknown = sorted(set(cfg.data.options) - set(VISION_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"config key 'data.options': unknown option(s) {', '.join(unknown)} for image data "
+            f"{cfg.data.name!r}; valid options: {', '.join(VISION_OPTIONS)}"
+        )
     names = ", ".join(vision_model_names())
     if cfg.student.layers is not None or cfg.student.model is None:
         raise ConfigError(
