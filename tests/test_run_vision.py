@@ -189,3 +189,16 @@ def test_finetune_verb_trains_and_caches_a_vision_teacher(capsys):
     from opdf.models import load_vision_model
 
     assert load_vision_model(first["teacher"]).vision_spec["name"] == "vit-d4"
+
+
+def test_teacher_cache_key_covers_the_image_files(tmp_path):
+    from opdf.run.runner import teacher_key
+    from test_data_vision import write_fashion_folder
+
+    folder = write_fashion_folder(tmp_path / "fm")
+    cfg = load_config("configs/smoke-vision-kd.yaml",
+                      ["data.name=fashion-mnist", f"data.options.path={folder}"])  # fmt: skip
+    key = teacher_key(cfg)
+    assert teacher_key(cfg) == key
+    write_fashion_folder(folder, seed=1)  # same layout, other pixels
+    assert teacher_key(cfg) != key

@@ -135,7 +135,22 @@ def teacher_key(cfg: RunConfig) -> str:
     local_data = Path(d.name).expanduser()
     if d.name not in BUILTIN_DATASETS and local_data.exists():
         spec["data_files"] = fingerprint(local_data)
+    image_folder = _image_data_folder(cfg)
+    if image_folder is not None:
+        spec["data_files"] = fingerprint(image_folder)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _image_data_folder(cfg: RunConfig) -> Path | None:
+    """The folder an image dataset is read from when the user names one (``data.options.path`` or
+    ``cifar10:<folder>``): its files are part of the teacher's cache key, like a text data file."""
+    if not is_image(cfg):
+        return None
+    _, _, inline = cfg.data.name.partition(":")
+    folder = inline or cfg.data.options.get("path")
+    if not folder or not Path(folder).expanduser().exists():
+        return None
+    return Path(folder).expanduser()
 
 
 FINGERPRINT_FULL_BYTES = 64 << 20  # files up to this size are hashed; larger: size + mtime
