@@ -3,9 +3,8 @@
 :class:`Trainer` takes a :class:`opdf.distill.Distiller`, a dataset (text, with the model's
 tokenizer, or images) and owns: deterministic batching (one seeded permutation per epoch, so a
 resumed run sees the same batches; image batches are augmented per image from the seed and the
-epoch),
-the optimizers the method configures (AdamW, fused where the parameters allow, with a linear
-warmup/decay schedule), gradient accumulation (one MPO contraction per optimizer step through
+epoch), the optimizers the method configures (AdamW, fused where the parameters allow, with a
+linear warmup/decay schedule), gradient accumulation (one MPO contraction per optimizer step through
 :func:`opdf.accumulate`), the alignment loss when on, clipping, tqdm progress, ``metrics.jsonl``,
 best-on-dev selection, atomic periodic checkpoints and exact resume, and at the end the merge of
 the best student, its evaluation on dev and test, ``student/`` and ``summary.json``.
