@@ -6,8 +6,8 @@
 #   OPDF="python -m opdf" VARIANTS="base svd mpo opdf" bash benchmarks/fashion_mnist.sh
 #
 # Sizes (see configs/fashion-mnist-*.yaml): the teacher trains on all 55,000 training images for
-# 2 epochs at batch 256 (430 steps); each student on a stratified 6,000 of them for 2 epochs at
-# batch 128 (94 steps); dev is 5,000 images split from train (checkpoint selection, once per
+# 2 epochs at batch 256 (430 steps); each student on a stratified 8,000 of them for 3 epochs at
+# batch 128 (189 steps); dev is 5,000 images split from train (checkpoint selection, once per
 # epoch), test the official 10,000. One thread per run (a shared 2-core machine). Afterwards the
 # small files of each run go to benchmarks/results/fashion-mnist/ (benchmarks/collect_runs.sh).
 set -euo pipefail
