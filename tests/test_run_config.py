@@ -55,7 +55,7 @@ def test_real_configs_all_valid():
         (["data.max_lenght=3"], "valid keys in data"),
         (["max_steps=-1"], "must be > 0"),
         (["batch_size=abc"], "is not an integer"),
-        (["method=kdd"], "valid choices: kd, theseus"),
+        (["method=kdd"], "valid choices: dkd, kd, theseus, tinyvit"),
         (["overparam=none"], "align.weight > 0 needs an over-parameterized student"),
         (["theseus.scheduler=constant"], "theseus' section but method is 'kd'"),
         (["kd.alpha=2"], "kd.alpha must be in"),
@@ -121,3 +121,24 @@ def test_precision_and_student_dropout_keys():
         load_config("configs/smoke-kd.yaml", ["student.dropout=1.0"])
     with pytest.raises(ConfigError, match="student.dropout"):
         load_config("configs/smoke-kd.yaml", ["student.dropout=-0.1"])
+
+
+def test_resume_accepts_a_config_written_before_a_key_existed(tmp_path):
+    """A run started by an opdf without align.allow_partial (a later key, at its default) still
+    resumes; a real difference is still refused."""
+    import yaml
+
+    from opdf.run.config import dump_config
+    from opdf.run.runner import prepare_output_dir
+
+    cfg = load_config("configs/smoke-kd.yaml", [f"output_dir={tmp_path}"])
+    old = yaml.safe_load(dump_config(cfg))
+    del old["align"]["allow_partial"]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert prepare_output_dir(tmp_path, resume=True, overwrite=False, cfg=cfg) is True
+    old["align"]["weight"] = 0.5
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="differs from the one in .* in align"):
+        prepare_output_dir(tmp_path, resume=True, overwrite=False, cfg=cfg)

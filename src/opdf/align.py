@@ -195,8 +195,9 @@ def _pair(
         raise OpdfError(
             f"{len(problems)} student modules have no same-shaped teacher cores: {shown}. A pair "
             "needs the same module role in the mapped teacher layer and equal core shapes (the "
-            "same modes, i.e. equal widths). Pass allow_partial=True to align only the matching "
-            "cores."
+            "same modes, i.e. equal widths). Pass allow_partial=True (config: align.allow_partial; "
+            "opdf inspect: --allow-partial) to align only the matching cores, or a layer_map "
+            "that pairs layers of equal shapes."
         )
     return pairs, skipped
 

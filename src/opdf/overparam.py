@@ -15,6 +15,7 @@ import difflib
 import fnmatch
 import math
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -158,12 +159,13 @@ class MPOParametrization(nn.Module):
 
 
 def _is_transformers_model(model: nn.Module) -> bool:
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is a dependency
+    # A transformers model exists only once transformers.modeling_utils is imported: checking
+    # sys.modules spares plain torch models (vision) an import of transformers (seconds).
+    modeling = sys.modules.get("transformers.modeling_utils")
+    if modeling is None:
         return False
     # a user module that wraps a transformers encoder counts too
-    return any(isinstance(m, PreTrainedModel) for m in model.modules())
+    return any(isinstance(m, modeling.PreTrainedModel) for m in model.modules())
 
 
 def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
@@ -182,7 +184,7 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         if len({type(child) for child in module}) == 1 and any(
-            isinstance(m, nn.Linear) for m in module[0].modules()
+            isinstance(m, nn.Linear | nn.Conv2d) for m in module[0].modules()
         ):
             found.append((len(module) != n, -len(module), name.count("."), order, name))
     if not found:

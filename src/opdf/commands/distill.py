@@ -15,7 +15,8 @@ none|svd|mpo), trained with the method's loss (+ the alignment loss when align.w
 selected on dev, merged and evaluated on test.
 
 Writes OUTPUT_DIR/metrics.jsonl, checkpoints/, summary.json and student/ (the merged student,
-loadable with stock transformers).
+loadable with stock transformers; for image data model.safetensors + architecture.json, loadable
+with opdf.models.load_vision_model).
 
 Safety: a lock keeps a second run out of OUTPUT_DIR while this one lives (also with --resume or
 --overwrite; a killed run's lock blocks nothing). Checkpoints are checksummed (manifest.json) and
@@ -31,6 +32,7 @@ over the processes; rank 0 writes the output folder; --resume works the same way
 EPILOG = """\
 examples:
   opdf distill configs/smoke-kd.yaml
+  opdf distill configs/smoke-vision-tinyvit.yaml
   opdf distill configs/rt-polarity-kd-opdf.yaml seed=2 output_dir=runs/kd-opdf-s2
   opdf distill configs/rt-polarity-kd-base.yaml overparam=mpo unit_modes=3 max_steps=200
   opdf distill configs/rt-polarity-kd-opdf.yaml --resume    # continue after an interruption

@@ -11,7 +11,8 @@ HELP = """\
 Fine-tune the config's teacher (teacher.model) on its task (data) with teacher.finetune settings.
 The result is cached under $OPDF_CACHE (default ~/.cache/opdf)/teachers/<model>-<hash>, the hash
 covering the model, the data selection and the fine-tuning settings; later calls (and
-`opdf distill`) reuse it. Prints the folder and the teacher's dev/test metrics."""
+`opdf distill`) reuse it. Prints the folder and the teacher's dev/test metrics. An image teacher
+(a vision architecture such as resnet20) is trained from scratch the same way."""
 
 
 def add_parser(subparsers) -> None:
@@ -19,7 +20,8 @@ def add_parser(subparsers) -> None:
         "finetune",
         help="fine-tune a config's teacher on its task (cached, reused)",
         description=HELP,
-        epilog="example:\n  opdf finetune configs/rt-polarity-kd-base.yaml",
+        epilog="examples:\n  opdf finetune configs/rt-polarity-kd-base.yaml\n"
+        "  opdf finetune configs/fashion-mnist-kd-base.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(

@@ -2,6 +2,13 @@
 
 Prints which modules would be over-parameterized, their mode shapes, bond dimensions and the
 train/inference parameter counts; with ``--teacher`` also the core pairing of the alignment loss.
+Works for transformers encoders and for the image classifiers of ``opdf.models.vision`` (a
+Conv2d weight counts as its (out, in*kh*kw) matrix).
+
+examples:
+  opdf inspect bert-base-6 --teacher bert-base
+  opdf inspect resnet8 --teacher resnet20 --in-channels 1 --image-size 28 --layer-map 0:0,1:3,2:6
+  opdf inspect vit-d2 --teacher vit-d8 --num-labels 10
 """
 
 from __future__ import annotations
@@ -31,12 +38,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "model",
-        help="a local transformers folder, a built-in model name (see `opdf.models`), or "
-        f"an architecture with random weights: {', '.join(ARCHITECTURES)}",
+        help="a local transformers folder, a built-in model name (see `opdf.models`), an "
+        f"architecture with random weights ({', '.join(ARCHITECTURES)}), a vision model name "
+        "(resnet8, resnet20, resnet8x4, wrn-16-2, vit-d2, ...; see opdf.models.VISION_MODELS) "
+        "or a folder saved by opdf with an architecture.json",
     )
     p.add_argument("--scheme", default="mpo", choices=SCHEMES)
     p.add_argument("--unit-modes", type=int, default=3, help="unit modes L (scheme mpo)")
     p.add_argument("--num-labels", type=int, default=2, help="classifier size (default 2)")
+    p.add_argument("--in-channels", type=int, default=3,
+                   help="vision models: input channels (default 3; Fashion-MNIST 1)")  # fmt: skip
+    p.add_argument("--image-size", type=int, default=32,
+                   help="vision models: image side in pixels (32; Fashion-MNIST 28)")  # fmt: skip
     p.add_argument(
         "--targets", nargs="+", help="module names or patterns (default: encoder block Linears)"
     )
@@ -60,14 +73,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def build_model(name: str, num_labels: int) -> nn.Module:
+def build_model(
+    name: str, num_labels: int, in_channels: int = 3, image_size: int = 32
+) -> nn.Module:
     """A classifier with the architecture of ``name``; weights are random (a dry run needs none)."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
-    from transformers import BertForSequenceClassification as Bert
+
+    from opdf.models.vision import is_vision_model
 
     if num_labels < 1:
         raise OpdfError(f"--num-labels must be >= 1, got {num_labels}")
+    if is_vision_model(name):
+        return _vision_model(name, num_labels, in_channels, image_size)
+    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+    from transformers import BertForSequenceClassification as Bert
+
     # shapes are all a dry run needs: build on the meta device (no memory, no initialisation)
     if name in ARCHITECTURES:
         with torch.device("meta"):
@@ -77,6 +97,26 @@ def build_model(name: str, num_labels: int) -> nn.Module:
     config = AutoConfig.from_pretrained(str(resolve_model_dir(name)), num_labels=num_labels, **SAFE)
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config)
+
+
+def _vision_model(name: str, num_labels: int, in_channels: int, image_size: int) -> nn.Module:
+    """A vision model on the meta device: its spec from ``name`` and the flags, or from the
+    ``architecture.json`` of a folder (which then fixes classes, channels and size)."""
+    import torch
+
+    from opdf.models.vision import (
+        VISION_MODELS,
+        build_from_spec,
+        build_vision_model,
+        read_architecture,
+    )
+
+    if in_channels < 1 or image_size < 1:
+        raise OpdfError("--in-channels and --image-size must be >= 1")
+    with torch.device("meta"):
+        if name in VISION_MODELS:
+            return build_vision_model(name, num_labels, in_channels, image_size)
+        return build_from_spec(read_architecture(name))
 
 
 def parse_layer_map(text: str | None) -> dict[int, int] | None:
@@ -107,14 +147,14 @@ def run(args: argparse.Namespace) -> int:
     from opdf.overparam import ParamReport, plan
 
     layer_map, cores = parse_layer_map(args.layer_map), parse_cores(args.cores)
-    model = build_model(args.model, args.num_labels)
+    model = build_model(args.model, args.num_labels, args.in_channels, args.image_size)
     entries = plan(model, args.scheme, args.unit_modes, args.targets)
     print(f"model {args.model}: scheme={args.scheme}, unit_modes={args.unit_modes}")
     print(ParamReport.from_plan(model, entries))
     if args.teacher:
         from opdf.align import pairing_plan
 
-        teacher = build_model(args.teacher, args.num_labels)
+        teacher = build_model(args.teacher, args.num_labels, args.in_channels, args.image_size)
         pairs, skipped = pairing_plan(
             model,
             teacher,

@@ -1,4 +1,5 @@
-"""``opdf merge RUN_DIR``: a run's checkpoint -> a merged, plain transformers model."""
+"""``opdf merge RUN_DIR``: a run's checkpoint -> a merged, plain model (transformers, or for an
+image run ``model.safetensors`` + ``architecture.json``)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import argparse
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "merge",
-        help="merge a run's checkpoint (MPO/SVD cores) into a plain transformers model",
+        help="merge a run's checkpoint (MPO/SVD cores) into a plain model",
         description=(
             "Contract the over-parameterized cores of a run's checkpoint (best on dev, or the "
             "last one) back into plain weights and save the model with save_pretrained: stock "
-            "transformers loads it without opdf, with the original parameter count. Finished "
-            "runs already hold this in OUTPUT_DIR/student; use this verb on an unfinished or "
-            "interrupted run."
+            "transformers loads it without opdf, with the original parameter count. For an image "
+            "run the folder holds model.safetensors and architecture.json, which "
+            "opdf.models.load_vision_model(folder) rebuilds. Finished runs already hold this in "
+            "OUTPUT_DIR/student; use this verb on an unfinished or interrupted run."
         ),
-        epilog="example:\n  opdf merge runs/kd-opdf --which last -o exported/kd-opdf",
+        epilog="examples:\n  opdf merge runs/kd-opdf --which last -o exported/kd-opdf\n"
+        "  opdf merge runs/fashion-mnist/kd-opdf",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="an opdf run folder (OUTPUT_DIR) or its checkpoints/ folder")

@@ -6,7 +6,8 @@ is the predicted value, shape ``(n,)`` or ``(n, 1)``.
 
 Metric names (the keys) are: ``accuracy``, ``f1`` (binary, positive class 1), ``mcc`` (Matthews
 correlation), ``pearson``, ``spearman``, and ``combined`` (the mean of the two numbers a task
-reports: F1/accuracy for MRPC and QQP, Pearson/Spearman for STS-B, as GLUE does).
+reports: F1/accuracy for MRPC and QQP, Pearson/Spearman for STS-B, as GLUE does), and ``top1`` /
+``top5`` for image classification (:func:`topk_accuracy`, from logits).
 """
 
 from __future__ import annotations
@@ -91,9 +92,27 @@ def pearson_spearman(preds, labels) -> dict[str, float]:
     return {"pearson": pr, "spearman": sr, "combined": (pr + sr) / 2}
 
 
+def topk_accuracy(preds, labels, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy for each ``k`` in ``ks`` (keys ``top1``, ``top5``): the label is among the
+    ``k`` largest logits. Needs ``(n, num_labels)`` scores; ``k`` larger than the number of
+    classes is left out (it would be 1 by construction). Ties are broken by class index."""
+    p, y = _as_numpy(preds), _as_numpy(labels).astype(np.int64)
+    if p.ndim != 2:
+        raise ValueError(f"top-k accuracy needs (n, num_labels) scores, got shape {p.shape}")
+    _check_lengths(p, y)
+    order = np.argsort(-p, axis=1, kind="stable")
+    out = {}
+    for k in ks:
+        if k <= p.shape[1] and (k == 1 or k < p.shape[1]):
+            hit = (order[:, :k] == y[:, None]).any(axis=1)
+            out[f"top{k}"] = float(hit.mean())
+    return out
+
+
 #: metric family name -> (function, main metric key)
 METRICS: dict[str, tuple[MetricFn, str]] = {
     "accuracy": (accuracy, "accuracy"),
+    "topk": (topk_accuracy, "top1"),
     "f1": (f1_accuracy, "f1"),
     "mcc": (matthews, "mcc"),
     "pearson_spearman": (pearson_spearman, "combined"),

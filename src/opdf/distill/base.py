@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -61,6 +62,14 @@ def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
+def model_logits(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Logits of ``model`` on ``batch``: an image batch (``pixel_values``) goes to a plain torch
+    classifier that returns logits; a text batch to a transformers model (``.logits``)."""
+    if "pixel_values" in batch:
+        return model(batch["pixel_values"])
+    return model(**model_inputs(batch)).logits
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
     """Cross-entropy, or MSE for regression (``num_labels == 1``)."""
     if num_labels == 1:
@@ -72,11 +81,16 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> to
 class TrainContext:
     """What the runner shares with a method in :meth:`Distiller.on_train_start`."""
 
-    dataset: Any  # opdf.data.TextDataset
+    dataset: Any  # opdf.data.TextDataset or opdf.data.ImageDataset
     batches: Callable[[str, int, int], Iterable[dict]]  # (split, batch_size, seed) -> batches
     total_steps: int
     device: torch.device
     config: Any = None  # opdf.run.config.RunConfig
+    steps_per_epoch: int = 1  # optimizer steps per pass over the training split
+    train_view: Any = None  # the training split as the trainer batches it (opdf.data.views)
+    eval_batch_size: int = 128
+    cache_dir: Path | None = None  # where a method may keep reusable files (the opdf cache)
+    progress: bool | None = None  # tqdm bars: None = auto, False = off
 
 
 class Distiller(nn.Module):
@@ -104,6 +118,8 @@ class Distiller(nn.Module):
     #: False when a step may leave trainable parameters out of its graph (Theseus): under DDP
     #: the runner then asks it to find them every step (``find_unused_parameters``)
     every_parameter_used: ClassVar[bool] = True
+    #: the kinds of data the method works on ("text": transformers batches, "image": pixel_values)
+    data_kinds: ClassVar[tuple[str, ...]] = ("text",)
     #: set by ``forward_train`` when its loss has no trainable path by design (Theseus drawing the
     #: predecessor for every module): the trainer then does not count the step as training nothing
     no_gradient_expected: bool = False
@@ -141,11 +157,11 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def forward_eval(self, batch: dict) -> torch.Tensor:
         """Logits of the deployed student (evaluation and export use the student alone)."""
-        return self.student(**model_inputs(batch)).logits
+        return model_logits(self.student, batch)
 
     @torch.no_grad()
     def teacher_logits(self, batch: dict) -> torch.Tensor:
-        return self.teacher(**model_inputs(batch)).logits
+        return model_logits(self.teacher, batch)
 
     def train(self, mode: bool = True):
         super().train(mode)

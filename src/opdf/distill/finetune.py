@@ -3,7 +3,7 @@ since it distils nothing; the runner uses it through the same :class:`Trainer` a
 
 from __future__ import annotations
 
-from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.distill.base import Distiller, model_logits, task_loss
 
 
 class FineTune(Distiller):
@@ -11,7 +11,8 @@ class FineTune(Distiller):
 
     needs_teacher = False
     name = "finetune"
+    data_kinds = ("text", "image")
 
     def forward_train(self, batch):
-        logits = self.student(**model_inputs(batch)).logits
+        logits = model_logits(self.student, batch)
         return logits, {"ce": task_loss(logits, batch["labels"], self.num_labels)}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.distill.base import Distiller, model_logits, task_loss
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError
 
@@ -32,6 +32,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 @register_method("kd")
 class KD(Distiller):
     """Hinton KD: (1-alpha)*CE + alpha*T^2*KL(teacher || student), frozen teacher."""
+
+    data_kinds = ("text", "image")
 
     @dataclass
     class Options:
@@ -57,7 +59,7 @@ class KD(Distiller):
             return 1.0 - self.alpha, self.alpha
 
     def forward_train(self, batch):
-        logits = self.student(**model_inputs(batch)).logits
+        logits = model_logits(self.student, batch)
         with torch.no_grad():
             t_logits = self.teacher_logits(batch)
         ce_w, kd_w = self.options.weights()

@@ -1,7 +1,10 @@
-"""Pretrained text encoders, offline: built-in names, local folders, students from teachers.
+"""Models, offline: pretrained text encoders (built-in names, local folders, students from
+teachers) and plain-torch image classifiers (:mod:`opdf.models.vision`).
 
 >>> model, tokenizer = load_model("minilm-l6", num_labels=2)      # doctest: +SKIP
 >>> student = student_from_teacher(model)  # 6 -> 3 layers          # doctest: +SKIP
+>>> resnet = build_vision_model("resnet8", num_classes=10, in_channels=1, image_size=28)
+>>> vit = load_vision_model("runs/fm-tinyvit-opdf/student")        # doctest: +SKIP
 """
 
 from opdf.models.builtin import BUILTINS, builtin_names, prepare_builtin
@@ -13,9 +16,23 @@ from opdf.models.student import (
     set_dropout,
     student_from_teacher,
 )
+from opdf.models.vision import (
+    VISION_MODELS,
+    build_vision_model,
+    is_vision_model,
+    load_vision_model,
+    save_vision_model,
+    vision_model_names,
+)
 
 __all__ = [
     "BUILTINS",
+    "VISION_MODELS",
+    "build_vision_model",
+    "is_vision_model",
+    "load_vision_model",
+    "save_vision_model",
+    "vision_model_names",
     "base_model",
     "builtin_names",
     "cache_dir",

@@ -73,6 +73,7 @@ def row(summary: dict, path: Path | None = None) -> dict:
         "seed": summary.get("seed"),
         "dev": (summary.get("dev") or {}).get(main),
         "test": (summary.get("test") or {}).get(main),
+        "test_top5": (summary.get("test") or {}).get("top5"),
         "metric": main,
         "train_params": summary.get("train_params"),
         "inference_params": summary.get("inference_params"),
@@ -102,7 +103,7 @@ def load_rows(paths: Iterable[str | Path]) -> list[dict]:
 def _fmt(key: str, value) -> str:
     if value is None:
         return "-"
-    if key in ("dev", "test"):
+    if key in ("dev", "test", "test_top5"):
         return f"{100 * value:.2f}"
     if key in ("train_params", "inference_params"):
         return f"{value / 1e6:.2f}M"
@@ -123,7 +124,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
     out = []
     for (_method, _var), rs in groups.items():
         agg = dict(rs[0], run=f"{len(rs)} run(s)", seed=",".join(str(r["seed"]) for r in rs))
-        for k in ("dev", "test", "seconds_per_step", "wall_time"):
+        for k in ("dev", "test", "test_top5", "seconds_per_step", "wall_time"):
             vals = [r[k] for r in rs if r[k] is not None]
             agg[k] = float(np.mean(vals)) if vals else None
             if k == "test" and len(vals) > 1:
@@ -133,9 +134,13 @@ def group_rows(rows: list[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict], fmt: str = "markdown") -> str:
-    """A markdown (default) or CSV table; dev/test in percent of the main metric."""
-    keys = [k for k, _ in COLUMNS]
-    heads = [h for _, h in COLUMNS]
+    """A markdown (default) or CSV table; dev/test in percent of the main metric (plus test top-5
+    accuracy when the runs report it: image classification)."""
+    columns = list(COLUMNS)
+    if any(r.get("test_top5") is not None for r in rows):
+        columns.insert([k for k, _ in columns].index("test") + 1, ("test_top5", "test top5"))
+    keys = [k for k, _ in columns]
+    heads = [h for _, h in columns]
     metric = {r.get("metric") for r in rows}
     if len(metric) == 1:
         m = metric.pop()

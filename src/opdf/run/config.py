@@ -123,6 +123,7 @@ class AlignConfig:
     weight: float = positive(0.0, allow_zero=True)
     cores: str | list[int] = "auxiliary"
     layer_map: dict[int, int] | None = None
+    allow_partial: bool = False  # align only the same-shaped cores instead of failing
 
 
 @dataclass
@@ -442,11 +443,30 @@ def check(cfg: RunConfig) -> None:
         validate(cfg)
 
 
+def data_kind(cfg: RunConfig) -> str:
+    """``"image"`` for an image dataset (:mod:`opdf.data.vision`), else ``"text"``."""
+    from opdf.data.vision import is_vision_dataset
+
+    return "image" if is_vision_dataset(cfg.data.name) else "text"
+
+
 def _check_sources(cfg: RunConfig) -> None:
     """Unknown dataset names, missing data files and unknown models fail here, before any work."""
     from opdf.data import BUILTIN_DATASETS, dataset_names
+    from opdf.distill import get_method, methods
     from opdf.models import builtin_names
+    from opdf.models.vision import is_vision_model
 
+    kind = data_kind(cfg)
+    if kind not in get_method(cfg.method).data_kinds:
+        fits = ", ".join(n for n, c in methods().items() if kind in c.data_kinds)
+        raise ConfigError(
+            f"method {cfg.method!r} does not work on {kind} data ({cfg.data.name}); methods for "
+            f"{kind} data: {fits}"
+        )
+    if kind == "image":
+        _check_image_sources(cfg)
+        return
     name = cfg.data.name
     builtin = name.strip().lower() in BUILTIN_DATASETS or name.lower().startswith("glue")
     if not builtin and not Path(name).expanduser().exists():
@@ -459,6 +479,11 @@ def _check_sources(cfg: RunConfig) -> None:
     for key, model in (("teacher.model", cfg.teacher.model), ("student.model", cfg.student.model)):
         if model is None or model in builtin_names():
             continue
+        if is_vision_model(model):
+            raise ConfigError(
+                f"config key {key!r}: {model!r} is an image classifier, but data.name "
+                f"{cfg.data.name!r} is text; use an image dataset or a text model"
+            )
         if not Path(model).expanduser().is_dir():
             raise ConfigError(
                 f"config key {key!r}: {model!r} is neither a built-in model "
@@ -472,6 +497,38 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
         str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p
     )
     return text or " ".join(str(e).split())
+
+
+def _check_image_sources(cfg: RunConfig) -> None:
+    """Image data: both models are vision models (a built-in name or a folder with an
+    ``architecture.json``), the student is named, and a built-in teacher gets trained."""
+    from opdf.data.vision import VISION_OPTIONS
+    from opdf.models.vision import is_vision_model, vision_model_names
+
+    unknown = sorted(set(cfg.data.options) - set(VISION_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"config key 'data.options': unknown option(s) {', '.join(unknown)} for image data "
+            f"{cfg.data.name!r}; valid options: {', '.join(VISION_OPTIONS)}"
+        )
+    names = ", ".join(vision_model_names())
+    if cfg.student.layers is not None or cfg.student.model is None:
+        raise ConfigError(
+            "image data: set student.model to a vision model (one of "
+            f"{names}, or a folder saved by opdf); student.layers applies to text encoders"
+        )
+    for key, model in (("teacher.model", cfg.teacher.model), ("student.model", cfg.student.model)):
+        if not is_vision_model(model):
+            raise ConfigError(
+                f"config key {key!r}: {model!r} is not a vision model for image data "
+                f"{cfg.data.name!r}; valid names: {names}, or a folder with an architecture.json"
+            )
+    if cfg.teacher.finetune is None and not Path(cfg.teacher.model).expanduser().is_dir():
+        raise ConfigError(
+            f"teacher.model {cfg.teacher.model!r} is an architecture without trained weights: "
+            "keep teacher.finetune (it trains the teacher from scratch, cached) or give a folder "
+            "of a trained model"
+        )
 
 
 def load_config(path: str | Path, overrides=()) -> RunConfig:

@@ -9,12 +9,18 @@ Output folder of a run::
                                 before, --resume's fallback), best.pt (best on dev),
                                 manifest.json (their checksums; see opdf.run.checkpoint)
     OUTPUT_DIR/.opdf.lock       held while the run lives (opdf.run.lock)
-    OUTPUT_DIR/student/         the merged student (save_pretrained) and its tokenizer
+    OUTPUT_DIR/student/         the merged student (save_pretrained) and its tokenizer; for
+                                image data model.safetensors + architecture.json
+                                (opdf.models.load_vision_model)
     OUTPUT_DIR/summary.json     what `opdf report` reads
 
 Under ``torchrun`` (:mod:`opdf.run.distributed`) every process builds the same run; rank 0 alone
 prepares and writes the output folder, and the teacher is fine-tuned (when not cached) by all of
 them together.
+
+Text runs use transformers models and their tokenizer; image runs (``data.name`` an image dataset,
+:mod:`opdf.data.vision`) use the plain-torch classifiers of :mod:`opdf.models.vision`, trained in
+channels_last memory format, and no tokenizer (``None`` wherever a tokenizer is passed).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from opdf.distill.finetune import FineTune  # also importable from here, as befo
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import checkpoint as ckpt
 from opdf.run import distributed
-from opdf.run.config import FinetuneConfig, RunConfig, dump_config
+from opdf.run.config import FinetuneConfig, RunConfig, data_kind, dump_config
 from opdf.run.distributed import SINGLE, DistEnv
 from opdf.run.lock import LOCK_FILE, RunLock
 from opdf.run.trainer import Trainer, TrainSettings, resolve_device
@@ -50,21 +56,47 @@ FINETUNE_MARK = "opdf-finetune.json"
 def load_data(cfg: RunConfig, *, teacher: bool = False):
     """The run's dataset; ``teacher=True``: the teacher's (full train unless
     ``teacher.finetune.max_train_samples``, full dev and test)."""
-    from opdf.data import load_text_dataset
+    from opdf.data import load_text_dataset, load_vision_dataset
 
     d = cfg.data
+    load = load_vision_dataset if is_image(cfg) else load_text_dataset
     if teacher:
-        return load_text_dataset(
+        return load(
             d.name, max_train_samples=cfg.teacher.finetune.max_train_samples, seed=d.seed,
             **d.options,
         )  # fmt: skip
-    return load_text_dataset(
+    return load(
         d.name,
         max_train_samples=d.max_train_samples,
         max_eval_samples=d.max_eval_samples,
         seed=d.seed,
         **d.options,
     )
+
+
+def is_image(cfg: RunConfig) -> bool:
+    return data_kind(cfg) == "image"
+
+
+def vision_model(name_or_path: str, dataset, *, seed: int | None = None):
+    """A built-in vision architecture (fresh, ``seed``-initialized) or a saved vision model folder,
+    for ``dataset``'s classes, channels and image size; train mode, channels_last."""
+    from opdf.models.vision import build_vision_model, load_vision_model, read_architecture
+
+    if Path(name_or_path).expanduser().is_dir():
+        spec = read_architecture(name_or_path)
+        want = (dataset.num_labels, dataset.channels, dataset.image_size)
+        have = (spec["num_classes"], spec["in_channels"], spec["image_size"])
+        if have != want:
+            raise OpdfError(
+                f"{name_or_path} is a model for {have[0]} classes, {have[1]} channels, "
+                f"{have[2]}px images; {dataset.name} has {want[0]}, {want[1]}, {want[2]}px"
+            )
+        model = load_vision_model(name_or_path)
+    else:
+        model = build_vision_model(name_or_path, dataset.num_labels, dataset.channels,
+                                   dataset.image_size, seed=seed)  # fmt: skip
+    return model.to(memory_format=torch.channels_last).train()
 
 
 def _subsample_note(cfg: RunConfig, dataset) -> str | None:
@@ -103,7 +135,22 @@ def teacher_key(cfg: RunConfig) -> str:
     local_data = Path(d.name).expanduser()
     if d.name not in BUILTIN_DATASETS and local_data.exists():
         spec["data_files"] = fingerprint(local_data)
+    image_folder = _image_data_folder(cfg)
+    if image_folder is not None:
+        spec["data_files"] = fingerprint(image_folder)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _image_data_folder(cfg: RunConfig) -> Path | None:
+    """The folder an image dataset is read from when the user names one (``data.options.path`` or
+    ``cifar10:<folder>``): its files are part of the teacher's cache key, like a text data file."""
+    if not is_image(cfg):
+        return None
+    _, _, inline = cfg.data.name.partition(":")
+    folder = inline or cfg.data.options.get("path")
+    if not folder or not Path(folder).expanduser().exists():
+        return None
+    return Path(folder).expanduser()
 
 
 FINGERPRINT_FULL_BYTES = 64 << 20  # files up to this size are hashed; larger: size + mtime
@@ -168,6 +215,8 @@ def finetune_teacher(
     from opdf.models.cache import atomic_dir
 
     if cfg.teacher.finetune is None:
+        if is_image(cfg):  # a trained vision model folder (checked by the config)
+            return Path(cfg.teacher.model).expanduser()
         return resolve_model_dir(cfg.teacher.model)
     final = teacher_cache_dir(cfg)
     cached = distributed.all_gather_object((final / FINETUNE_MARK).is_file() and not force, dist)
@@ -186,13 +235,17 @@ def finetune_teacher(
         torch.set_num_threads(cfg.threads)
     dataset = load_data(cfg, teacher=True)
     ckpt.seed_everything(ft.seed)
-    model, tokenizer = load_model(cfg.teacher.model, dataset.num_labels, seed=ft.seed)
+    if is_image(cfg):
+        model, tokenizer = vision_model(cfg.teacher.model, dataset, seed=ft.seed), None
+    else:
+        model, tokenizer = load_model(cfg.teacher.model, dataset.num_labels, seed=ft.seed)
     distiller = FineTune(model, None, num_labels=dataset.num_labels)
     settings = TrainSettings(
         seed=ft.seed, epochs=ft.epochs, max_steps=ft.max_steps, batch_size=ft.batch_size,
         eval_batch_size=cfg.eval_batch_size, max_length=cfg.data.max_length, lr=ft.lr,
         weight_decay=ft.weight_decay, warmup_ratio=ft.warmup_ratio,
         max_grad_norm=ft.max_grad_norm, eval_every=ft.eval_every, log_every=cfg.log_every,
+        channels_last=is_image(cfg),
     )  # fmt: skip
     info = {"method": "finetune", "model": cfg.teacher.model, "overparam": "none",
             "unit_modes": 0, "align": None, "seed": ft.seed, "cache_key": teacher_key(cfg),
@@ -359,12 +412,17 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
         )
     dataset = load_data(cfg)
     teacher_dir = finetune_teacher(cfg, progress=progress, dist=dist, device=device)
-    teacher, tokenizer = load_model(teacher_dir, dataset.num_labels, seed=cfg.seed)
-    ckpt.seed_everything(cfg.seed)
-    if cfg.student.model is not None:
-        student, _ = load_model(cfg.student.model, dataset.num_labels, seed=cfg.seed)
+    if is_image(cfg):
+        teacher, tokenizer = vision_model(str(teacher_dir), dataset), None
+        ckpt.seed_everything(cfg.seed)
+        student = vision_model(cfg.student.model, dataset, seed=cfg.seed)
     else:
-        student = method.build_student(teacher, cfg.student.layers)
+        teacher, tokenizer = load_model(teacher_dir, dataset.num_labels, seed=cfg.seed)
+        ckpt.seed_everything(cfg.seed)
+        if cfg.student.model is not None:
+            student, _ = load_model(cfg.student.model, dataset.num_labels, seed=cfg.seed)
+        else:
+            student = method.build_student(teacher, cfg.student.layers)
     if cfg.student.dropout is not None:
         set_dropout(student, cfg.student.dropout)
     student.train()
@@ -377,7 +435,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
         # with the student's modes, into frozen buffers inside the loss
         align = AlignmentLoss(
             student, distiller.teacher, layer_map=cfg.align.layer_map, cores=cfg.align.cores,
-            weight=cfg.align.weight,
+            weight=cfg.align.weight, allow_partial=cfg.align.allow_partial,
         )  # fmt: skip
     info = {
         "method": cfg.method,
@@ -386,11 +444,13 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
         "lr_scaling": cfg.lr_scaling,
         "align": dataclasses.asdict(cfg.align) if align is not None else None,
         "align_pairs": len(align.pairs) if align is not None else 0,
+        "align_skipped": len(align.skipped) if align is not None else 0,
         "seed": cfg.seed,
         "data": cfg.data.name,
         "teacher": str(teacher_dir),
         "teacher_test": (teacher_summary(cfg) or {}).get("test"),
-        "student_layers": getattr(student.config, "opdf_teacher_layers", None),
+        "student_model": cfg.student.model,
+        "student_layers": getattr(getattr(student, "config", None), "opdf_teacher_layers", None),
         "method_options": dataclasses.asdict(cfg.method_options),
         "config_hash": cfg.hash(),
         "subsample": _subsample_note(cfg, dataset),
@@ -398,12 +458,20 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
     return distiller, dataset, tokenizer, align, info
 
 
-def save_architecture(student, tokenizer, folder: Path) -> None:
-    """The student's transformers config and tokenizer, so that ``opdf merge`` can rebuild the
-    model from a checkpoint without the teacher or the data."""
+def save_architecture(student, tokenizer, folder: Path, dataset=None) -> None:
+    """The student's transformers config and tokenizer (for a vision student its
+    ``architecture.json``), so that ``opdf merge`` can rebuild the model from a checkpoint without
+    the teacher or the data."""
     from opdf.models.quiet import quiet_transformers
 
     folder.mkdir(parents=True, exist_ok=True)
+    if getattr(student, "vision_spec", None) is not None:
+        from opdf.models.vision import save_vision_architecture
+
+        extra = {} if dataset is None else {"input": dataset.input_spec(),
+                                             "label_names": dataset.label_names}  # fmt: skip
+        save_vision_architecture(student, folder, **extra)
+        return
     with quiet_transformers():
         student.config.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
@@ -411,13 +479,14 @@ def save_architecture(student, tokenizer, folder: Path) -> None:
 
 def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
                      which: str = "best", overwrite: bool = False) -> Path:  # fmt: skip
-    """A run folder's checkpoint (``best`` or ``last``) -> a merged, plain transformers model
-    saved with ``save_pretrained`` (default: ``RUN_DIR/merged-<which>``)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
+    """A run folder's checkpoint (``best`` or ``last``) -> a merged, plain model (default:
+    ``RUN_DIR/merged-<which>``): a transformers model saved with ``save_pretrained``, or for an
+    image run ``model.safetensors`` + ``architecture.json`` (:func:`opdf.models.load_vision_model`).
+    """
     from opdf import merge, overparameterize
     from opdf.models.hf import SAFE
     from opdf.models.quiet import quiet_transformers
+    from opdf.models.vision import ARCHITECTURE_FILE
 
     run_dir = Path(run_dir)
     if run_dir.name == "checkpoints":
@@ -430,7 +499,8 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     state_file = run_dir / "checkpoints" / files[which]
     if which == "last" and not state_file.exists():
         state_file = state_file.with_name(ckpt.PREVIOUS)  # killed while rotating the two
-    for need in (cfg_file, arch / "config.json", state_file):
+    image = (arch / ARCHITECTURE_FILE).is_file()
+    for need in (cfg_file, arch / (ARCHITECTURE_FILE if image else "config.json"), state_file):
         if not need.exists():
             raise OpdfError(
                 f"{run_dir} is not an opdf run folder with a {which} checkpoint: {need} is missing"
@@ -440,16 +510,20 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     out = Path(out_dir) if out_dir is not None else run_dir / f"merged-{which}"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OpdfError(f"{out} exists and is not empty; pass --overwrite or another --output")
+    if which == "last":  # the newest intact one: last.pt, else previous.pt (with a warning)
+        state = ckpt.read_latest(state_file.parent)[1].modules["student"]
+    else:
+        state = ckpt.read_modules(state_file)["student"]
+    if image:
+        return _merge_vision(arch, state, scheme, unit_modes, out)
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
     with quiet_transformers():
         config = AutoConfig.from_pretrained(str(arch), **SAFE)
         model = AutoModelForSequenceClassification.from_config(config)
         tokenizer = AutoTokenizer.from_pretrained(str(arch), **SAFE)
     if scheme != "none":
         overparameterize(model, scheme=scheme, unit_modes=unit_modes)
-    if which == "last":  # the newest intact one: last.pt, else previous.pt (with a warning)
-        state = ckpt.read_latest(state_file.parent)[1].modules["student"]
-    else:
-        state = ckpt.read_modules(state_file)["student"]
     model.load_state_dict(state)
     merge(model)
     out.mkdir(parents=True, exist_ok=True)
@@ -459,10 +533,24 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     return out
 
 
+def _merge_vision(arch: Path, state: dict, scheme: str, unit_modes: int, out: Path) -> Path:
+    from opdf import merge, overparameterize
+    from opdf.models.vision import load_vision_model, save_vision_model
+
+    model = load_vision_model(arch, weights=False)  # its architecture.json, input spec included
+    if scheme != "none":
+        overparameterize(model, scheme=scheme, unit_modes=unit_modes)
+    model.load_state_dict(state)
+    merge(model)
+    save_vision_model(model, out)
+    return out
+
+
 def settings_from(cfg: RunConfig) -> TrainSettings:
     names = {f.name for f in dataclasses.fields(TrainSettings)}
     values = {k: getattr(cfg, k) for k in names if hasattr(cfg, k)}
     values["max_length"] = cfg.data.max_length
+    values["channels_last"] = is_image(cfg)
     return TrainSettings(**values)
 
 
@@ -517,7 +605,8 @@ def _run_locked(cfg: RunConfig, out: Path, env: DistEnv, device: torch.device, *
     distiller, dataset, tokenizer, align, info = build(cfg, progress=progress, dist=env,
                                                        device=device)  # fmt: skip
     if env.is_main:
-        save_architecture(distiller.export_student(), tokenizer, out / "checkpoints" / ARCH_DIR)
+        save_architecture(distiller.export_student(), tokenizer, out / "checkpoints" / ARCH_DIR,
+                          dataset)  # fmt: skip
     trainer = Trainer(
         distiller, dataset, tokenizer, settings_from(cfg), out, align=align,
         device=device, run_info=info, progress=progress, dist=env,

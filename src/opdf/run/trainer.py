@@ -1,9 +1,10 @@
 """The training loop shared by every method (and by teacher fine-tuning).
 
-:class:`Trainer` takes a :class:`opdf.distill.Distiller`, a text dataset and a tokenizer, and owns:
-deterministic batching (one seeded permutation per epoch, so a resumed run sees the same batches),
-the optimizers the method configures (AdamW, fused where the parameters allow, with a linear
-warmup/decay schedule), gradient accumulation (one MPO contraction per optimizer step through
+:class:`Trainer` takes a :class:`opdf.distill.Distiller`, a dataset (text, with the model's
+tokenizer, or images) and owns: deterministic batching (one seeded permutation per epoch, so a
+resumed run sees the same batches; image batches are augmented per image from the seed and the
+epoch), the optimizers the method configures (AdamW, fused where the parameters allow, with a
+linear warmup/decay schedule), gradient accumulation (one MPO contraction per optimizer step through
 :func:`opdf.accumulate`), the alignment loss when on, clipping, tqdm progress, ``metrics.jsonl``,
 best-on-dev selection, atomic periodic checkpoints and exact resume, and at the end the merge of
 the best student, its evaluation on dev and test, ``student/`` and ``summary.json``.
@@ -15,7 +16,7 @@ collected in :meth:`~Trainer.checkpoint_state`, in the layout of :mod:`opdf.run.
 :meth:`~Trainer.finish`.
 
 Data parallel (``torchrun``, :mod:`opdf.run.distributed`): ``batch_size`` stays the global batch
-of an optimizer step; each rank collates its contiguous shard of it, runs its
+of an optimizer step; each rank builds its contiguous shard of it, runs its
 ``grad_accum`` micro-batches (all but the last under DDP's ``no_sync``, the last carrying the
 one contraction's gradient, :meth:`opdf.overparam.Accumulation.carry`), and DDP all-reduces the
 cores' gradients once. Every rank evaluates a shard of dev/test and the logits are gathered, so
@@ -71,6 +72,7 @@ class TrainSettings:
     # a step whose loss or gradient is NaN/inf: "stop" the run (DivergedError) or "skip" it
     on_nonfinite: str = "stop"
     precision: str = "fp32"  # or "bf16": forwards under torch.autocast
+    channels_last: bool = False  # image batches in channels_last memory format
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,11 +85,12 @@ def resolve_device(name: str) -> torch.device:
 
 class Batches:
     """Deterministic training batches: epoch ``e`` uses ``randperm(n, seed + e)``; batch ``b`` of
-    an epoch is slice ``b`` of that permutation (the last one may be short)."""
+    an epoch is slice ``b`` of that permutation (the last one may be short). ``view`` turns
+    indices into a batch (:mod:`opdf.data.views`; image views augment by epoch)."""
 
-    def __init__(self, data, collate, batch_size: int, seed: int):
-        self.data, self.collate, self.batch_size, self.seed = data, collate, batch_size, seed
-        self.n = len(data)
+    def __init__(self, view, batch_size: int, seed: int):
+        self.view, self.batch_size, self.seed = view, batch_size, seed
+        self.n = len(view)
         self.per_epoch = max(1, math.ceil(self.n / batch_size))
         self._epoch, self._perm = None, None
 
@@ -99,7 +102,7 @@ class Batches:
         return self._perm[b * self.batch_size : (b + 1) * self.batch_size]
 
     def batch(self, step: int) -> dict:
-        return self.collate([self.data[i] for i in self.indices(step)])
+        return self.view.batch(self.indices(step), epoch=step // self.per_epoch)
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -226,7 +229,7 @@ class Trainer:
         resumable: bool = True,
         dist: DistEnv = SINGLE,
     ):
-        from opdf.data import PaddingCollator, TokenizedSplit
+        from opdf.data.views import split_views
 
         self.distiller = distiller
         self.dataset = dataset
@@ -250,15 +253,12 @@ class Trainer:
                 f"be a multiple of {settings.grad_accum * dist.world_size}"
             )
         self._resuming = False  # set by _start: the optimizers are about to load a saved state
-        reg = dataset.is_regression
-        self.data = {
-            name: TokenizedSplit(split, tokenizer, settings.max_length, reg)
-            for name, split in dataset.splits.items()
-        }
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.collate = PaddingCollator(pad, reg)
+        self.data = split_views(
+            dataset, tokenizer, max_length=settings.max_length, seed=settings.seed,
+            channels_last=settings.channels_last,
+        )  # fmt: skip
         self.micro = settings.batch_size // (settings.grad_accum * dist.world_size)  # per rank
-        self.batches = Batches(self.data["train"], self.collate, settings.batch_size, settings.seed)
+        self.batches = Batches(self.data["train"], settings.batch_size, settings.seed)
         steps = settings.max_steps or math.ceil(settings.epochs * self.batches.per_epoch)
         self.total_steps = max(1, steps)
         self.eval_every = settings.eval_every or self.batches.per_epoch
@@ -293,13 +293,13 @@ class Trainer:
         ckpt.atomic_write_text(self.metrics_path, "".join(k + "\n" for k in keep))
 
     def _eval_batches(self, split: str):
-        data = self.data[split]
-        order = sorted(range(len(data)), key=lambda i: (data.lengths[i], i))  # less padding
+        view = self.data[split]
+        order = view.eval_order()  # text: by length, less padding
         order = order[self.dist.rank :: self.dist.world_size]  # this rank's share
         bs = self.s.eval_batch_size
         for s in range(0, len(order), bs):
             idx = order[s : s + bs]
-            yield idx, self.collate([data[i] for i in idx])
+            yield idx, view.batch(idx)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -333,8 +333,7 @@ class Trainer:
 
     def batches_for(self, split: str, batch_size: int, seed: int):
         """Shuffled batches of any split, for methods that need them (e.g. LGTM's quiz set)."""
-        data = self.data[split]
-        b = Batches(data, self.collate, batch_size, seed)
+        b = Batches(self.data[split], batch_size, seed)
         step = 0
         while True:
             yield _to(b.batch(step), self.device)
@@ -479,8 +478,13 @@ class Trainer:
         elif env.rank > 0:
             ckpt.seed_everything(self.s.seed + env.rank)  # dropout masks of its own
         state.t0 = time.perf_counter()
-        ctx = TrainContext(self.dataset, self.batches_for, self.total_steps, self.device,
-                           self.config)  # fmt: skip
+        from opdf.models.cache import cache_dir
+
+        ctx = TrainContext(
+            self.dataset, self.batches_for, self.total_steps, self.device, self.config,
+            steps_per_epoch=self.batches.per_epoch, train_view=self.data["train"],
+            eval_batch_size=self.s.eval_batch_size, cache_dir=cache_dir(), progress=self.progress,
+        )  # fmt: skip
         d.on_train_start(ctx)
         d.train()
         teacher = ("distiller.teacher.",) if d.teacher is not None and d.teacher_frozen else ()
@@ -610,8 +614,8 @@ class Trainer:
         weight = 1.0
         if not mine:
             mine, weight = indices[:1], 0.0
-        data = self.batches.data
-        return self.collate([data[i] for i in mine]), len(indices), weight
+        epoch = step // self.batches.per_epoch  # image views augment by (seed, epoch, image)
+        return self.batches.view.batch(mine, epoch=epoch), len(indices), weight
 
     def forward_backward(
         self, batch: dict, global_size: int | None = None, weight: float = 1.0
@@ -760,6 +764,12 @@ class Trainer:
         from opdf.models.quiet import quiet_transformers
 
         out_model = self.out / "student"
+        if getattr(self.dataset, "kind", "text") == "image":
+            from opdf.models.vision import save_vision_model
+
+            save_vision_model(student, out_model, input=self.dataset.input_spec(),
+                              label_names=self.dataset.label_names)  # fmt: skip
+            return
         with quiet_transformers():
             student.save_pretrained(str(out_model))
             self.tokenizer.save_pretrained(str(out_model))
