@@ -1,0 +1,245 @@
+"""AD-KD: attribution-driven KD (Wu, Chen, Quan, Wang, Wang, ACL 2023, arXiv 2305.10010).
+
+Besides the logits, the student learns *which tokens* the teacher's decision rests on. Attributions
+are integrated gradients at the embedding-layer output ``e`` (word + position + type embeddings
+after LayerNorm; baseline 0), an ``m``-step Riemann sum:
+
+    IG(e) = e * (1/m) sum_{k=1..m} dF(k/m e) / d(k/m e)
+
+with ``m = ig_steps`` (default 1, the released scripts' setting: gradient x input). As in the
+official code the whole embedding output is scaled by ``k/m`` (a forward hook), and ``F`` is the
+task loss with the gold labels (CE, or MSE for regression). Per token ``i``:
+
+* teacher: ``a_t[i] = || top-K_d |IG_t[i, :]| ||_2`` over its ``topk`` largest dimensions
+  (``topk: null`` = all, the code's 768 for BERT-base), computed without a graph, teacher in eval;
+* student: ``a_s[i] = || IG_s[i, :] ||_2`` over all dimensions, computed with
+  ``create_graph=True`` so that the loss backpropagates through the gradient (double backprop);
+* both maps L2-normalised over the sequence (padding gets zero gradient, so zero score).
+
+``L_attr = sum_views sum_{b,i} (a_t - a_s)^2 / #{a_t != 0}``. With more than 2 classes (or
+``multi_view: true``) there is one view per class ``c`` with ``F_c = -mean_b log p_c`` (the code's
+``saliency_mse_for_multiclass``), and the per-view losses are summed; with 2 classes both views
+give the same normalised map, so one view with the task loss is used. The total loss is
+
+    L = alpha * L_kd + (1 - alpha) * CE(y, s) + beta * L_attr,
+    L_kd = -sum_c softmax(t / T)_c log softmax(s / T)_c   (no T^2; MSE(s/T, t/T) for regression)
+
+with the code's defaults ``alpha = 0.8``, ``T = 2``, ``beta = 1`` (its SST-2 script). ``anneal:
+true`` is ``kd_anneal``: ``T_e = T + (1 - T) e / (E - 1)`` over the run's epochs ``e = 0..E-1``.
+
+Teacher and student must have the same hidden size (maps are compared token by token; both see
+the run's one tokenization). Cost per step: a teacher forward and backward to ``e``, a student
+forward, its gradient with a graph, and the backward through both (about 3x a KD step), times
+``m`` for ``m > 1``: the ``k = m`` forward (``alpha = 1``) also gives the logits of the KD and CE
+terms (the official code runs one more forward for those).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from opdf.distill.base import Distiller, model_inputs, register_method, task_loss
+from opdf.errors import ConfigError
+
+
+def embedding_module(model: nn.Module) -> nn.Module:
+    """The embeddings module of a transformers encoder (``model.bert.embeddings``, ...)."""
+    from opdf.models import base_model
+
+    emb = getattr(base_model(model), "embeddings", None)
+    if not isinstance(emb, nn.Module):
+        raise ConfigError(
+            f"adkd needs an encoder with an `embeddings` module; {type(model).__name__} has none"
+        )
+    return emb
+
+
+class EmbeddingTap:
+    """Forward hook on an embeddings module: scales its output by ``alpha`` (the IG path) and
+    records it (``output``: what the encoder layers see; ``raw``: before scaling). An output that
+    needs no gradient (a frozen teacher) is made a leaf that does, so attributions can be taken."""
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+        self.output: torch.Tensor | None = None
+        self.raw: torch.Tensor | None = None
+
+    def __call__(self, module, args, output):
+        self.raw = output
+        out = output * self.alpha if self.alpha != 1.0 else output
+        if not out.requires_grad:
+            out = out.detach().requires_grad_(True)
+        self.output = out
+        return out
+
+
+@contextlib.contextmanager
+def tapped(model: nn.Module, alpha: float = 1.0):
+    """Run ``model`` with an :class:`EmbeddingTap` on its embeddings (removed on exit)."""
+    tap = EmbeddingTap(alpha)
+    handle = embedding_module(model).register_forward_hook(tap)
+    try:
+        yield tap
+    finally:
+        handle.remove()
+
+
+def _twice_differentiable(needed: bool):
+    """Scaled-dot-product attention on its composite ("math") kernel: the fused CPU/GPU kernels
+    have no derivative of their backward, which the student's double backprop needs."""
+    if not needed:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def attribution_map(ig: torch.Tensor, topk: int | None = None) -> torch.Tensor:
+    """Per-token scores ``|| top-k |IG[b, i, :]| ||_2``, L2-normalised over the sequence."""
+    if topk is not None and topk < ig.shape[-1]:
+        score = ig.abs().topk(topk, dim=-1).values.norm(dim=-1)
+    else:
+        score = ig.norm(dim=-1)
+    return F.normalize(score, p=2, dim=1)
+
+
+def attribution_loss(teacher_map: torch.Tensor, student_map: torch.Tensor) -> torch.Tensor:
+    """``sum (a_t - a_s)^2 / #{a_t != 0}`` (the code's ``L2`` loss)."""
+    nonzero = (teacher_map != 0).sum().clamp_min(1)
+    return F.mse_loss(student_map, teacher_map, reduction="sum") / nonzero
+
+
+@register_method("adkd")
+class ADKD(Distiller):
+    """AD-KD: alpha*KD + (1-alpha)*CE + beta*MSE of integrated-gradient token attributions."""
+
+    @dataclass
+    class Options:
+        alpha: float = 0.8
+        temperature: float = 2.0
+        beta: float = 1.0  # the code's saliency_w
+        topk: int | None = None  # teacher dimensions per token; null: all
+        ig_steps: int = 1
+        multi_view: bool | None = None  # null: one view per class when there are > 2 classes
+        anneal: bool = False  # kd_anneal: the temperature falls linearly to 1 over the epochs
+
+        def validate(self, cfg=None) -> None:
+            if self.temperature <= 0:
+                raise ConfigError(f"adkd.temperature must be > 0, got {self.temperature}")
+            if not 0 <= self.alpha <= 1:
+                raise ConfigError(f"adkd.alpha must be in [0, 1], got {self.alpha}")
+            if self.beta < 0:
+                raise ConfigError(f"adkd.beta must be >= 0, got {self.beta}")
+            if self.ig_steps < 1:
+                raise ConfigError(f"adkd.ig_steps must be >= 1, got {self.ig_steps}")
+            if self.topk is not None and self.topk < 1:
+                raise ConfigError(f"adkd.topk must be >= 1 or null (all), got {self.topk}")
+
+    def __init__(self, student, teacher, options=None, *, num_labels=2):
+        super().__init__(student, teacher, options, num_labels=num_labels)
+        self.options.validate()
+        hidden_s = getattr(getattr(student, "config", None), "hidden_size", None)
+        hidden_t = getattr(getattr(teacher, "config", None), "hidden_size", None)
+        if hidden_s is not None and hidden_t is not None and hidden_s != hidden_t:
+            raise ConfigError(
+                f"adkd compares attributions token by token at the embeddings: teacher and "
+                f"student need the same hidden size (teacher {hidden_t}, student {hidden_s})"
+            )
+        if self.options.topk is not None and hidden_t is not None and self.options.topk > hidden_t:
+            raise ConfigError(
+                f"adkd.topk {self.options.topk} exceeds the hidden size {hidden_t}; use at most "
+                f"{hidden_t}, or null for all dimensions"
+            )
+        embedding_module(student), embedding_module(teacher)  # fail now, not at step 1
+        mv = self.options.multi_view
+        self.multi_view = num_labels > 2 if mv is None else bool(mv)
+        if self.multi_view and num_labels < 2:
+            raise ConfigError("adkd.multi_view needs a classification task")
+        self._steps_per_epoch: int | None = None
+        self._epochs = 1
+
+    def on_train_start(self, context) -> None:
+        cfg = context.config
+        if self.options.anneal:
+            if cfg is None:
+                raise ConfigError("adkd.anneal needs the run's batch size (a RunConfig)")
+            self._steps_per_epoch = max(1, math.ceil(len(context.dataset.train) / cfg.batch_size))
+            self._epochs = max(1, math.ceil(context.total_steps / self._steps_per_epoch))
+
+    def temperature(self, step: int | None = None) -> float:
+        """``T``, or with ``anneal`` the epoch's ``T_e = T + (1 - T) e / (E - 1)``."""
+        t = self.options.temperature
+        if not self.options.anneal or self._steps_per_epoch is None or self._epochs < 2:
+            return t
+        epoch = min((self.step if step is None else step) // self._steps_per_epoch,
+                    self._epochs - 1)  # fmt: skip
+        return t + (1.0 - t) * epoch / (self._epochs - 1)
+
+    # -- the pieces --------------------------------------------------------------------------
+    def view_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        """The functions ``F`` whose input gradients are attributed (one per view)."""
+        if not self.multi_view:
+            return [task_loss(logits, labels, self.num_labels)]
+        log_p = F.log_softmax(logits, dim=-1)
+        return [-log_p[:, c].mean() for c in range(logits.shape[-1])]
+
+    def kd_term(self, s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+        t = self.temperature()
+        if self.num_labels == 1:
+            return F.mse_loss((s_logits / t).view(-1), (t_logits / t).view(-1))
+        p_t = F.softmax(t_logits / t, dim=-1)
+        return -(p_t * F.log_softmax(s_logits / t, dim=-1)).sum(-1).mean()
+
+    def attributions(self, model: nn.Module, inputs: dict, labels: torch.Tensor, *,
+                     create_graph: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+        """``(logits, [IG per view])`` of ``model`` on one batch (``create_graph``: keep the
+        graph of the gradients, for the student)."""
+        m = self.options.ig_steps
+        sums: list[torch.Tensor] = []
+        logits = raw = None
+        with torch.enable_grad():
+            for k in range(1, m + 1):
+                with tapped(model, k / m) as tap, _twice_differentiable(create_graph):
+                    logits = model(**inputs).logits
+                fs = self.view_losses(logits, labels)
+                grads = [
+                    torch.autograd.grad(f, tap.output, create_graph=create_graph,
+                                        retain_graph=create_graph or v < len(fs) - 1)[0]
+                    for v, f in enumerate(fs)
+                ]  # fmt: skip
+                sums = grads if k == 1 else [a + g for a, g in zip(sums, grads, strict=True)]
+                raw = tap.raw
+        if not create_graph:
+            raw = raw.detach()
+        return logits, [raw * (g / m) for g in sums]
+
+    # -- training ----------------------------------------------------------------------------
+    def forward_train(self, batch):
+        o = self.options
+        inputs, labels = model_inputs(batch), batch["labels"]
+        losses = {}
+        if o.beta:
+            t_logits, t_ig = self.attributions(self.teacher, inputs, labels, create_graph=False)
+            t_logits = t_logits.detach()
+            logits, s_ig = self.attributions(self.student, inputs, labels, create_graph=True)
+            attr = sum(
+                attribution_loss(attribution_map(t.detach(), o.topk), attribution_map(s))
+                for t, s in zip(t_ig, s_ig, strict=True)
+            )
+        else:  # no attribution term: plain KD + CE
+            logits = self.student(**inputs).logits
+            with torch.no_grad():
+                t_logits = self.teacher_logits(batch)
+        if o.alpha < 1:
+            losses["ce"] = (1 - o.alpha) * task_loss(logits, labels, self.num_labels)
+        if o.alpha > 0:
+            losses["kd"] = o.alpha * self.kd_term(logits, t_logits)
+        if o.beta:
+            losses["attr"] = o.beta * attr
+        return logits, losses
