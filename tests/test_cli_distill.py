@@ -19,10 +19,21 @@ def test_every_verb_has_help(verb, capsys):
     assert len(capsys.readouterr().out) > 200
 
 
-def test_methods_one_line_each(capsys):
-    assert main(["methods"]) == 0
+def test_methods_lists_every_method_with_its_options(capsys):
+    from opdf.distill import method_names, methods
+
+    assert {"kd", "theseus", "dbkd", "adkd"} <= set(method_names())
+    assert main(["methods", "--brief"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["dkd", "kd", "theseus", "tinyvit"]
+    assert [ln.split()[0] for ln in lines] == method_names()
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name, cls in methods().items():
+        assert f"{name} " in out and cls.description in out
+    assert "kd_alpha=0.7" in out and "operations=[insert, swap, delete]" in out  # dbkd
+    assert "topk=null" in out and "ig_steps=1" in out  # adkd
+    assert main(["methods", "--options"]) == 0
+    assert "dbkd.insert_words: sentence  (str)" in capsys.readouterr().out
 
 
 def test_distill_merge_report_finetune(tmp_path, capsys):

@@ -55,7 +55,7 @@ def test_real_configs_all_valid():
         (["data.max_lenght=3"], "valid keys in data"),
         (["max_steps=-1"], "must be > 0"),
         (["batch_size=abc"], "is not an integer"),
-        (["method=kdd"], "valid choices: dkd, kd, theseus, tinyvit"),
+        (["method=kdd"], "valid choices: adkd, dbkd, dkd, kd"),
         (["overparam=none"], "align.weight > 0 needs an over-parameterized student"),
         (["theseus.scheduler=constant"], "theseus' section but method is 'kd'"),
         (["kd.alpha=2"], "kd.alpha must be in"),
@@ -142,3 +142,43 @@ def test_resume_accepts_a_config_written_before_a_key_existed(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(ConfigError, match="differs from the one in .* in align"):
         prepare_output_dir(tmp_path, resume=True, overwrite=False, cfg=cfg)
+
+
+def test_variant_presets_the_four_columns_and_explicit_keys_tune_them(tmp_path):
+    from opdf.run.config import dump_config
+
+    for method in ("dbkd", "adkd"):
+        base = load_config(f"configs/rt-polarity-{method}.yaml")
+        assert (base.variant, base.overparam, base.align.weight) == ("base", "none", 0.0)
+        svd = load_config(f"configs/rt-polarity-{method}.yaml", ["variant=svd"])
+        assert (svd.overparam, svd.align.weight) == ("svd", 0.0)
+        mpo = load_config(f"configs/rt-polarity-{method}.yaml", ["variant=mpo"])
+        assert (mpo.overparam, mpo.unit_modes, mpo.align.weight) == ("mpo", 3, 0.0)
+        opdf = load_config(f"configs/rt-polarity-{method}.yaml", ["variant=opdf"])
+        assert (opdf.overparam, opdf.unit_modes, opdf.align.weight) == ("mpo", 3, 100.0)
+        assert opdf.align.cores == "auxiliary"
+    tuned = load_config("configs/rt-polarity-dbkd.yaml",
+                        ["variant=opdf", "unit_modes=2", "align.weight=10"])  # fmt: skip
+    assert (tuned.overparam, tuned.unit_modes, tuned.align.weight) == ("mpo", 2, 10.0)
+    # the resolved config (what a run folder keeps) loads back to the same config
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(tuned))
+    assert load_config(saved).to_dict() == tuned.to_dict()
+    # configs without the key are written as before (same keys, same hash)
+    assert "variant" not in load_config(SMOKE_KD).to_dict()
+
+
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        ("configs/rt-polarity-kd-base.yaml", ["variant=opdf"], "overparam is 'none', not 'mpo'"),
+        ("configs/rt-polarity-dbkd.yaml", ["variant=mpo", "align.weight=1"],
+         "no alignment loss"),
+        ("configs/rt-polarity-dbkd.yaml", ["variant=opdf", "align.weight=0"],
+         "trains with the alignment loss"),
+        ("configs/rt-polarity-dbkd.yaml", ["variant=bse"], "did you mean 'base'"),
+    ],
+)  # fmt: skip
+def test_a_variant_contradicted_by_an_explicit_key_is_an_error(config, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config, overrides)

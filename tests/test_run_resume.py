@@ -29,7 +29,7 @@ def assert_same_student(a, b):
     assert (sa["dev"], sa["test"], sa["best_step"]) == (sb["dev"], sb["test"], sb["best_step"])
 
 
-@pytest.mark.parametrize("method", ["kd", "theseus"])
+@pytest.mark.parametrize("method", ["kd", "theseus", "dbkd", "adkd"])
 def test_interrupted_then_resumed_equals_uninterrupted(method, tmp_path):
     common = ["max_steps=10", "eval_every=3", "checkpoint_every=4", "log_every=1"]
     cfg_full = load_config(f"configs/smoke-{method}.yaml", [*common, f"output_dir={tmp_path}/a"])

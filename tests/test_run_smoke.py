@@ -19,7 +19,7 @@ VARIANTS = {  # name: overrides
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("method", ["kd", "theseus"])
+@pytest.mark.parametrize("method", ["kd", "theseus", "dbkd", "adkd"])
 def test_smoke_run(method, variant, tmp_path):
     from transformers import AutoModelForSequenceClassification
 

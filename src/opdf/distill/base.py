@@ -91,6 +91,8 @@ class TrainContext:
     eval_batch_size: int = 128
     cache_dir: Path | None = None  # where a method may keep reusable files (the opdf cache)
     progress: bool | None = None  # tqdm bars: None = auto, False = off
+    tokenizer: Any = None  # the run's tokenizer (DBKD tokenizes its perturbed copies with it)
+    max_length: int | None = None  # the run's data.max_length
 
 
 class Distiller(nn.Module):

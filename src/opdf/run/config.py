@@ -14,6 +14,7 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     data: {name: rt-polarity, max_length: 64, max_train_samples: null, max_eval_samples: null}
     teacher: {model: minilm-l6, finetune: {epochs: 3, lr: 5.0e-5, batch_size: 32}}
     student: {model: null, layers: null}   # null model: teacher layers (bottom half by default)
+    variant: null                   # base | svd | mpo | opdf: sets the three keys below
     overparam: mpo                  # none | svd | mpo
     precision: fp32                 # fp32 | bf16 (autocast; the MPO contraction stays fp32)
     unit_modes: 3
@@ -28,6 +29,13 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     eval_every: 100
     checkpoint_every: 100
     on_nonfinite: stop              # a NaN/inf loss or gradient: stop (exit 3) | skip the step
+
+``variant`` names one of the paper's four columns and presets ``overparam``, ``unit_modes`` and
+``align.weight``: ``base`` (none, weight 0), ``svd`` (svd, 0), ``mpo`` (mpo, L = 3, 0), ``opdf``
+(mpo, L = 3, 100), so one file per method serves all four (``opdf distill FILE variant=opdf``).
+Keys set in the file or by an override keep their value (``variant: opdf`` with ``unit_modes: 2``
+or ``align.weight: 10``) but may not contradict the variant: ``variant: base`` with ``overparam:
+mpo``, or ``variant: mpo`` with an alignment weight, is an error.
 """
 
 from __future__ import annotations
@@ -51,6 +59,18 @@ from opdf.errors import ConfigError, OpdfError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+
+#: ``variant:`` presets, the paper's four columns. A key set explicitly (in the file or by an
+#: override) replaces the preset's value, but may not contradict what the variant is: its scheme,
+#: and whether the alignment loss is on. The OPDF weight is the scale that acts on L_Aux (a mean
+#: over core elements, ~4e-3 for MiniLM pairs): 0.01 changed nothing, 100 did
+#: (benchmarks/results/rt-polarity-kd).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {"overparam": "none", "align.weight": 0.0},
+    "svd": {"overparam": "svd", "align.weight": 0.0},
+    "mpo": {"overparam": "mpo", "unit_modes": 3, "align.weight": 0.0},
+    "opdf": {"overparam": "mpo", "unit_modes": 3, "align.weight": 100.0},
+}
 
 
 def choice(*values, **kw):
@@ -131,6 +151,7 @@ class RunConfig:
     method: str = "kd"
     seed: int = 42
     output_dir: str = "runs/default"
+    variant: str | None = choice(None, *VARIANTS, default=None)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -163,6 +184,8 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         opts = d.pop("method_options")
+        if d["variant"] is None:  # configs without the key keep their form (and hash)
+            del d["variant"]
         d[self.method] = opts
         return d
 
@@ -391,11 +414,71 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> RunConfig:
             )
     cls = get_method(method)
     options = build(cls.Options, sections.get(method) or {}, method)
+    apply_variant(raw)
     cfg = build(RunConfig, raw)
+    check_variant(cfg)
     cfg.method_options = options
     _resolve_paths(cfg, base_dir)
     check(cfg)
     return cfg
+
+
+def _is_set(raw: dict, dotted: str) -> bool:
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def apply_variant(raw: dict) -> None:
+    """Fill in the preset keys of ``raw["variant"]`` that ``raw`` does not set (in place)."""
+    name = raw.get("variant")
+    if name is None:
+        return
+    if name not in VARIANTS:
+        raise ConfigError(
+            f"config key 'variant': {name!r} is not valid{_suggest(name, VARIANTS)}; valid "
+            f"choices: {', '.join(VARIANTS)} (or leave it out and set overparam / unit_modes / "
+            "align yourself)"
+        )
+    for key, value in VARIANTS[name].items():
+        if _is_set(raw, key):
+            continue
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {part!r}: expected a mapping, got {node!r}")
+        node[leaf] = value
+
+
+def check_variant(cfg: RunConfig) -> None:
+    """Explicit keys may tune a variant (unit_modes, the alignment weight), not contradict it
+    (every preset key that is not explicit has the preset's value)."""
+    if cfg.variant is None:
+        return
+    preset = VARIANTS[cfg.variant]
+    aligned = preset["align.weight"] > 0
+    wrong = None
+    if cfg.overparam != preset["overparam"]:
+        wrong = f"overparam is {cfg.overparam!r}, not {preset['overparam']!r}"
+    elif (cfg.align.weight > 0) != aligned:
+        wrong = (
+            f"align.weight is {cfg.align.weight:g}, "
+            + ("but this variant trains with the alignment loss (> 0)" if aligned
+               else "but this variant has no alignment loss (0)")
+        )  # fmt: skip
+    if wrong:
+        raise ConfigError(
+            f"variant {cfg.variant!r} contradicts a key set in the config or an override: "
+            f"{wrong}. Remove that key (the variant sets it), or choose the variant that means "
+            f"it ({', '.join(VARIANTS)})"
+        )
 
 
 def _resolve_paths(cfg: RunConfig, base_dir: Path | None) -> None:

@@ -484,6 +484,7 @@ class Trainer:
             self.dataset, self.batches_for, self.total_steps, self.device, self.config,
             steps_per_epoch=self.batches.per_epoch, train_view=self.data["train"],
             eval_batch_size=self.s.eval_batch_size, cache_dir=cache_dir(), progress=self.progress,
+            tokenizer=self.tokenizer, max_length=self.s.max_length,
         )  # fmt: skip
         d.on_train_start(ctx)
         d.train()
