@@ -13,7 +13,7 @@ student, over-parameterization, alignment loss) and trains it with the real :cla
 ``warmup + steps`` steps; a step is the time between two consecutive ``on_step_end`` calls (forward,
 backward, clipping, the optimizer step; evaluation, logging and checkpoints are pushed past the
 end). A method's one-time set-up (``on_train_start``: DBKD's teacher queries, cached on disk after
-the first run) is reported apart.
+the first run) is reported apart: the longest is a first run's, the shortest a cached one's.
 
 The **floor** of a method is the same passes written out in bare PyTorch, on the same models
 (over-parameterized and aligned as the variant says), the same batches and a fused AdamW, in its
@@ -193,7 +193,7 @@ def time_floor(spec: dict) -> dict:
 
     from opdf.run.allocator import keep_freed_memory
     from opdf.run.runner import build, settings_from
-    from opdf.run.trainer import Trainer, _param_groups
+    from opdf.run.trainer import Trainer
 
     keep_freed_memory()
     cfg = load(spec)
@@ -201,11 +201,11 @@ def time_floor(spec: dict) -> dict:
         torch.set_num_threads(cfg.threads)
     d, dataset, tokenizer, align, _ = build(cfg, progress=False)
     settings = settings_from(cfg)
-    batches = Trainer(d, dataset, tokenizer, settings, Path(spec["output_dir"])).batches
+    trainer = Trainer(d, dataset, tokenizer, settings, Path(spec["output_dir"]))
+    batches = trainer.batches
     d.train()
-    groups = _param_groups(d, settings.weight_decay)
-    params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, lr=settings.lr, fused=True)
+    opt, _ = trainer.build_optimizer(d.param_groups())  # the run's fused AdamW and groups
+    params = [p for g in opt.param_groups for p in g["params"]]
     if spec["method"] == "dbkd":  # fixed targets of the right shape (the queries are set-up)
         shape = (len(dataset.train), d.options.n_copies)
         d.set_decisions(np.random.default_rng(0).integers(0, dataset.num_labels, shape))
@@ -320,7 +320,8 @@ def report(args, methods, results) -> str:
         f"{args.rounds} interleaved rounds, each measurement in its own process",
         "",
         "| variant | method | median s/step | fastest | vs kd (median) | vs kd (fastest) "
-        "| floor median | step / floor (median) | step / floor (fastest) | set-up s |",
+        "| floor median | step / floor (median) | step / floor (fastest) "
+        "| set-up s (longest / shortest) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in args.variants:
@@ -337,7 +338,7 @@ def report(args, methods, results) -> str:
                 f"| {fmt(fast / kd_min, 2)} | {fmt(fl_med)} "
                 f"| {fmt(med / fl_med if fl_med else None, 2)} "
                 f"| {fmt(fast / fl_min if fl_min else None, 2)} "
-                f"| {fmt(max(setup) if setup else None, 1)} |"
+                f"| {fmt(max(setup), 1)} / {fmt(min(setup), 1)} |"
             )
     text = "\n".join(lines)
     if args.out:
