@@ -199,3 +199,20 @@ def test_bad_options_and_regression_are_clear_errors(tiny):
         with pytest.raises(ConfigError, match=msg):
             DBKD.Options(**bad).validate()
     assert math.isfinite(float(pseudo_logits(np.array([[10, 0]])).max()))
+
+
+def test_an_unreadable_cache_entry_is_queried_again(tiny):
+    teacher, student, tok = tiny
+    ctx = context(TEXTS, [0, 1, 0, 1, 0, 1], tok)
+    d = DBKD(student, teacher, DBKD.Options(n_copies=3, perturb_seed=77))
+    d.on_train_start(ctx)
+    path = d.query_info["cache"]
+    with open(path, "wb") as f:
+        f.write(b"not a torch file")  # e.g. a disk that filled up mid-write by another tool
+    again = DBKD(student, teacher, DBKD.Options(n_copies=3, perturb_seed=77))
+    again.on_train_start(ctx)
+    assert not again.query_info["cached"]
+    torch.testing.assert_close(again.targets, d.targets)
+    third = DBKD(student, teacher, DBKD.Options(n_copies=3, perturb_seed=77))
+    third.on_train_start(ctx)
+    assert third.query_info["cached"]

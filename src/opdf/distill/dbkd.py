@@ -203,11 +203,28 @@ def query_decisions(teacher, tokenizer, split, copies_a, copies_b, max_length: i
     return out.reshape(n, n_copies)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file next to ``path``, then rename it: concurrent runs
+    and kills never leave a half-written cache entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_cache(path: Path) -> dict | None:
+    """A cache entry, or None when it is absent or unreadable (it is then queried again)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception:  # truncated or foreign file: recompute rather than fail the run
+        return None
+    return saved if isinstance(saved, dict) and "decisions" in saved else None
 
 
 # ------------------------------------------------------------------------------------ method
@@ -288,11 +305,10 @@ class DBKD(Distiller):
         spec = self.cache_spec(split, tokenizer, max_length)
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         path = query_cache_dir() / f"{key}.pt"
-        if path.is_file():
-            saved = torch.load(path, weights_only=True)
-            if saved.get("spec") == spec:
-                self.query_info = {"cache": str(path), "cached": True, **saved.get("info", {})}
-                return saved["decisions"].numpy()
+        saved = _read_cache(path)
+        if saved is not None and saved.get("spec") == spec:
+            self.query_info = {"cache": str(path), "cached": True, **saved.get("info", {})}
+            return saved["decisions"].numpy()
         o = self.options
         t0 = time.perf_counter()
         common = dict(strength=o.strength, operations=o.operations, insert_words=o.insert_words,
@@ -311,9 +327,11 @@ class DBKD(Distiller):
             "unanimous": float(np.mean((dec == dec[:, :1]).all(axis=1))),
             "original_agrees_with_label": float(np.mean(original == np.asarray(split.labels))),
         }
-        _atomic_torch_save({"spec": spec, "info": info,
-                            "decisions": torch.from_numpy(dec.astype(np.int16))}, path)  # fmt: skip
-        path.with_suffix(".json").write_text(json.dumps({"spec": spec, "info": info}, indent=2))
+        _atomic_write(path, lambda f: torch.save(
+            {"spec": spec, "info": info, "decisions": torch.from_numpy(dec.astype(np.int16))}, f
+        ))  # fmt: skip
+        text = json.dumps({"spec": spec, "info": info}, indent=2)  # for people: what is cached
+        _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode()))
         self.query_info = {"cache": str(path), "cached": False, **info}
         return dec
 
