@@ -9,15 +9,15 @@ Usage::
 For each variant (``base``, ``svd``, ``mpo``, ``opdf``: the presets of ``variant:``) and each
 method (``kd`` is always measured, as the baseline), a fresh subprocess builds the run exactly as
 ``opdf distill CONFIG method=M variant=V ...`` would (``opdf.run.runner.build``: cached teacher,
-student, over-parameterization, alignment loss) and trains it with the real :class:`Trainer` for
-``warmup + steps`` steps; a step is the time between two consecutive ``on_step_end`` calls (forward,
-backward, clipping, the optimizer step; evaluation, logging and checkpoints are pushed past the
-end). A method's one-time set-up (``on_train_start``: DBKD's teacher queries, cached on disk after
-the first run) is reported apart: the longest is a first run's, the shortest a cached one's.
+student, over-parameterization, alignment loss) and times ``warmup + steps`` optimizer steps of the
+real :class:`Trainer` (``Trainer.train_step``: forward, backward, clipping, the optimizer step).
+A method's one-time set-up (``on_train_start``: DBKD's teacher queries, cached on disk after the
+first run) is reported apart: the longest is a first run's, the shortest a cached one's.
 
 The **floor** of a method is the same passes written out in bare PyTorch, on the same models
-(over-parameterized and aligned as the variant says), the same batches and a fused AdamW, in its
-own subprocess: what the method needs at the least, without the library around it.
+(over-parameterized and aligned as the variant says), the same batches and a fused AdamW of its
+own: what the method needs at the least, without the library around it. Floor steps alternate with
+the trainer's steps in the same process, so that a shared machine's changing load hits both alike.
 
 * ``kd``: teacher forward (no graph) + student forward and backward.
 * ``dbkd``: student forward and backward against fixed targets (its queries are set-up).
@@ -66,7 +66,7 @@ def load(spec: dict):
 
 
 def time_method(spec: dict) -> dict:
-    """Train through the real Trainer; per-step times from consecutive on_step_end calls."""
+    """Steps of the real Trainer, each followed by one floor step (when the method has one)."""
     import torch
 
     from opdf.run.allocator import keep_freed_memory
@@ -79,31 +79,56 @@ def time_method(spec: dict) -> dict:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     prepare_output_dir(out, resume=False, overwrite=True, cfg=cfg)
-    distiller, dataset, tokenizer, align, info = build(cfg, progress=False)
-    marks: list[float] = []
+    d, dataset, tokenizer, align, info = build(cfg, progress=False)
     setup: list[float] = []
-    on_start, on_end = distiller.on_train_start, distiller.on_step_end
+    on_start = d.on_train_start
 
-    def start(context):
+    def timed_start(context):
         t0 = time.perf_counter()
         on_start(context)
         setup.append(time.perf_counter() - t0)
-        marks.append(time.perf_counter())
 
-    def end(step):
-        result = on_end(step)
-        marks.append(time.perf_counter())
-        return result
-
-    distiller.on_train_start, distiller.on_step_end = start, end
-    trainer = Trainer(distiller, dataset, tokenizer, settings_from(cfg), out, align=align,
+    d.on_train_start = timed_start
+    settings = settings_from(cfg)
+    trainer = Trainer(d, dataset, tokenizer, settings, out, align=align,
                       device=resolve_device(cfg.device), run_info=info, progress=False,
                       config=cfg)  # fmt: skip
     if align is not None:
         align.to(trainer.device)
-    trainer.fit()
-    steps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
-    return {"times": steps[spec["warmup"] :], "setup": setup[0]}
+    state = trainer._start(resume=False)  # optimizers, on_train_start, train mode
+    floor = None if spec["no_floor"] else FLOORS.get(spec["method"])
+    if floor is not None:
+        opt, _ = trainer.build_optimizer(d.param_groups())  # the run's fused AdamW and groups
+        params = [p for g in opt.param_groups for p in g["params"]]
+        targets = None
+        if spec["method"] == "dbkd":  # its targets, fixed: the queries are set-up
+            targets = d.targets.clone()
+
+        def student_step(inputs, loss_fn):
+            logits = d.student(**inputs).logits if inputs is not None else None
+            loss = loss_fn(logits)
+            if align is not None:
+                loss = loss + align()
+            loss.backward()
+            if settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    steps, floors = [], []
+    for i in range(spec["warmup"] + spec["steps"]):
+        t0 = time.perf_counter()
+        trainer.train_step(state)
+        steps.append(time.perf_counter() - t0)
+        if floor is not None:
+            batch = trainer.batches.batch(i)
+            if targets is not None:
+                batch["_target"] = targets[batch["index"]]
+            t0 = time.perf_counter()
+            floor(d, batch, student_step)
+            floors.append(time.perf_counter() - t0)
+    w = spec["warmup"]
+    return {"times": steps[w:], "floor": floors[w:], "setup": setup[0]}
 
 
 def _floor_kd(d, batch, student_step):
@@ -186,53 +211,6 @@ def _floor_adkd(d, batch, student_step):
 FLOORS = {"kd": _floor_kd, "dbkd": _floor_dbkd, "adkd": _floor_adkd}
 
 
-def time_floor(spec: dict) -> dict:
-    """The method's passes in bare PyTorch on the run's models and batches."""
-    import numpy as np
-    import torch
-
-    from opdf.run.allocator import keep_freed_memory
-    from opdf.run.runner import build, settings_from
-    from opdf.run.trainer import Trainer
-
-    keep_freed_memory()
-    cfg = load(spec)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    d, dataset, tokenizer, align, _ = build(cfg, progress=False)
-    settings = settings_from(cfg)
-    trainer = Trainer(d, dataset, tokenizer, settings, Path(spec["output_dir"]))
-    batches = trainer.batches
-    d.train()
-    opt, _ = trainer.build_optimizer(d.param_groups())  # the run's fused AdamW and groups
-    params = [p for g in opt.param_groups for p in g["params"]]
-    if spec["method"] == "dbkd":  # fixed targets of the right shape (the queries are set-up)
-        shape = (len(dataset.train), d.options.n_copies)
-        d.set_decisions(np.random.default_rng(0).integers(0, dataset.num_labels, shape))
-
-    def student_step(inputs, loss_fn):
-        logits = d.student(**inputs).logits if inputs is not None else None
-        loss = loss_fn(logits)
-        if align is not None:
-            loss = loss + align()
-        loss.backward()
-        if settings.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    floor = FLOORS[spec["method"]]
-    times = []
-    for step in range(spec["warmup"] + spec["steps"]):
-        batch = batches.batch(step)
-        if spec["method"] == "dbkd":
-            batch["_target"] = d.targets[batch["index"]]
-        t0 = time.perf_counter()
-        floor(d, batch, student_step)
-        times.append(time.perf_counter() - t0)
-    return {"times": times[spec["warmup"] :]}
-
-
 # --------------------------------------------------------------------------------- the driver
 
 
@@ -241,7 +219,7 @@ def run(spec: dict) -> dict:
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     if out.returncode:
         sys.stderr.write(out.stderr[-4000:])
-        raise SystemExit(f"worker failed: {spec['kind']} {spec['method']} {spec['variant']}")
+        raise SystemExit(f"worker failed: {spec['method']} {spec['variant']}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -264,8 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
-        result = time_floor(spec) if spec["kind"] == "floor" else time_method(spec)
-        print(json.dumps(result))
+        print(json.dumps(time_method(spec)))
         return
     if args.warmup < 1 or args.steps < 2 or args.rounds < 1:
         parser.error("--warmup must be >= 1, --steps >= 2, --rounds >= 1")
@@ -280,23 +257,20 @@ def main() -> None:
         for round_ in range(args.rounds):
             for variant in args.variants:
                 for method in methods:
-                    kinds = ["step"] + ([] if args.no_floor or method not in FLOORS else ["floor"])
-                    for kind in kinds:
-                        spec = {
-                            "kind": kind, "method": method, "variant": variant,
-                            "config": args.config, "set": args.set, "warmup": args.warmup,
-                            "steps": args.steps,
-                            "output_dir": f"{tmp}/{kind}-{method}-{variant}-{round_}",
-                        }  # fmt: skip
-                        r = run(spec)
-                        seen = results.setdefault(
-                            (variant, method, kind), {"times": [], "setup": []}
-                        )
-                        seen["times"] += r["times"]
-                        if "setup" in r:
-                            seen["setup"].append(r["setup"])
-                        print(f"round {round_ + 1} {variant:<5} {method:<8} {kind:<5} "
-                              + " ".join(f"{t:.3f}" for t in r["times"]), flush=True)  # fmt: skip
+                    spec = {
+                        "method": method, "variant": variant, "config": args.config,
+                        "set": args.set, "warmup": args.warmup, "steps": args.steps,
+                        "no_floor": args.no_floor,
+                        "output_dir": f"{tmp}/{method}-{variant}-{round_}",
+                    }  # fmt: skip
+                    r = run(spec)
+                    for kind, times in (("step", r["times"]), ("floor", r["floor"])):
+                        seen = results.setdefault((variant, method, kind), {"times": []})
+                        seen["times"] += times
+                        if times:
+                            print(f"round {round_ + 1} {variant:<5} {method:<8} {kind:<5} "
+                                  + " ".join(f"{t:.3f}" for t in times), flush=True)  # fmt: skip
+                    results[(variant, method, "step")].setdefault("setup", []).append(r["setup"])
     print(report(args, methods, results))
 
 
