@@ -173,8 +173,7 @@ def test_annealed_temperature_and_bad_settings():
     from types import SimpleNamespace
 
     d, _, _ = pair(temperature=4.0, anneal=True)
-    ctx = SimpleNamespace(config=SimpleNamespace(batch_size=10),
-                          dataset=SimpleNamespace(train=[0] * 100), total_steps=30)  # fmt: skip
+    ctx = SimpleNamespace(steps_per_epoch=10, total_steps=30)
     d.on_train_start(ctx)  # 10 steps per epoch, 3 epochs: T = 4, 2.5, 1
     assert [d.temperature(s) for s in (0, 9, 10, 25, 29)] == [4.0, 4.0, 2.5, 1.0, 1.0]
     teacher = tiny_bert(4)

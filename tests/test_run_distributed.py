@@ -99,3 +99,18 @@ def test_killed_two_process_run_resumes_under_torchrun(one_process, tmp_path):
     assert max_difference(one_process, out) <= TOLERANCE
     steps = [r["step"] for r in train_records(out)]
     assert steps == sorted(set(steps)) == [r["step"] for r in train_records(one_process)]
+
+
+@pytest.mark.parametrize("method", ["dbkd", "adkd"])
+def test_dbkd_and_adkd_under_torchrun_give_the_one_process_student(method, tmp_path):
+    # the same micro-batches in both (4 examples): AD-KD's attribution loss is normalised per
+    # micro-batch (by its count of non-zero teacher scores), as in the official code
+    args = [f"configs/smoke-{method}.yaml", "student.dropout=0", "max_steps=6", "eval_every=3",
+            "checkpoint_every=3", "log_every=2", "threads=1"]  # fmt: skip
+    one = tmp_path / "one"
+    run_distill(load_config(args[0], [*args[1:], "grad_accum=4", f"output_dir={one}"]),
+                progress=False)  # fmt: skip
+    two = tmp_path / "two"
+    cmd = [*TORCHRUN, *args, "grad_accum=2", f"output_dir={two}", "--no-progress"]
+    subprocess.run(cmd, env=env(), capture_output=True, text=True, check=True, timeout=900)
+    assert max_difference(one, two) <= TOLERANCE

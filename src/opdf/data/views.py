@@ -4,7 +4,8 @@ The trainer draws indices (a seeded permutation per epoch) and asks the split's 
 so text and image data share one loop:
 
 * :class:`TextView`: tokenized once (:class:`opdf.data.TokenizedSplit`), padded per batch; the
-  epoch is not used; evaluation goes by length (less padding).
+  epoch is not used; evaluation goes by length (less padding). Batches carry each example's
+  position in the split (``index``), for methods with per-example targets (DBKD).
 * :class:`ImageView`: uint8 images normalized per batch; training batches (``epoch`` given) are
   augmented with the per-image parameters of ``(seed, epoch, index)``, so they do not depend on
   which batch an image lands in (:mod:`opdf.data.vision`).
@@ -23,12 +24,12 @@ __all__ = ["ImageView", "TextView", "split_views"]
 
 
 class TextView:
-    """A tokenized text split; batches are padded to their longest item."""
+    """A tokenized text split; batches are padded to their longest item and carry ``index``."""
 
     def __init__(self, split, tokenizer, max_length: int, regression: bool = False):
         self.data = TokenizedSplit(split, tokenizer, max_length, regression)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.collate = PaddingCollator(pad, regression)
+        self.collate = PaddingCollator(pad, regression, with_index=True)
 
     def __len__(self) -> int:
         return len(self.data)

@@ -16,10 +16,12 @@ task loss with the gold labels (CE, or MSE for regression). Per token ``i``:
   ``create_graph=True`` so that the loss backpropagates through the gradient (double backprop);
 * both maps L2-normalised over the sequence (padding gets zero gradient, so zero score).
 
-``L_attr = sum_views sum_{b,i} (a_t - a_s)^2 / #{a_t != 0}``. With more than 2 classes (or
-``multi_view: true``) there is one view per class ``c`` with ``F_c = -mean_b log p_c`` (the code's
-``saliency_mse_for_multiclass``), and the per-view losses are summed; with 2 classes both views
-give the same normalised map, so one view with the task loss is used. The total loss is
+``L_attr = sum_views sum_{b,i} (a_t - a_s)^2 / #{a_t != 0}``, over one (micro-)batch as in the
+official code: ``grad_accum`` and the number of processes change how its tokens are weighted.
+With more than 2 classes (or ``multi_view: true``) there is one view per class ``c`` with
+``F_c = -mean_b log p_c`` (the code's ``saliency_mse_for_multiclass``), and the per-view losses
+are summed; with 2 classes both views give the same normalised map, so one view with the task
+loss is used. The total loss is
 
     L = alpha * L_kd + (1 - alpha) * CE(y, s) + beta * L_attr,
     L_kd = -sum_c softmax(t / T)_c log softmax(s / T)_c   (no T^2; MSE(s/T, t/T) for regression)
@@ -165,11 +167,8 @@ class ADKD(Distiller):
         self._epochs = 1
 
     def on_train_start(self, context) -> None:
-        cfg = context.config
-        if self.options.anneal:
-            if cfg is None:
-                raise ConfigError("adkd.anneal needs the run's batch size (a RunConfig)")
-            self._steps_per_epoch = max(1, math.ceil(len(context.dataset.train) / cfg.batch_size))
+        if self.options.anneal:  # epochs of this run: e = step // steps_per_epoch
+            self._steps_per_epoch = max(1, int(context.steps_per_epoch))
             self._epochs = max(1, math.ceil(context.total_steps / self._steps_per_epoch))
 
     def temperature(self, step: int | None = None) -> float:

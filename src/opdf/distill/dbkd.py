@@ -166,10 +166,13 @@ def _digest_texts(split) -> str:
     return h.hexdigest()
 
 
-def query_cache_dir() -> Path:
-    from opdf.models.cache import cache_dir
+def query_cache_dir(root: Path | None = None) -> Path:
+    """``<root>/dbkd``; ``root`` defaults to the opdf cache (``OPDF_CACHE``, ~/.cache/opdf)."""
+    if root is None:
+        from opdf.models.cache import cache_dir
 
-    return cache_dir() / "dbkd"
+        root = cache_dir()
+    return Path(root) / "dbkd"
 
 
 @torch.no_grad()
@@ -300,11 +303,12 @@ class DBKD(Distiller):
             "perturbation": self.options.perturbation(),
         }
 
-    def decisions(self, split, tokenizer, max_length: int, progress: bool | None = None):
+    def decisions(self, split, tokenizer, max_length: int, progress: bool | None = None,
+                  cache_root: Path | None = None):  # fmt: skip
         """``(len(split), N)`` teacher decisions: read from the cache, or queried and cached."""
         spec = self.cache_spec(split, tokenizer, max_length)
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-        path = query_cache_dir() / f"{key}.pt"
+        path = query_cache_dir(cache_root) / f"{key}.pt"
         saved = _read_cache(path)
         if saved is not None and saved.get("spec") == spec:
             self.query_info = {"cache": str(path), "cached": True, **saved.get("info", {})}
@@ -353,7 +357,8 @@ class DBKD(Distiller):
             raise OpdfError("dbkd needs the run's tokenizer and max_length in its TrainContext")
         split = context.dataset.train
         self.set_decisions(self.decisions(split, tokenizer, max_length,
-                                          getattr(context, "progress", None)))  # fmt: skip
+                                          getattr(context, "progress", None),
+                                          getattr(context, "cache_dir", None)))  # fmt: skip
 
     # -- training ----------------------------------------------------------------------------
     def forward_train(self, batch):
