@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
 from opdf.distill import get_method
-from opdf.distill.lgtm import LGTM, simulated_adamw_step, soft_loss
+from opdf.distill.lgtm import LGTM, simulated_step, soft_loss
 
 
 def tiny_bert(layers, seed, hidden=16, dropout=0.0):
@@ -54,33 +54,45 @@ def test_soft_loss_is_lgtm_cal_loss():
     assert torch.allclose(soft_loss(a, b, 2.0), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("max_norm", [None, 1e-3])
-def test_simulated_adamw_step_is_the_real_step_on_a_copy(max_norm):
-    model = tiny_bert(1, 0)
+def test_simulated_step_is_the_real_step_on_a_copy(max_norm, fused):
+    model = tiny_bert(1, 0).float()
     params = list(model.parameters())
     groups = [{"params": params[:5], "weight_decay": 0.1}, {"params": params[5:], "lr": 2e-3}]
-    opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0, foreach=False)
+    opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0, fused=fused)
     b = batch()
     for _ in range(2):  # some optimizer state, and one parameter with a lagging step count
         opt.zero_grad()
         F.cross_entropy(model(**inputs(b)).logits, b["labels"]).backward()
         params[0].grad = None
         opt.step()
+    opt.zero_grad()
     grads = torch.autograd.grad(F.cross_entropy(model(**inputs(b)).logits, b["labels"]), params)
     before = [p.detach().clone() for p in params]
     state_before = copy.deepcopy(opt.state_dict())
-    got = simulated_adamw_step(opt, params, grads, max_norm)
+    got = simulated_step(opt, params, [g.clone() for g in grads], max_norm)
     # nothing real moved
     assert all(torch.equal(p, q) for p, q in zip(params, before, strict=True))
     assert str(opt.state_dict()) == str(state_before)
-    # the real step on a copy
+    assert all(p.grad is None for p in params)
+    # the real step, as the trainer takes it
     for p, g in zip(params, grads, strict=True):
-        p.grad = g.clone()
+        p.grad = g
     if max_norm:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
     opt.step()
-    for p, q in zip(params, got, strict=True):
-        torch.testing.assert_close(q, p.detach(), rtol=1e-12, atol=1e-14)
+    assert all(torch.equal(q, p.detach()) for p, q in zip(params, got, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(params, before, strict=True))
+
+
+def test_simulated_step_refuses_parameters_outside_the_optimizer():
+    from opdf.errors import OpdfError
+
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.AdamW([a])
+    with pytest.raises(OpdfError, match="1 parameters of the unrolled student"):
+        simulated_step(opt, [a, b], [torch.ones(2), torch.ones(2)])
 
 
 def direct_finite_difference(d, b, vector, r, influence_loss):

@@ -13,7 +13,8 @@ from test):
    ``cal_loss``: batch mean, no ``T^2``).
 2. The unrolled student ``theta'_S``: one AdamW step with ``g_S`` on a *copy* of the student
    optimizer's state (step + 1, moments, bias correction, decoupled weight decay, the run's
-   gradient clipping); the real student and its optimizer do not change.
+   gradient clipping), run by the optimizer's own (fused) update on copies of the parameters;
+   the real student and its optimizer do not change.
 3. ``v = d CE(H; theta'_S) / d theta'_S``, the unrolled student in train mode.
 4. Finite difference, both models in eval mode, ``R = fd_r / ||v||``:
    ``implicit = [d L_T / d theta_T at theta_S + R v  -  at theta_S - R v] / 2R``.
@@ -55,7 +56,9 @@ Where this deviates from the official script, and why:
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,15 +84,7 @@ def soft_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -
     return F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(-1).mean()
 
 
-def clip_coefficient(grads: Sequence[torch.Tensor], max_norm: float | None) -> float:
-    """The factor :func:`torch.nn.utils.clip_grad_norm_` would scale ``grads`` by (1: none)."""
-    if not max_norm:
-        return 1.0
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    return min(1.0, max_norm / (float(total) + 1e-6))
-
-
-def simulated_adamw_step(
+def simulated_step(
     optimizer: torch.optim.Optimizer,
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
@@ -97,36 +92,38 @@ def simulated_adamw_step(
 ) -> list[torch.Tensor]:
     """The parameters after one ``optimizer`` step with ``grads``, computed on copies.
 
-    torch's AdamW update (decoupled weight decay ``p (1 - lr wd)``, moments, bias correction with
-    each parameter's own step count, the group's current ``lr``), after clipping ``grads`` to
-    ``max_grad_norm`` as the trainer does. Neither ``params`` nor the optimizer state change.
+    The optimizer's own update (for the trainer's AdamW: decoupled weight decay, moments, bias
+    correction with each parameter's step count, the group's current ``lr``; fused where the
+    real one is) runs on copies of ``params`` and of their optimizer state, after clipping
+    ``grads`` to ``max_grad_norm`` as the trainer does, so it equals the real step bit for bit.
+    Neither ``params`` nor the optimizer change; ``grads`` are clipped in place.
     """
-    if not isinstance(optimizer, torch.optim.AdamW):
-        raise OpdfError(f"LGTM simulates an AdamW step; the student optimizer is {optimizer!r}")
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    coef = clip_coefficient(grads, max_grad_norm)
-    out = []
-    for p, g in zip(params, grads, strict=True):
-        group = group_of.get(id(p))
-        if group is None:
-            raise OpdfError("a parameter of the unrolled student is not in its optimizer")
-        if group.get("amsgrad") or group.get("maximize"):
-            raise OpdfError("LGTM's simulated step supports AdamW without amsgrad/maximize")
-        lr, (beta1, beta2) = float(group["lr"]), group["betas"]
-        eps, wd = group["eps"], group["weight_decay"]
-        g = g * coef if coef < 1.0 else g
-        state = optimizer.state.get(p) or {}
-        step = float(state["step"]) + 1 if "step" in state else 1.0
-        if "exp_avg" in state:
-            m = torch.lerp(state["exp_avg"], g, 1 - beta1)
-            v = state["exp_avg_sq"].mul(beta2).addcmul_(g, g, value=1 - beta2)
-        else:
-            m = g * (1 - beta1)
-            v = torch.zeros_like(g).addcmul_(g, g, value=1 - beta2)
-        step_size = lr / (1 - beta1**step)
-        denom = v.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)
-        new = p.detach().mul(1 - lr * wd) if wd else p.detach()
-        out.append(torch.addcdiv(new, m, denom, value=-step_size))
+    grad_of = {id(p): g for p, g in zip(params, grads, strict=True)}
+    copies, groups = {}, []
+    for group in optimizer.param_groups:
+        members = [p for p in group["params"] if id(p) in grad_of]
+        if members:
+            for p in members:
+                copies[id(p)] = p.detach().clone()
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            groups.append({**hyper, "params": [copies[id(p)] for p in members]})
+    missing = len(params) - len(copies)
+    if missing:
+        raise OpdfError(f"{missing} parameters of the unrolled student are not in its optimizer")
+    sim = copy.copy(optimizer)  # the same update and settings, over the copies alone
+    sim.param_groups, sim.state = groups, defaultdict(dict)
+    for p in params:
+        twin = copies[id(p)]
+        state = optimizer.state.get(p)
+        if state:
+            sim.state[twin] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        twin.grad = grad_of[id(p)]
+    out = [copies[id(p)] for p in params]
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(out, max_grad_norm)
+    sim.step()
+    for twin in out:
+        twin.grad = None
     return out
 
 
@@ -252,6 +249,12 @@ class LGTM(Distiller):
         return self.options.t_alpha_kd * soft_loss(t_logits, s_logits, tau)
 
     # -- the teacher's update -----------------------------------------------------------------
+    def teacher_param_groups(self) -> list[dict]:
+        """The teacher optimizer's groups (``param_groups`` format), at ``t_lr``."""
+        named = [(n, p) for n, p in self.teacher.named_parameters() if p.requires_grad]
+        return [{"params": [p for _, p in named], "names": [f"teacher.{n}" for n, _ in named],
+                 "lr": self.options.t_lr}]  # fmt: skip
+
     def trainable(self, model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         return [n for n, _ in named], [p for _, p in named]
@@ -311,7 +314,7 @@ class LGTM(Distiller):
         g_s, g_t = grads[: len(s_params)], grads[len(s_params) :]
         del grads, s_logits, t_logits
         # 2. the unrolled student, 3. its gradient on the quiz batch
-        theta = simulated_adamw_step(student_optimizer, s_params, g_s, max_grad_norm)
+        theta = simulated_step(student_optimizer, s_params, g_s, max_grad_norm)
         del g_s
         leaves = [t.requires_grad_() for t in theta]
         q_logits = functional_call(self.student, dict(zip(names, leaves, strict=True)), (),
