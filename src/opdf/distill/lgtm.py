@@ -67,7 +67,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from opdf.distill.base import Distiller, model_inputs, register_method, task_loss
+from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.distill.registry import register_method
 from opdf.errors import ConfigError, OpdfError
 
 INFLUENCE_LOSSES = ("teacher", "student")
@@ -221,7 +222,63 @@ class LGTM(Distiller):
                     for p in head.parameters():
                         p.zero_()
         self.teacher.eval()  # train mode only inside teacher_step
-        self.last: dict[str, float] = {}
+        self._optimizers: dict = {}  # configure_optimizers: {"main": ..., "teacher": ...}
+        self._quiz = None  # on_train_start: the dev batch stream, and how many were drawn
+        self._quiz_drawn = 0
+        self._max_grad_norm: float | None = None
+
+    # -- the runner's hooks -------------------------------------------------------------------
+    @classmethod
+    def teacher_overparameterized(cls, config) -> bool:
+        """``overparam_teacher`` (resolved by the options: on with the alignment loss)."""
+        choice = getattr(config.method_options, "overparam_teacher", None)
+        return super().teacher_overparameterized(config) if choice is None else bool(choice)
+
+    def configure_optimizers(self, build):
+        """The student's ``"main"`` optimizer and the teacher's, at ``t_lr`` with the same
+        warmup/decay schedule (as the official script); the teacher's is stepped here."""
+        built = {"main": build(self.param_groups()),
+                 "teacher": build(self.teacher_param_groups(), lr=self.options.t_lr)}  # fmt: skip
+        self._optimizers = built
+        return built
+
+    def on_train_start(self, context) -> None:
+        """Quiz batches: shuffled dev batches, batch ``t`` for step ``t`` (so a resumed run
+        draws the same ones); never the test split."""
+        if "dev" not in context.dataset.splits:
+            raise OpdfError("lgtm draws its quiz batches from a dev split; the data has none")
+        size = self.options.quiz_batch_size or context.batch_size
+        self._quiz, self._quiz_drawn = context.batches("dev", size, context.seed), 0
+        self._max_grad_norm = context.max_grad_norm
+
+    def quiz_batch(self, step: int) -> dict:
+        """Quiz batch number ``step`` (0-based) of the dev stream."""
+        if self._quiz is None:
+            raise OpdfError("lgtm: on_train_start has not run (no quiz batches)")
+        if self._quiz_drawn > step:
+            raise OpdfError(f"lgtm: quiz batch {step} was already drawn")
+        while self._quiz_drawn < step:  # a resumed run: skip the batches of the steps before
+            next(self._quiz)
+            self._quiz_drawn += 1
+        self._quiz_drawn += 1
+        return next(self._quiz)
+
+    def before_step(self, batch: dict, step: int) -> dict[str, float]:
+        """Steps 1-5 (the teacher's update) before the trainer's student step on ``batch``."""
+        if "teacher" not in self._optimizers:
+            raise OpdfError("lgtm: configure_optimizers has not run (no teacher optimizer)")
+        (main, _), (t_opt, t_sched) = self._optimizers["main"], self._optimizers["teacher"]
+        logs = self.teacher_step(batch, self.quiz_batch(step), main, t_opt, self._max_grad_norm)
+        if t_sched is not None:
+            t_sched.step()
+        return logs
+
+    def on_step_end(self, step: int) -> dict[str, float]:
+        """Drop what the student's step left in the teacher's gradients (the alignment loss
+        reaches the teacher's cores; the teacher's own step sets its gradients afresh)."""
+        for p in self.teacher.parameters():
+            p.grad = None
+        return {}
 
     # -- losses -------------------------------------------------------------------------------
     def student_loss(self, s_logits, t_logits, labels) -> dict[str, torch.Tensor]:
@@ -333,12 +390,11 @@ class LGTM(Distiller):
         teacher_optimizer.step()
         teacher_optimizer.zero_grad(set_to_none=True)
         self.teacher.eval()
-        self.last = {
+        return {
             "teacher_loss": float(l_t.detach()),
             "quiz_loss": float(q_loss.detach()),
             "influence_norm": float(global_norm(implicit)),
         }
-        return dict(self.last)
 
     # -- the student's step -------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -353,6 +409,3 @@ class LGTM(Distiller):
         with torch.no_grad():
             t_logits = self.teacher(**model_inputs(batch)).logits
         return logits, self.student_loss(logits, t_logits, batch["labels"])
-
-    def on_step_end(self, step: int) -> dict[str, float]:
-        return dict(self.last)
