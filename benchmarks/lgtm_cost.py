@@ -35,25 +35,19 @@ VARIANTS = {"base": [], "opdf": ["overparam=mpo", "unit_modes=3", "align.weight=
 
 
 def build(method: str, overrides: list[str]):
-    from opdf.distill.kd import KD  # noqa: F401  (registration)
+    """The run's models and a :class:`Trainer` with the optimizers the method configures."""
     from opdf.run import load_config
     from opdf.run.runner import build as build_run
-    from opdf.run.trainer import Trainer, TrainSettings
+    from opdf.run.runner import settings_from
+    from opdf.run.trainer import Trainer
 
     # kd times the same models (its frozen teacher untuned here: the cost is the same)
     extra = ["lgtm=null", "kd={}"] if method == "kd" else []
     cfg = load_config(CONFIG, [*overrides, f"method={method}", *extra])
     distiller, dataset, tokenizer, align, _ = build_run(cfg, progress=False)
-    settings = TrainSettings(batch_size=cfg.batch_size, max_length=cfg.data.max_length)
-    trainer = Trainer(distiller, dataset, tokenizer, settings, "/tmp/unused", align=align)
+    trainer = Trainer(distiller, dataset, tokenizer, settings_from(cfg), "/tmp/unused", align=align)
+    trainer._configure_optimizers()
     return cfg, distiller, align, trainer
-
-
-def optimizer(groups_of, weight_decay=0.0, lr=5e-5):
-    from opdf.run.trainer import _can_fuse, _param_groups
-
-    groups = _param_groups(groups_of, weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, fused=_can_fuse(groups) or None)
 
 
 def main() -> None:
@@ -73,12 +67,11 @@ def main() -> None:
     cfg, lgtm, align, trainer = build("lgtm", overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _, kd, kd_align, _ = build("kd", overrides)
+    _, kd, kd_align, kd_trainer = build("kd", overrides)
     clip = cfg.max_grad_norm
-    s_opt = optimizer(lgtm)
-    t_opt = optimizer(_TeacherGroups(lgtm), lr=lgtm.options.t_lr)
-    kd_opt = optimizer(kd)
-    batch = {k: v for k, v in trainer.batches.batch(0).items()}
+    s_opt, t_opt = trainer.optimizers["main"], trainer.optimizers["teacher"]
+    kd_opt = kd_trainer.optimizers["main"]
+    batch = trainer.batches.batch(0)
     quiz = next(trainer.batches_for("dev", cfg.batch_size, cfg.seed))
     inputs = model_inputs(batch)
     s, t = lgtm.student, lgtm.teacher
@@ -176,17 +169,6 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-
-
-class _TeacherGroups:
-    """The teacher's optimizer groups in the shape ``_param_groups`` reads."""
-
-    def __init__(self, distiller):
-        self.distiller = distiller
-        self.name = "lgtm-teacher"
-
-    def param_groups(self):
-        return self.distiller.teacher_param_groups()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from opdf.distill.lgtm import LGTM
 from opdf.run import checkpoint as ckpt
 from opdf.run import load_config, run_distill
-from opdf.run.runner import build
+from opdf.run.runner import build, merge_checkpoint
 
 
 def test_smoke_run_mpo_with_alignment_on_live_teacher_cores(tmp_path):
@@ -33,6 +33,9 @@ def test_smoke_run_mpo_with_alignment_on_live_teacher_cores(tmp_path):
     weights = load_file(str(out / "student" / "model.safetensors"))
     assert not any("parametrizations" in k for k in weights)
     assert summary["inference_params"] == sum(w.numel() for w in weights.values())
+    # `opdf merge` rebuilds the same student from best.pt, without the teacher
+    merged = load_file(str(merge_checkpoint(out, tmp_path / "m") / "model.safetensors"))
+    assert all(torch.equal(merged[k], weights[k]) for k in weights)
     # last.pt holds both models, both optimizers and both LR schedules
     last = ckpt.read(out / "checkpoints" / ckpt.LAST)
     assert set(last.modules) == {"student", "teacher"}

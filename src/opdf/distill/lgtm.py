@@ -154,8 +154,10 @@ def classifier_head(model: nn.Module, num_labels: int) -> nn.Linear:
 
 @register_method("lgtm")
 class LGTM(Distiller):
-    """LGTM: the teacher trains with the student, its gradient corrected by the distillation
-    influence of each batch on the student's loss on dev quiz batches."""
+    """LGTM: the teacher trains with the student, steered by its distillation influence.
+
+    The influence: how distilling on the batch changes the student's loss on dev quiz batches
+    (see the module docstring for the step)."""
 
     teacher_frozen = False
 
