@@ -61,12 +61,14 @@ def test_simulated_step_is_the_real_step_on_a_copy(max_norm, fused):
     params = list(model.parameters())
     groups = [{"params": params[:5], "weight_decay": 0.1}, {"params": params[5:], "lr": 2e-3}]
     opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0, fused=fused)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (s + 1))  # as the trainer has
     b = batch()
     for _ in range(2):  # some optimizer state, and one parameter with a lagging step count
         opt.zero_grad()
         F.cross_entropy(model(**inputs(b)).logits, b["labels"]).backward()
         params[0].grad = None
         opt.step()
+        sched.step()
     opt.zero_grad()
     grads = torch.autograd.grad(F.cross_entropy(model(**inputs(b)).logits, b["labels"]), params)
     before = [p.detach().clone() for p in params]

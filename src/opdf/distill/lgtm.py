@@ -113,6 +113,9 @@ def simulated_step(
         raise OpdfError(f"{missing} parameters of the unrolled student are not in its optimizer")
     sim = copy.copy(optimizer)  # the same update and settings, over the copies alone
     sim.param_groups, sim.state = groups, defaultdict(dict)
+    # an LR scheduler wraps optimizer.step in an instance attribute that steps *its* optimizer:
+    # the copy must run the class's step (torch's __getstate__ drops it today; make sure)
+    sim.__dict__.pop("step", None)
     for p in params:
         twin = copies[id(p)]
         state = optimizer.state.get(p)
