@@ -41,7 +41,7 @@ def build(method: str, overrides: list[str]):
     from opdf.run.runner import settings_from
     from opdf.run.trainer import Trainer
 
-    # kd times the same models (its frozen teacher untuned here: the cost is the same)
+    # kd on the same models: a frozen, plain teacher, as configs/rt-polarity-kd-*.yaml
     extra = ["lgtm=null", "kd={}"] if method == "kd" else []
     cfg = load_config(CONFIG, [*overrides, f"method={method}", *extra])
     distiller, dataset, tokenizer, align, _ = build_run(cfg, progress=False)

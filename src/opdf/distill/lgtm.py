@@ -37,12 +37,13 @@ loss ``alpha_kd KL(p_T || p_S)`` in step 4 (it depends on the teacher through ``
 
 Where this deviates from the official script, and why:
 
-* The teacher. The paper's teacher starts from the pretrained, not task-fine-tuned, model and both
-  classifier heads are zeroed (``--init_classifier_to_zero``): the teacher learns the task while it
-  learns to teach. That is the faithful start, and the default here: ``teacher.finetune: null``
-  with ``init_classifier_to_zero: null`` zeroes both heads. A fine-tuned teacher
+* The teacher's start is the config's. The paper's teacher is the pretrained, not task-fine-
+  tuned, model with both classifier heads zeroed (``--init_classifier_to_zero``): it learns the
+  task while it learns to teach, over thousands of steps. ``teacher.finetune: null`` gives that
+  start (``init_classifier_to_zero: null`` then zeroes both heads). A fine-tuned teacher
   (``teacher.finetune: {...}``) keeps its head (the flag resolves to false; true is refused, it
-  would erase what the fine-tune learned).
+  would erase what the fine-tune learned). ``configs/rt-polarity-lgtm.yaml`` starts fine-tuned
+  and says why: in a 126-step budget a zeroed head does not leave chance level.
 * Quiz batches are shuffled per pass over dev (the official loader cycles dev in order); quiz
   batch ``t`` is a function of the step ``t``, so a resumed run sees the same ones.
 * The run's ``max_grad_norm`` clips the teacher's corrected gradient as it clips the student's
