@@ -237,3 +237,19 @@ def test_zeroed_heads_output_uniform_predictions():
     b = batch()
     for model in (d.student, d.teacher):
         assert torch.equal(model(**inputs(b)).logits, torch.zeros(6, 3, dtype=torch.float64))
+
+
+def test_a_teacher_gradient_that_is_not_finite_stops_before_the_teacher_moves():
+    from opdf.errors import DivergedError
+
+    d = lgtm()
+    s_opt = torch.optim.AdamW(d.student.parameters(), lr=1e-3)
+    t_opt = torch.optim.AdamW(d.teacher.parameters(), lr=1e-3)
+    with torch.no_grad():
+        d.teacher.classifier.bias.fill_(float("inf"))
+    before = {k: v.clone() for k, v in d.teacher.state_dict().items()}
+    with pytest.raises(DivergedError, match="teacher's corrected gradient is not finite"):
+        d.teacher_step(batch(seed=1), batch(seed=2), s_opt, t_opt, max_grad_norm=1.0)
+    after = d.teacher.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert not t_opt.state  # no step taken

@@ -70,7 +70,7 @@ from torch.func import functional_call
 
 from opdf.distill.base import Distiller, model_inputs, task_loss
 from opdf.distill.registry import register_method
-from opdf.errors import ConfigError, OpdfError
+from opdf.errors import ConfigError, DivergedError, OpdfError
 
 INFLUENCE_LOSSES = ("teacher", "student")
 
@@ -392,7 +392,16 @@ class LGTM(Distiller):
             eta = float(group_of[id(p)]["lr"])
             p.grad = g.sub_(ig, alpha=eta)
         if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(t_params, max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(t_params, max_grad_norm)
+        else:
+            norm = global_norm([p.grad for p in t_params])
+        if not math.isfinite(float(norm)):
+            teacher_optimizer.zero_grad(set_to_none=True)
+            raise DivergedError(
+                f"lgtm: the teacher's corrected gradient is not finite (norm {float(norm)}; "
+                f"teacher loss {float(l_t.detach()):.6g}, quiz loss {float(q_loss.detach()):.6g}); "
+                "the teacher was not updated. Lower lgtm.t_lr or max_grad_norm"
+            )
         teacher_optimizer.step()
         teacher_optimizer.zero_grad(set_to_none=True)
         self.teacher.eval()

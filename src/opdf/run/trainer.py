@@ -544,7 +544,9 @@ class Trainer:
             )
         grad_norm = self._clip_gradients()
         if self._nonfinite(state, terms, grad_norm):
-            for opt in self.optimizers.values():  # nothing of this step reaches the weights
+            # nothing of this step reaches the weights (but a trainable teacher's step, taken
+            # in before_step, which raises itself on a gradient that is not finite)
+            for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
         else:
             state.skip_run = 0
