@@ -22,7 +22,7 @@ def test_every_verb_has_help(verb, capsys):
 def test_methods_one_line_each(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["dkd", "kd", "theseus", "tinyvit"]
+    assert [ln.split()[0] for ln in lines] == ["dkd", "kd", "lgtm", "theseus", "tinyvit"]
 
 
 def test_distill_merge_report_finetune(tmp_path, capsys):
