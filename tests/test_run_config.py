@@ -55,7 +55,7 @@ def test_real_configs_all_valid():
         (["data.max_lenght=3"], "valid keys in data"),
         (["max_steps=-1"], "must be > 0"),
         (["batch_size=abc"], "is not an integer"),
-        (["method=kdd"], "valid choices: adkd, dbkd, dkd, kd"),
+        (["method=kdd"], "valid choices: adkd, dbkd, dkd, kd, lgtm, theseus, tinyvit"),
         (["overparam=none"], "align.weight > 0 needs an over-parameterized student"),
         (["theseus.scheduler=constant"], "theseus' section but method is 'kd'"),
         (["kd.alpha=2"], "kd.alpha must be in"),

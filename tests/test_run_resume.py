@@ -29,7 +29,20 @@ def assert_same_student(a, b):
     assert (sa["dev"], sa["test"], sa["best_step"]) == (sb["dev"], sb["test"], sb["best_step"])
 
 
-@pytest.mark.parametrize("method", ["kd", "theseus", "dbkd", "adkd"])
+def assert_same_teacher(a, b):
+    """A trainable teacher (LGTM) ends the same too: the final last.pt of both runs."""
+    from opdf.run import checkpoint as ckpt
+
+    la, lb = (ckpt.read(run / "checkpoints" / ckpt.LAST) for run in (a, b))
+    assert la.modules.keys() == lb.modules.keys()
+    for name in la.modules:
+        for k, v in la.modules[name].items():
+            assert torch.equal(v, lb.modules[name][k]), (name, k)
+    for name in la.optimizers:
+        assert str(la.optimizers[name]["state"]) == str(lb.optimizers[name]["state"]), name
+
+
+@pytest.mark.parametrize("method", ["kd", "theseus", "lgtm", "dbkd", "adkd"])
 def test_interrupted_then_resumed_equals_uninterrupted(method, tmp_path):
     common = ["max_steps=10", "eval_every=3", "checkpoint_every=4", "log_every=1"]
     cfg_full = load_config(f"configs/smoke-{method}.yaml", [*common, f"output_dir={tmp_path}/a"])
@@ -40,13 +53,20 @@ def test_interrupted_then_resumed_equals_uninterrupted(method, tmp_path):
     summary = run_distill(cfg, resume=True, progress=False)
     assert summary["resumed_from_step"] == 4
     assert_same_student(tmp_path / "a", tmp_path / "b")
+    assert_same_teacher(tmp_path / "a", tmp_path / "b")
 
-    # metrics.jsonl has each step once, as in the uninterrupted run
-    def steps(run):
+    # metrics.jsonl has each step once, as in the uninterrupted run, with the same values (LGTM
+    # logs its teacher's loss, quiz loss and influence norm: the teacher's path is the same)
+    def records(run):
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        return [(json.loads(x)["step"], json.loads(x)["split"]) for x in lines]
+        return [json.loads(x) for x in lines]
 
-    assert steps("b") == steps("a")
+    a, b = records("a"), records("b")
+    assert [(r["step"], r["split"]) for r in b] == [(r["step"], r["split"]) for r in a]
+    for ra, rb in zip(a, b, strict=True):
+        assert rb.keys() == ra.keys()
+        nums = [k for k, v in ra.items() if isinstance(v, float)]
+        assert [rb[k] for k in nums] == pytest.approx([ra[k] for k in nums], rel=1e-6)
 
 
 def test_resume_needs_the_same_config(tmp_path):
@@ -59,17 +79,17 @@ def test_resume_needs_the_same_config(tmp_path):
         run_distill(changed, resume=True, progress=False)
 
 
-def test_sigkill_then_resume_from_the_cli(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["kd", "lgtm"])
+def test_sigkill_then_resume_from_the_cli(method, tmp_path, capsys):
     """A real SIGKILL of `opdf distill` while it trains, then `opdf distill --resume`. While it
     lives, a second run into its folder refuses (--overwrite and --resume too); the lock its
     SIGKILL leaves behind blocks nothing."""
     from opdf.cli import main
 
-    args = ["configs/smoke-kd.yaml", "max_steps=40", "eval_every=10", "checkpoint_every=2",
-            "--no-progress"]  # fmt: skip
+    config = f"configs/smoke-{method}.yaml"
+    args = [config, "max_steps=40", "eval_every=10", "checkpoint_every=2", "--no-progress"]
     ref = tmp_path / "ref"
-    run_distill(load_config("configs/smoke-kd.yaml", [*args[1:4], f"output_dir={ref}"]),
-                progress=False)  # fmt: skip
+    run_distill(load_config(config, [*args[1:4], f"output_dir={ref}"]), progress=False)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "opdf", "distill", *args, f"output_dir={out}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -93,7 +113,9 @@ def test_sigkill_then_resume_from_the_cli(tmp_path, capsys):
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["output_dir"] == str(out)
+    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] > 0
     assert_same_student(ref, out)
+    assert_same_teacher(ref, out)
 
 
 def test_resume_keeps_the_running_loss_average_of_the_killed_run(tmp_path):

@@ -1,4 +1,4 @@
-"""Smoke runs of both methods in all four variants, and the merged student in stock transformers."""
+"""Smoke runs of every method in all four variants, and the merged student in stock transformers."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ VARIANTS = {  # name: overrides
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("method", ["kd", "theseus", "dbkd", "adkd"])
+@pytest.mark.parametrize("method", ["kd", "theseus", "lgtm", "dbkd", "adkd"])
 def test_smoke_run(method, variant, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
@@ -53,6 +53,9 @@ def test_smoke_run(method, variant, tmp_path):
         assert all(r["align"] > 0 for r in train)
     if method == "theseus":
         assert all("replacing_rate" in r for r in train)
+    if method == "lgtm":  # its teacher trains, over-parameterized when its cores are aligned
+        assert summary["teacher_trains"] and summary["teacher_overparam"] == (variant == "opdf")
+        assert all(r["teacher_loss"] > 0 for r in train)
     # the merged student: stock transformers, exactly inference_params parameters, same accuracy
     model = AutoModelForSequenceClassification.from_pretrained(out / "student").eval()
     assert sum(p.numel() for p in model.parameters()) == summary["inference_params"]

@@ -5,7 +5,7 @@ torchdistill's ``losses/__init__.py`` does); :mod:`opdf.distill.registry` is a l
 
 >>> from opdf.distill import get_method, method_names
 >>> method_names()                                     # doctest: +SKIP
-['adkd', 'dbkd', 'dkd', 'kd', 'theseus', 'tinyvit']
+['adkd', 'dbkd', 'dkd', 'kd', 'lgtm', 'theseus', 'tinyvit']
 """
 
 from opdf.distill.base import Distiller, TrainContext, model_inputs, task_loss
@@ -19,7 +19,7 @@ from opdf.distill.registry import (
 )
 
 # the built-in methods (registration side effect)
-from opdf.distill import adkd, dbkd, dkd, kd, theseus, tinyvit  # noqa: E402, F401  isort: skip
+from opdf.distill import adkd, dbkd, dkd, kd, lgtm, theseus, tinyvit  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "Distiller",

@@ -25,8 +25,14 @@ overriding them:
   :meth:`Distiller.extra_state` for anything else a resume needs.
 * :meth:`Distiller.on_train_start`: access to the run context (datasets, a batch iterator over any
   split, total steps), e.g. LGTM's quiz batches from dev.
+* :meth:`Distiller.before_step`: before each step of the main optimizer, with the step's batch: a
+  method whose teacher trains takes the teacher's step here, so that the student's step sees the
+  updated teacher (LGTM); may return scalars to log.
+* :meth:`Distiller.teacher_overparameterized`: whether the runner over-parameterizes the teacher
+  with the student's scheme (a trainable teacher under the alignment loss, whose live cores the
+  loss then reads).
 * :meth:`Distiller.on_step_end`: after each optimizer step; may return scalars to log (Theseus
-  logs its replacement rate here). A method takes its own optimizers' steps here.
+  logs its replacement rate here). A method may take its own optimizers' steps here.
 * :meth:`Distiller.forward_train` is free to call ``torch.autograd.grad(..., create_graph=True)``
   (AD-KD's attributions) or to use only the teacher's decisions (DBKD).
 """
@@ -93,6 +99,9 @@ class TrainContext:
     progress: bool | None = None  # tqdm bars: None = auto, False = off
     tokenizer: Any = None  # the run's tokenizer (DBKD tokenizes its perturbed copies with it)
     max_length: int | None = None  # the run's data.max_length
+    seed: int = 0  # the run's seed (e.g. for shuffling a method's own batches)
+    batch_size: int = 32  # the training batch (per optimizer step)
+    max_grad_norm: float | None = None  # the trainer's clipping of the main optimizer's gradients
 
 
 class Distiller(nn.Module):
@@ -186,6 +195,14 @@ class Distiller(nn.Module):
         ``"main"`` over :meth:`param_groups`."""
         return {"main": build(self.param_groups())}
 
+    @classmethod
+    def teacher_overparameterized(cls, config) -> bool:
+        """Whether the runner over-parameterizes the teacher with the student's scheme. A frozen
+        teacher stays plain (fast forwards; the alignment loss decomposes it once into frozen
+        cores); a trainable one must be when the alignment loss is on, so that the loss aligns
+        its live cores."""
+        return not cls.teacher_frozen and config.overparam != "none" and config.align.weight > 0
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Modules whose state a checkpoint must hold to resume exactly."""
         mods = {"student": self.student}
@@ -195,6 +212,11 @@ class Distiller(nn.Module):
 
     def on_train_start(self, context: TrainContext) -> None:
         """Called once before the first step (and again when a run resumes)."""
+
+    def before_step(self, batch: dict, step: int) -> dict[str, float]:
+        """Called before optimizer step ``step`` (0-based) of the main optimizer, with its whole
+        batch on the device; returns scalars to log. Default: nothing."""
+        return {}
 
     def on_step_end(self, step: int) -> dict[str, float]:
         """Called after optimizer step ``step`` (1-based); returns scalars to log."""

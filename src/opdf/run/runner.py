@@ -428,10 +428,15 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
     student.train()
     if cfg.overparam != "none":
         overparameterize(student, scheme=cfg.overparam, unit_modes=cfg.unit_modes)
+    # a trainable teacher (LGTM) under the alignment loss is over-parameterized like the student
+    # (after the student copied its plain layers), so that the loss aligns its live cores
+    teacher_overparam = method.teacher_overparameterized(cfg)
+    if teacher_overparam:
+        overparameterize(teacher, scheme=cfg.overparam, unit_modes=cfg.unit_modes)
     distiller = method(student, teacher, cfg.method_options, num_labels=dataset.num_labels)
     align = None
     if cfg.align.weight > 0:
-        # the frozen teacher stays plain (fast forwards); its paired weights are decomposed once,
+        # a frozen teacher stays plain (fast forwards); its paired weights are decomposed once,
         # with the student's modes, into frozen buffers inside the loss
         align = AlignmentLoss(
             student, distiller.teacher, layer_map=cfg.align.layer_map, cores=cfg.align.cores,
@@ -449,6 +454,8 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
         "data": cfg.data.name,
         "teacher": str(teacher_dir),
         "teacher_test": (teacher_summary(cfg) or {}).get("test"),
+        "teacher_trains": not method.teacher_frozen,
+        "teacher_overparam": teacher_overparam,
         "student_model": cfg.student.model,
         "student_layers": getattr(getattr(student, "config", None), "opdf_teacher_layers", None),
         "method_options": dataclasses.asdict(cfg.method_options),

@@ -485,6 +485,7 @@ class Trainer:
             steps_per_epoch=self.batches.per_epoch, train_view=self.data["train"],
             eval_batch_size=self.s.eval_batch_size, cache_dir=cache_dir(), progress=self.progress,
             tokenizer=self.tokenizer, max_length=self.s.max_length,
+            seed=self.s.seed, batch_size=self.s.batch_size, max_grad_norm=self.s.max_grad_norm,
         )  # fmt: skip
         d.on_train_start(ctx)
         d.train()
@@ -523,14 +524,18 @@ class Trainer:
         return self.resumable and (bool(every and done % every == 0) or done == self.total_steps)
 
     def train_step(self, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
-        """One optimizer step of the ``"main"`` optimizer; returns the step's loss terms (with
-        their sum as ``loss``) and the scalars the method's ``on_step_end`` returned."""
+        """One optimizer step of the ``"main"`` optimizer, after the method's ``before_step``
+        (a trainable teacher's step); returns the step's loss terms (with their sum as ``loss``)
+        and the scalars the method's ``before_step`` and ``on_step_end`` returned."""
         t = time.perf_counter()
         d, step = self.distiller, state.step
         d.step = step
         optimizer = self.optimizers["main"]
         optimizer.zero_grad(set_to_none=True)
-        terms, has_gradient = self.forward_backward(*self.shard(step))
+        batch, size, weight = self.shard(step)
+        with self.autocast():  # a trainable teacher's step (LGTM), before the student's
+            before = d.before_step(_to(batch, self.device), step)
+        terms, has_gradient = self.forward_backward(batch, size, weight)
         state.no_grad_run = 0 if has_gradient else state.no_grad_run + 1
         if state.no_grad_run >= MAX_STEPS_WITHOUT_GRADIENT:
             raise OpdfError(
@@ -540,14 +545,16 @@ class Trainer:
             )
         grad_norm = self._clip_gradients()
         if self._nonfinite(state, terms, grad_norm):
-            for opt in self.optimizers.values():  # nothing of this step reaches the weights
+            # nothing of this step reaches the weights (but a trainable teacher's step, taken
+            # in before_step, which raises itself on a gradient that is not finite)
+            for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
         else:
             state.skip_run = 0
             optimizer.step()
         if "main" in self.schedulers:
             self.schedulers["main"].step()
-        extra = d.on_step_end(step + 1)
+        extra = {**before, **d.on_step_end(step + 1)}
         state.train_seconds += time.perf_counter() - t
         state.step += 1
         terms["loss"] = sum(terms.values())
