@@ -14,7 +14,7 @@ import yaml
 
 from opdf.bench.suite import load_suite
 from opdf.cli import main
-from opdf.report.suite import build_report, choose_on_dev, paired_stats
+from opdf.report.suite import build_report, choose_on_dev, export, paired_stats
 
 # (variant, lr) -> per seed (dev, test). Dev prefers lr 1e-4 for both variants; test prefers
 # 2e-4: a choice that peeked at test would pick 2e-4.
@@ -141,7 +141,12 @@ def test_export_copies_small_files_tables_and_plots(tmp_path, capsys):
     for name in ("report.md", "cells.csv", "groups.csv", "chosen.csv", "paired.csv",
                  "suite.yaml"):  # fmt: skip
         assert (dest / name).is_file(), name
-    for png in ("accuracy-vs-lr.png", "accuracy-vs-scale.png", "variants.png"):
+    for png in (
+        "accuracy-vs-lr.png",
+        "accuracy-vs-scale.png",
+        "variants.png",
+        "best-lr-vs-scale.png",
+    ):
         assert (dest / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     # the exported folder is itself a suite folder
     assert main(["report", str(dest)]) == 0
@@ -157,3 +162,187 @@ def test_report_of_an_empty_suite_and_of_plain_runs(tmp_path, capsys):
     assert main(["report", str(folder)]) == 2
     assert "no finished cell" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--export", str(tmp_path / "x")]) == 2
+
+
+# ------------------------------------------------------------- learning-rate transfer (issue 12)
+
+# (variant, lr) -> per seed (dev, test). The baseline's dev choice is 2e-4 (test would say 4e-4).
+TRANSFER = {
+    ("base", "1e-4"): [(0.80, 0.70), (0.80, 0.70)],
+    ("base", "2e-4"): [(0.84, 0.75), (0.84, 0.75)],
+    ("base", "4e-4"): [(0.82, 0.78), (0.82, 0.78)],
+    # dev: 1e-4; 4e-4 has the best test but the worst dev and must not be chosen
+    ("svd", "1e-4"): [(0.85, 0.760), (0.85, 0.770)],
+    ("svd", "2e-4"): [(0.83, 0.740), (0.83, 0.750)],
+    ("svd", "4e-4"): [(0.70, 0.800), (0.70, 0.800)],
+    # partly done: 2e-4 has seed 1 only, 4e-4 nothing
+    ("mpo", "1e-4"): [(0.83, 0.76), (0.83, 0.78)],
+    ("mpo", "2e-4"): [(0.80, 0.75)],
+    # auto, lr_scaling only in config.yaml: dev says 4e-4, 0.2 points above base's 2e-4
+    ("svd-auto", "1e-4"): [(0.80, 0.700), (0.80, 0.700)],
+    ("svd-auto", "2e-4"): [(0.84, 0.760), (0.84, 0.764)],
+    ("svd-auto", "4e-4"): [(0.85, 0.763), (0.85, 0.765)],
+    # auto, lr_scaling in summary.json: dev says 2e-4, the baseline's choice
+    ("mpo-auto", "1e-4"): [(0.80, 0.74), (0.80, 0.74)],
+    ("mpo-auto", "2e-4"): [(0.86, 0.77), (0.86, 0.79)],
+    ("mpo-auto", "4e-4"): [(0.81, 0.90), (0.81, 0.90)],
+}
+TRANSFER_VARIANTS = {
+    "base": {"overparam": "none"},
+    "svd": {"overparam": "svd"},
+    "mpo": {"overparam": "mpo", "unit_modes": 3},
+    "svd-auto": {"overparam": "svd", "lr_scaling": "auto"},
+    "mpo-auto": {"overparam": "mpo", "unit_modes": 3, "lr_scaling": "auto"},
+}
+
+
+def make_transfer_suite(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "suite.yaml").write_text(yaml.safe_dump({
+        "name": "transfer", "config": "unused.yaml", "variants": TRANSFER_VARIANTS,
+        "grid": {"lr": ["1e-4", "2e-4", "4e-4"], "seed": [1, 2]}, "tune": ["lr"],
+        "baseline": "base",
+    }, sort_keys=False))  # fmt: skip
+    for (variant, lr), per_seed in TRANSFER.items():
+        v = TRANSFER_VARIANTS[variant]
+        for seed, (dev, test) in enumerate(per_seed, 1):
+            cell = folder / f"{variant}__lr={lr}__seed={seed}"
+            cell.mkdir()
+            summary = {"method": "kd", "overparam": v["overparam"],
+                       "unit_modes": v.get("unit_modes", 0), "align": None, "seed": seed,
+                       "main_metric": "accuracy", "dev": {"accuracy": dev},
+                       "test": {"accuracy": test}}  # fmt: skip
+            if variant == "mpo-auto":
+                summary["lr_scaling"] = "auto"
+            (cell / "summary.json").write_text(json.dumps(summary))
+            scaling = "auto" if variant.endswith("-auto") else "none"
+            (cell / "config.yaml").write_text(f"lr: {lr}\nseed: {seed}\nlr_scaling: {scaling}\n")
+    return folder
+
+
+def _rows(report):
+    return {r.group.label: r for r in report.transfer}
+
+
+def test_transfer_table_against_a_hand_computation(tmp_path):
+    folder = make_transfer_suite(tmp_path / "transfer")
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    rows = _rows(report)
+    assert list(rows) == ["base", "svd", "mpo", "svd-auto", "mpo-auto"]
+    lr = {k: dict(r.group.axes)["lr"] for k, r in rows.items()}
+    assert lr == {"base": "2e-4", "svd": "1e-4", "mpo": "1e-4", "svd-auto": "4e-4",
+                  "mpo-auto": "2e-4"}  # fmt: skip
+    assert {k: r.group.lr_scaling() for k, r in rows.items()} == {
+        "base": "none",
+        "svd": "none",
+        "mpo": "none",
+        "svd-auto": "auto",
+        "mpo-auto": "auto",
+    }
+    for r in rows.values():
+        assert dict(r.base.axes)["lr"] == "2e-4" and r.base.label == "base"
+        assert dict(r.at_base.axes)["lr"] == "2e-4" and r.at_base.label == r.group.label
+    # gap = own dev-chosen lr minus base's lr, paired over the seeds both have
+    assert rows["svd"].gap == pytest.approx(((0.760 - 0.740) + (0.770 - 0.750)) / 2)
+    assert (rows["svd"].gap_n, rows["svd"].verdict) == (2, "no")
+    assert rows["mpo"].gap == pytest.approx(0.76 - 0.75) and rows["mpo"].gap_n == 1  # seed 1 only
+    assert rows["svd-auto"].gap == pytest.approx(((0.763 - 0.760) + (0.765 - 0.764)) / 2)
+    assert rows["svd-auto"].verdict == "yes"  # 0.20 points
+    assert rows["mpo-auto"].gap == 0 and rows["mpo-auto"].verdict == "yes (same lr)"
+    assert rows["base"].verdict == "yes (same lr)"
+    # vs the tuned baseline (base at 2e-4: 0.75 on both seeds)
+    assert rows["svd"].vs_base == pytest.approx(((0.760 - 0.75) + (0.770 - 0.75)) / 2)
+    assert rows["mpo-auto"].vs_base == pytest.approx(((0.77 - 0.75) + (0.79 - 0.75)) / 2)
+    # the oracle is the test-best lr, reported but never chosen
+    assert {k: dict(r.oracle.axes)["lr"] for k, r in rows.items()} == {
+        "base": "4e-4",
+        "svd": "4e-4",
+        "mpo": "1e-4",
+        "svd-auto": "4e-4",
+        "mpo-auto": "4e-4",
+    }
+
+
+def test_transfer_table_and_csv_in_the_report(tmp_path, capsys):
+    folder = make_transfer_suite(tmp_path / "transfer")
+    assert main(["report", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert "## Does base's learning rate transfer? (chosen on dev)" in text
+    section = text.split("## Does base's")[1].split("## ")[0]
+    line = next(x for x in section.splitlines() if x.startswith("| svd-auto"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells == ["svd-auto", "SVD (0)", "auto", "lr=4e-4 (of 3)", "2", "76.40 ± 0.14",
+                     "lr=2e-4", "2", "76.20 ± 0.28", "+0.20 (n=2)", "yes", "+1.40 (n=2)",
+                     "lr=4e-4: 76.40 ± 0.14"]  # fmt: skip
+    mpo = next(x for x in section.splitlines() if x.startswith("| mpo "))
+    assert "lr=1e-4 (of 2)" in mpo and "+1.00 (n=1)" in mpo and "| no " in mpo
+    assert "`lr_scaling: auto`: the baseline's learning rate is within 0.3 points of the " \
+           "dev-chosen one for 2 of 2" in text  # fmt: skip
+    assert "for 0 of 2 over-parameterized variants measured at both (2 with results)" in text
+    dest = tmp_path / "out"
+    assert main(["report", str(folder), "--export", str(dest)]) == 0
+    rows = {r["label"]: r for r in csv.DictReader((dest / "transfer" / "transfer.csv").open())}
+    assert rows["svd"]["chosen_value"] == "1e-4" and rows["svd"]["within_tolerance"] == "False"
+    assert float(rows["svd"]["gap_points"]) == pytest.approx(2.0)
+    assert rows["svd-auto"]["scale"] == "0" and rows["mpo-auto"]["scale"] == "3"
+    assert rows["base"]["scale"] == "" and rows["mpo"]["n_at_baseline_choice"] == "1"
+    assert rows["svd-auto"]["lr_scaling"] == "auto" and rows["svd"]["lr_scaling"] == "none"
+
+
+def _png_width(path: Path) -> int:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big")
+
+
+def test_transfer_plots_are_written(tmp_path):
+    from opdf.report.plots import plot_best_lr, write_plots
+
+    folder = make_transfer_suite(tmp_path / "transfer")
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    written = {p.name for p in write_plots(report, tmp_path)}
+    assert written == {"accuracy-vs-lr.png", "accuracy-vs-scale.png", "variants.png",
+                       "best-lr-vs-scale.png"}  # fmt: skip
+    # accuracy vs lr: one 6.4-inch panel per lr scaling (none, auto) at 120 dpi
+    assert _png_width(tmp_path / "accuracy-vs-lr.png") == 2 * 768
+    assert _png_width(tmp_path / "best-lr-vs-scale.png") == 768
+    # one scale only (the suite without its svd variants): no best-lr-vs-scale plot
+    for p in folder.glob("svd*"):
+        for f in p.iterdir():
+            f.unlink()
+        p.rmdir()
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    assert not plot_best_lr(report, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_report_reads_identical_cells_of_a_reuse_suite(tmp_path, capsys):
+    from opdf.bench.run import resolved_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "rt-polarity-kd-base.yaml"
+    suites = tmp_path / "suites"
+    for name, reuse in (("other", []), ("mine", ["other"])):
+        (suites / name).mkdir(parents=True)
+        (suites / name / "suite.yaml").write_text(yaml.safe_dump({
+            "name": name, "config": str(config), "variants": {"base": {"overparam": "none"}},
+            "grid": {"lr": [1e-4, 2e-4], "seed": [1]}, "tune": ["lr"], "reuse": reuse,
+        }))  # fmt: skip
+    other, mine = (load_suite(suites / n / "suite.yaml") for n in ("other", "mine"))
+    for cell, lr in zip(other.cells(), (1e-4, 2e-4), strict=True):
+        folder = suites / "other" / cell.id
+        folder.mkdir()
+        cfg = resolved_config(cell, cell.overrides, folder).to_dict()
+        if lr == 2e-4:
+            cfg["epochs"] = 99  # another setting: not the same cell, not reused
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (folder / "summary.json").write_text(json.dumps({
+            "main_metric": "accuracy", "dev": {"accuracy": 0.8}, "test": {"accuracy": 0.7},
+            "overparam": "none"}))  # fmt: skip
+        (suites / "other" / f"{cell.id}.log").write_text("log\n")
+    report = build_report(mine, suites / "mine")
+    first = mine.cells()[0].id  # lr 1e-4
+    assert [r.cell.id for r in report.results] == [first]
+    assert report.results[0].folder == suites / "other" / first
+    assert "1 of them read from the identical cells of `reuse` suites" in report.markdown()
+    dest = export(report, tmp_path / "x")
+    assert (dest / first / "summary.json").is_file() and (dest / f"{first}.log").is_file()

@@ -14,10 +14,14 @@ Suites: given a suite file (its results in runs/suites/<name>/ or --out) or a su
 that `opdf bench` ran, or an exported one), print mean ± std over seeds per setting, the tuned
 axes (learning rate) chosen on DEV per variant (never on test), the paired difference of each
 variant vs the suite's baseline over the same seeds with a paired t-test and a 95% bootstrap CI,
-and parameters, seconds per step and peak memory. --export DIR also writes report.md, cells.csv,
-groups.csv, chosen.csv, paired.csv and PNG plots (accuracy vs learning rate, vs scale, variant
-bars) into DIR/<suite name>/, with every cell's config.yaml, summary.json, metrics.jsonl and log
-(small files only), ready to commit."""
+and parameters, seconds per step and peak memory. With a tuned axis and a baseline, also whether
+the baseline's dev-chosen learning rate transfers: per variant (scale, lr_scaling) its own dev
+choice, its test at the baseline's choice and the gap in points (within 0.3 or not). Identical
+finished cells of the suite's `reuse` suites count as its own. --export DIR also writes
+report.md, cells.csv, groups.csv, chosen.csv, paired.csv, transfer.csv and PNG plots (accuracy
+vs learning rate, vs scale, variant bars, dev-chosen learning rate vs scale) into
+DIR/<suite name>/, with every cell's config.yaml, summary.json, metrics.jsonl and log (small
+files only), ready to commit."""
 
 EPILOG = """\
 examples:

@@ -3,7 +3,10 @@
 The paper's Fig. 2 analogues, each with error bars of one standard deviation over seeds:
 
 - ``accuracy-vs-lr.png``: test score against the first tuned axis (learning rate), one line per
-  variant (and per value of the untuned axes, e.g. the scale);
+  variant (and per value of the untuned axes, e.g. the scale), one panel per ``lr_scaling`` when
+  the suite has several (the plain student dashed in each);
+- ``best-lr-vs-scale.png`` (Fig. 2b): the dev-chosen learning rate against the number of unit
+  modes, one line per ``lr_scaling`` (and alignment), the plain student's choice as a reference;
 - ``accuracy-vs-scale.png``: test score at the dev-chosen learning rate against the number of
   unit modes (SVD = 0, MPO = L), the plain student as a band;
 - ``variants.png``: bars of every variant at its dev-chosen setting (base, +SVD, +MPO, +OPDF).
@@ -38,6 +41,12 @@ def _number(v) -> float | None:
         return None
 
 
+def _short(v: float) -> str:
+    """``2e-4`` rather than ``0.0002``: learning rates on an axis."""
+    mantissa, exp = f"{v:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
 def _pct(v):
     return None if v is None else 100 * v
 
@@ -52,13 +61,11 @@ def _ylabel(report: SuiteReport) -> str:
     return f"test {metric} (%)"
 
 
-def plot_lr(report: SuiteReport, path: Path) -> bool:
-    suite = report.suite
-    if not suite.tune:
-        return False
-    axis = suite.tune[0]
+def _lr_lines(
+    report: SuiteReport, axis: str, groups
+) -> dict[str, list[tuple[float, float, float]]]:
     lines: dict[str, list[tuple[float, float, float]]] = {}
-    for g in report.groups:
+    for g in groups:
         x = _number(dict(g.axes).get(axis))
         y = _pct(g.mean("test"))
         if x is None or y is None:
@@ -66,19 +73,103 @@ def plot_lr(report: SuiteReport, path: Path) -> bool:
         other = ", ".join(f"{k}={format_value(v)}" for k, v in g.axes if k != axis)
         name = g.label + (f" ({other})" if other else "")
         lines.setdefault(name, []).append((x, y, _err(g)))
-    if not any(len({x for x, _, _ in pts}) > 1 for pts in lines.values()):
+    for pts in lines.values():
+        pts.sort()
+    return lines
+
+
+def _panels(report: SuiteReport) -> dict[str, list[Group]]:
+    """One panel per ``lr_scaling`` when the suite has more than one (the plain student, which no
+    rule changes, in every panel); else a single panel."""
+    scalings = sorted({g.lr_scaling() for g in report.groups if g.scale() is not None},
+                      key=lambda s: (s != "none", s))  # fmt: skip
+    if len(scalings) < 2:
+        return {"": list(report.groups)}
+    return {f"lr_scaling: {s}": [g for g in report.groups
+                                 if g.scale() is None or g.lr_scaling() == s]
+            for s in scalings}  # fmt: skip
+
+
+def plot_lr(report: SuiteReport, path: Path) -> bool:
+    suite = report.suite
+    if not suite.tune:
+        return False
+    axis = suite.tune[0]
+    panels = {name: _lr_lines(report, axis, gs) for name, gs in _panels(report).items()}
+    if not any(len({x for x, _, _ in pts}) > 1 for ls in panels.values() for pts in ls.values()):
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.6), sharey=True,
+                             squeeze=False)  # fmt: skip
+    plain = {g.label for g in report.groups if g.scale() is None}
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        for name, pts in lines.items():
+            ref = len(panels) > 1 and name.split(" (")[0] in plain
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                        marker="o", capsize=3, label=name + (" (plain)" if ref else ""),
+                        color="gray" if ref else None, linestyle="--" if ref else "-")  # fmt: skip
+        ax.set_xscale("log")
+        xs = sorted({p[0] for pts in lines.values() for p in pts})
+        ax.set_xticks(xs, [_short(x) for x in xs])
+        ax.minorticks_off()
+        ax.set_xlabel(axis)
+        ax.set_title(title or f"test vs {axis}", fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(_ylabel(report))
+    fig.suptitle(f"{suite.name}: test vs {axis} (mean ± std over {suite.replicates})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_best_lr(report: SuiteReport, path: Path) -> bool:
+    """The Fig. 2b analogue: the dev-chosen learning rate against the scale, one line per
+    ``lr_scaling`` (and alignment), the plain student's choice as a dashed reference."""
+    suite = report.suite
+    if not suite.tune or not report.chosen:
+        return False
+    axis = suite.tune[0]
+    series: dict[str, list[tuple[int, float, int]]] = {}
+    plain: list[tuple[str, float, int]] = []
+    for g in report.chosen:
+        lr = _number(dict(g.axes).get(axis))
+        if lr is None:
+            continue
+        scale = g.scale()
+        if scale is None:
+            plain.append((g.label, lr, len(g.results)))
+            continue
+        name = f"lr_scaling: {g.lr_scaling()}" + (" + align" if g.first("align") else "")
+        series.setdefault(name, []).append((scale, lr, len(g.results)))
+    if len({s for pts in series.values() for s, _, _ in pts}) < 2:
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, pts in lines.items():
+    width = 0.08 * (len(series) - 1)
+    for i, (name, pts) in enumerate(sorted(series.items())):
         pts.sort()
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
-                    marker="o", capsize=3, label=name)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel(axis)
-    ax.set_ylabel(_ylabel(report))
-    ax.set_title(f"{suite.name}: test vs {axis} (mean ± std over {suite.replicates})")
-    ax.legend(fontsize=8)
+        dx = -width / 2 + 0.08 * i  # a small shift: equal choices stay visible side by side
+        xs = [p[0] + dx for p in pts]
+        ax.plot(xs, [p[1] for p in pts], marker="o", label=name,
+                linestyle=":" if "align" in name else "-")  # fmt: skip
+        for x, (_, y, n) in zip(xs, pts, strict=True):
+            ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(3, 4), fontsize=6)
+    for label, lr, n in plain:
+        ax.axhline(lr, color="gray", linestyle="--", label=f"{label} (plain student, n={n})")
+    grid = sorted(v for v in (_number(x) for x in suite.grid.get(axis, [])) if v is not None)
+    lrs = grid or sorted({p[1] for pts in series.values() for p in pts})
+    ax.set_ylim(lrs[0] / 1.25, lrs[-1] * 1.25)  # also when every choice is the same value
+    ax.set_yscale("log")
+    if grid:
+        ax.set_yticks(grid, [_short(v) for v in grid])
+        ax.minorticks_off()
+    ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
+    ax.set_xlabel("unit modes L (0 = SVD, two cores)")
+    ax.set_ylabel(f"{axis} chosen on dev")
+    ax.set_title(f"{suite.name}: best {axis} vs scale (chosen on dev)", fontsize=10)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -90,6 +181,7 @@ def plot_scale(report: SuiteReport, path: Path) -> bool:
     groups = report.chosen if report.suite.tune else report.groups
     series: dict[str, list[tuple[int, float, float]]] = {}
     plain: list[Group] = []
+    several = len({g.lr_scaling() for g in groups if g.scale() is not None}) > 1
     for g in groups:
         y = _pct(g.mean("test"))
         if y is None:
@@ -101,6 +193,8 @@ def plot_scale(report: SuiteReport, path: Path) -> bool:
         name = (g.config_name + " " if g.config_name else "") + (
             "aligned" if g.first("align") else "not aligned"
         )
+        if several:
+            name += f", lr_scaling {g.lr_scaling()}"
         series.setdefault(name, []).append((scale, y, _err(g)))
     if not any(len({s for s, _, _ in pts}) > 1 for pts in series.values()):
         return False
@@ -163,7 +257,7 @@ def plot_variants(report: SuiteReport, path: Path) -> bool:
 
 
 PLOTS = {"accuracy-vs-lr.png": plot_lr, "accuracy-vs-scale.png": plot_scale,
-         "variants.png": plot_variants}  # fmt: skip
+         "variants.png": plot_variants, "best-lr-vs-scale.png": plot_best_lr}  # fmt: skip
 
 
 def write_plots(report: SuiteReport, dest: Path) -> list[Path]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from opdf.bench.suite import Cell, Suite, format_value, load_suite
 from opdf.errors import OpdfError
 
@@ -37,6 +39,8 @@ SMALL_FILES = ("config.yaml", "summary.json", "metrics.jsonl")
 class CellResult:
     cell: Cell
     summary: dict
+    folder: Path | None = None  # where its files are (a ``reuse`` suite's cell, or its own)
+    lr_scaling: str = "none"  # from summary.json, else the cell's config.yaml (older runs)
 
     @property
     def metric(self) -> str:
@@ -83,6 +87,9 @@ class Group:
     def first(self, key: str) -> Any:
         return next((r.summary[key] for r in self.results if r.summary.get(key) is not None), None)
 
+    def lr_scaling(self) -> str:
+        return self.results[0].lr_scaling if self.results else "none"
+
     def scale(self) -> int | None:
         """Unit modes of the scheme: 0 for SVD, L for MPO, None for a plain student."""
         scheme = self.first("overparam")
@@ -103,22 +110,58 @@ class Comparison:
     stats: dict
 
 
+def _reused_folders(suite: Suite, cells: Sequence[Cell], out: Path) -> dict[str, Path]:
+    """Cells missing under ``out`` that ``opdf bench`` would reuse from a ``reuse`` suite (a
+    finished cell of the same id there whose saved config equals this cell's): id -> folder."""
+    wanted = [
+        c
+        for c in cells
+        if not (c.folder(out) / "summary.json").is_file()
+        and any((out.parent / n / c.id / "summary.json").is_file() for n in suite.reuse)
+    ]
+    if not wanted:
+        return {}
+    from opdf.bench.run import plan
+    from opdf.bench.suite import REUSED
+
+    try:
+        planned = plan(suite, wanted, out, threads=None)
+    except OpdfError:
+        return {}  # a config that no longer loads: report only the suite's own cells
+    return {p.cell.id: p.reuse_from for p in planned if p.status == REUSED and p.reuse_from}
+
+
+def _lr_scaling(summary: dict, folder: Path) -> str:
+    if summary.get("lr_scaling"):
+        return str(summary["lr_scaling"])
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        config = None
+    value = config.get("lr_scaling") if isinstance(config, dict) else None
+    return str(value) if value else "none"
+
+
 def load_results(suite: Suite, out: Path) -> list[CellResult]:
-    """Finished cells of ``suite`` under ``out`` (also the cells of its ``--tiny`` grid)."""
+    """Finished cells of ``suite`` under ``out`` (also the cells of its ``--tiny`` grid), and
+    the identical finished cells of its ``reuse`` suites that ``opdf bench`` has not linked yet."""
     cells = {c.id: c for c in suite.cells()}
     if suite.tiny:
         for c in suite.cells(tiny=True):
             cells.setdefault(c.id, c)
+    ordered = sorted(cells.values(), key=lambda c: c.order)
+    reused = _reused_folders(suite, ordered, out) if suite.reuse else {}
     results = []
-    for c in sorted(cells.values(), key=lambda c: c.order):
-        f = c.folder(out) / "summary.json"
+    for c in ordered:
+        folder = reused.get(c.id, c.folder(out))
+        f = folder / "summary.json"
         if not f.is_file():
             continue
         try:
             summary = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise OpdfError(f"{f}: not valid JSON ({e})") from None
-        results.append(CellResult(c, summary))
+        results.append(CellResult(c, summary, folder, _lr_scaling(summary, folder)))
     return results
 
 
@@ -368,6 +411,7 @@ class SuiteReport:
     groups: list[Group]
     chosen: list[Group]
     comparisons: list[Comparison]
+    transfer: list = field(default_factory=list)  # opdf.report.transfer.TransferRow
 
     def markdown(self) -> str:
         s = self.suite
@@ -381,10 +425,35 @@ class SuiteReport:
             + (f"Tuned on dev (never on test): {', '.join(s.tune)}. " if s.tune else "")
             + (f"Baseline: `{s.baseline}`." if s.baseline else ""),
         ]
+        reused = sorted(
+            {
+                str(r.folder.parent)
+                for r in self.results
+                if r.folder is not None and r.folder != r.cell.folder(self.out)
+            }
+        )
+        if reused:
+            n = sum(r.folder is not None and r.folder != r.cell.folder(self.out)
+                    for r in self.results)  # fmt: skip
+            parts += ["", f"{n} of them read from the identical cells of `reuse` suites "
+                      f"({', '.join(f'`{f}`' for f in reused)})."]  # fmt: skip
         if notes:
             parts += ["", *[f"Note: {n}" for n in notes]]
         if s.tune:
             parts += ["", "## Chosen on dev", "", chosen_table(s, self.chosen)]
+        if self.transfer:
+            from opdf.report.transfer import TOLERANCE_POINTS, transfer_summary, transfer_table
+
+            parts += ["", f"## Does {s.baseline}'s learning rate transfer? (chosen on dev)", "",
+                      f"Per variant: the {', '.join(s.tune)} chosen on dev for it and its test "
+                      f"there; its test at {s.baseline}'s dev-chosen value; the gap = the first "
+                      f"minus the second over the seeds both have (n), in points (within "
+                      f"{TOLERANCE_POINTS}: {s.baseline}'s choice costs at most "
+                      f"{TOLERANCE_POINTS} points); vs tuned base = the variant at its choice "
+                      f"minus {s.baseline} at its own, same seeds. The oracle column (best test "
+                      "mean) is shown for reference and chooses nothing.", "",
+                      *transfer_summary(self.transfer), "",
+                      transfer_table(s, self.transfer)]  # fmt: skip
         if self.comparisons:
             parts += ["", f"## Paired differences vs {s.baseline} (test, same seeds)", "",
                       comparisons_table(self.comparisons)]  # fmt: skip
@@ -403,12 +472,17 @@ class SuiteReport:
                       "peak_gpu_mb", "steps", "best_step", "wall_time"):  # fmt: skip
                 rec[k] = r.summary.get(k)
             cells.append(rec)
-        return {
+        files = {
             "cells.csv": to_csv(cells),
             "groups.csv": to_csv([group_record(self.suite, g) for g in self.groups]),
             "chosen.csv": to_csv([group_record(self.suite, g) for g in self.chosen]),
             "paired.csv": to_csv([comparison_record(c) for c in self.comparisons]),
         }
+        if self.transfer:
+            from opdf.report.transfer import transfer_record
+
+            files["transfer.csv"] = to_csv([transfer_record(self.suite, r) for r in self.transfer])
+        return files
 
 
 def build_report(suite: Suite, out: Path) -> SuiteReport:
@@ -421,7 +495,10 @@ def build_report(suite: Suite, out: Path) -> SuiteReport:
     groups = group_results(suite, results)
     chosen = chosen_groups(suite, groups) if suite.tune else []
     comparisons = compare(suite, groups, chosen if suite.tune else groups)
-    return SuiteReport(suite, out, results, groups, chosen, comparisons)
+    from opdf.report.transfer import transfer_rows
+
+    transfer = transfer_rows(suite, groups, chosen)
+    return SuiteReport(suite, out, results, groups, chosen, comparisons, transfer)
 
 
 def open_suite(path: Path, out: str | Path | None = None) -> tuple[Suite, Path]:
@@ -444,13 +521,15 @@ def export(report: SuiteReport, dest: Path) -> Path:
     if src_suite.resolve() != (dest / "suite.yaml").resolve():
         shutil.copyfile(src_suite, dest / "suite.yaml")
     for r in report.results:
-        folder = r.cell.folder(report.out)
+        folder = r.folder or r.cell.folder(report.out)
         target = dest / r.cell.id
         target.mkdir(exist_ok=True)
         for name in SMALL_FILES:
             if (folder / name).is_file() and (folder / name).resolve() != (target / name).resolve():
                 shutil.copyfile(folder / name, target / name)
         log = r.cell.log(report.out)
+        if not log.is_file() and r.folder is not None:
+            log = r.folder.parent / log.name  # a reused cell's log, beside it
         if log.is_file() and log.resolve() != (dest / log.name).resolve():
             shutil.copyfile(log, dest / log.name)
     (dest / "report.md").write_text(report.markdown())
