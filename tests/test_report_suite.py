@@ -74,6 +74,23 @@ def test_the_learning_rate_is_chosen_on_dev_never_on_test(tmp_path):
     assert {g.label: dict(g.axes)["lr"] for g in again.chosen} == chosen
 
 
+def test_a_partly_run_setting_is_compared_on_the_seeds_every_candidate_has(tmp_path):
+    # base 2e-4 has seed 1 only. Its dev 0.82 beats 1e-4's three-seed mean (0.80) but not 1e-4's
+    # seed 1 (0.84): compared on the shared seed, 1e-4 is chosen
+    scores = {k: v for k, v in SCORES.items() if k[0] != "base"}
+    scores[("base", "1e-4")] = [(0.84, 0.70), (0.78, 0.71), (0.78, 0.69)]
+    scores[("base", "2e-4")] = [(0.82, 0.90)]
+    folder = make_suite(tmp_path / "s", scores)
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    assert {g.label: dict(g.axes)["lr"] for g in report.chosen}["base"] == "1e-4"
+    # and the other way round: 0.83 on the shared seed vs 0.82 loses to the mean 0.84, wins on it
+    scores[("base", "1e-4")] = [(0.82, 0.70), (0.85, 0.71), (0.85, 0.69)]
+    scores[("base", "2e-4")] = [(0.83, 0.90)]
+    folder = make_suite(tmp_path / "t", scores)
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    assert {g.label: dict(g.axes)["lr"] for g in report.chosen}["base"] == "2e-4"
+
+
 def _hand_paired(a, b):
     d = [x - y for x, y in zip(a, b, strict=True)]
     n = len(d)

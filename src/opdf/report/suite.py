@@ -73,6 +73,12 @@ class Group:
         v = self.scores(split)
         return sum(v) / len(v) if v else None
 
+    def mean_over(self, split: str, replicate: str, seeds: set) -> float | None:
+        """The mean over the cells whose replicate value is in ``seeds`` only."""
+        v = [s for r in self.results
+             if r.cell.value(replicate) in seeds and (s := r.score(split)) is not None]  # fmt: skip
+        return sum(v) / len(v) if v else None
+
     def std(self, split: str) -> float | None:
         v = self.scores(split)
         if len(v) < 2:
@@ -195,13 +201,21 @@ def choose_on_dev(candidates: Sequence[tuple[Any, float | None]]) -> Any:
 
 
 def chosen_groups(suite: Suite, groups: Sequence[Group]) -> list[Group]:
-    """One group per (label, untuned axes): the dev-chosen tuned values (marks ``chosen``)."""
+    """One group per (label, untuned axes): the dev-chosen tuned values (marks ``chosen``).
+
+    In a partly finished suite the candidates may have different seeds; they are compared on the
+    seeds they all have (a setting with one lucky seed does not beat one averaged over three),
+    or on all of their own seeds when they share none."""
     settings: dict[tuple, list[Group]] = {}
     for g in groups:
         settings.setdefault((g.label, _key(_untuned(suite, g))), []).append(g)
     out = []
+    rep = suite.replicates
     for members in settings.values():
-        idx = choose_on_dev([(i, g.mean("dev")) for i, g in enumerate(members)])
+        scored = [set(g.seeds(rep)) for g in members if g.mean("dev") is not None]
+        common = set.intersection(*scored) if scored else set()
+        idx = choose_on_dev([(i, g.mean_over("dev", rep, common) if common else g.mean("dev"))
+                             for i, g in enumerate(members)])  # fmt: skip
         if idx is None:
             continue
         members[idx].chosen = True
