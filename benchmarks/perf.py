@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/perf.py [--quick] [--unit-modes 3] [--out FILE.md]
+    python benchmarks/perf.py [--quick] [--unit-modes 3] [--threads N] [--rounds R --warmup W
+                              --repeats K] [--steps S] [--out FILE.md]
 
 Every ratio compares numbers measured in this run, on this machine. Sections:
 
@@ -17,8 +18,20 @@ Every ratio compares numbers measured in this run, on this machine. Sections:
 3. Methods x variants: seconds per step and peak RSS of ``opdf distill`` itself for every method
    config (kd, theseus, and lgtm / dbkd / adkd when their configs exist) x base / +SVD / +MPO /
    +OPDF, the ratio to the method's base variant; the rt-polarity setting of the suites (MiniLM-L6
-   teacher -> 3-layer student, batch 32 x 64, 12 steps, all threads; the teacher is fine-tuned
-   once and cached). The mean over all steps, the first (AdamW state allocation) included.
+   teacher -> 3-layer student, batch 32 x 64, 12 steps, on the suites' 2,000-sentence
+   subsample, whose DBKD teacher decisions are cached under ``<opdf cache>/dbkd`` by the suites'
+   runs, so DBKD does not query the teacher 20,000 times again; the teacher is fine-tuned once and
+   cached). Each variant is set as ``variant=<name>`` plus its explicit keys, which every config
+   accepts (with or without its own ``variant:`` key). The mean over all steps, the first (AdamW
+   state allocation) included; dev/test are cut to 128 sentences each (``data.max_eval_samples``)
+   since the final evaluation is not timed. Besides ``/ base``, ``/ kd`` is each method's step
+   over kd's in the same variant.
+
+Sizes for a busy machine (the ratios stay measured within one run): ``--rounds``, ``--warmup`` and
+``--repeats`` set section 2 (default 2 rounds of 3 warm-up + 3 timed steps), ``--steps`` section 3
+(default 12), ``--threads`` every section (default all cores; on a machine shared with
+one-thread jobs, 1 avoids OpenMP threads waiting on each other, and matches the suites' runs).
+The load average at the start and the end is recorded.
 
 ``--quick`` (minutes on a busy 2-core machine; checks that the script works, its numbers are not
 results): the 12 matrix shapes of two layers (random), a 2-layer 256-wide student for section 2
@@ -48,10 +61,10 @@ import decompose as decomposition  # noqa: E402  (benchmarks/decompose.py)
 import overhead  # noqa: E402  (benchmarks/overhead.py)
 
 VARIANTS = {
-    "base": ["overparam=none", "align.weight=0"],
-    "svd": ["overparam=svd", "align.weight=0"],
-    "mpo": ["overparam=mpo", "unit_modes={L}", "align.weight=0"],
-    "opdf": ["overparam=mpo", "unit_modes={L}", "align.weight=100"],
+    "base": ["variant=base", "overparam=none", "align.weight=0"],
+    "svd": ["variant=svd", "overparam=svd", "align.weight=0"],
+    "mpo": ["variant=mpo", "overparam=mpo", "unit_modes={L}", "align.weight=0"],
+    "opdf": ["variant=opdf", "overparam=mpo", "unit_modes={L}", "align.weight=100"],
 }
 METHOD_CONFIGS = {
     "full": {
@@ -62,8 +75,16 @@ METHOD_CONFIGS = {
 }
 
 
-def section_decompose(quick: bool, unit_modes: int) -> list[str]:
+def variant_overrides(variant: str, unit_modes: int) -> list[str]:
+    """The overrides of one of the paper's four columns: ``variant=`` and the keys it presets,
+    explicit so that configs that set them (smoke configs: ``overparam: mpo``) are overridden."""
+    return [o.format(L=unit_modes) for o in VARIANTS[variant]]
+
+
+def section_decompose(args) -> list[str]:
     from opdf.mpo import decompose, mpo_shapes
+
+    quick, unit_modes = args.quick, args.unit_modes
 
     if quick:  # the shapes of two BERT-base layers, without building the 110M model
         import torch
@@ -95,9 +116,12 @@ def section_decompose(quick: bool, unit_modes: int) -> list[str]:
     ]
 
 
-def section_overhead(quick: bool, unit_modes: int) -> list[str]:
+def section_overhead(args) -> list[str]:
+    quick, unit_modes = args.quick, args.unit_modes
     shape = dict(layers=2, hidden=256, length=32) if quick else {}
     warmup, repeats, rounds = (1, 1, 1) if quick else (3, 3, 2)
+    warmup, repeats, rounds = (args.warmup or warmup, args.repeats or repeats,
+                               args.rounds or rounds)  # fmt: skip
     plan = overhead.variants(**({"batch": 8, "micro_batch": 2, "length": 32} if quick else {}))
     base = {"unit_modes": unit_modes, "repeats": repeats, "warmup": warmup,
             "keep_freed_memory": True, **shape}  # fmt: skip
@@ -155,30 +179,34 @@ def _distill(config: str, overrides: list[str], out: Path, threads: int) -> dict
     return json.loads((out / "summary.json").read_text())
 
 
-def section_methods(quick: bool, unit_modes: int) -> list[str]:
+def section_methods(args) -> list[str]:
+    quick, unit_modes = args.quick, args.unit_modes
     configs = {m: c for m, c in METHOD_CONFIGS["quick" if quick else "full"].items()
                if (ROOT / c).is_file()}  # fmt: skip
-    steps = 4 if quick else 12
+    steps = args.steps or (4 if quick else 12)
     common = [f"max_steps={steps}", f"eval_every={10 * steps}", f"checkpoint_every={10 * steps}",
               f"log_every={steps}"]  # fmt: skip
-    if not quick:
-        common += ["data.max_train_samples=640", "batch_size=32"]
-    threads = overhead_threads()
+    if not quick:  # the suites' subsample (DBKD's cached decisions); evaluation is not timed
+        common += ["data.max_train_samples=2000", "data.max_eval_samples=128", "batch_size=32"]
+    threads = args.threads
     rows = []
+    kd_sps: dict[str, float] = {}
     tmp = Path(tempfile.mkdtemp(prefix="opdf-perf-"))
     try:
         for method, config in configs.items():
             base_sps = base_rss = None
-            for variant, extra in VARIANTS.items():
-                overrides = [o.format(L=unit_modes) for o in extra] + common
+            for variant in VARIANTS:
+                overrides = variant_overrides(variant, unit_modes) + common
                 print(f"  {method} {variant} ...", flush=True)
                 s = _distill(config, overrides, tmp / f"{method}-{variant}", threads)
                 sps, rss = s["seconds_per_step"], s.get("peak_rss_mb")
                 if variant == "base":
                     base_sps, base_rss = sps, rss
+                kd_sps.setdefault(variant, sps)  # kd comes first
                 rows.append(
                     f"| {method} | {variant} | {s['train_params'] / 1e6:.2f}M | "
                     f"{s['inference_params'] / 1e6:.2f}M | {sps:.3f} | {sps / base_sps:.2f} | "
+                    f"{sps / kd_sps[variant]:.2f} | "
                     + (f"{rss:.0f} | {rss / base_rss:.2f} |" if rss and base_rss else "- | - |")
                 )
     finally:
@@ -189,9 +217,9 @@ def section_methods(quick: bool, unit_modes: int) -> list[str]:
         f"## 3. Methods x variants through `opdf distill` ({setting}, {steps} steps, "
         f"{threads} threads)",
         "",
-        "| method | variant | train params | inference params | s/step | / base | "
+        "| method | variant | train params | inference params | s/step | / base | / kd | "
         "peak RSS (MiB) | / base |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "Methods without a config here are not measured: "
@@ -211,16 +239,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the script runs")
     parser.add_argument("--unit-modes", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=overhead_threads(),
+                        help="threads of every section (default: all cores)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, help="section 2: rounds (default 2; quick 1)")
+    parser.add_argument("--warmup", type=int, help="section 2: warm-up steps (default 3; quick 1)")
+    parser.add_argument("--repeats", type=int, help="section 2: timed steps (default 3; quick 1)")
+    parser.add_argument("--steps", type=int, help="section 3: steps per run (default 12; quick 4)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["decompose", "overhead",
                         "methods"], help="sections to leave out")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     args = parser.parse_args()
+    for n in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # section 2's workers inherit it
+        os.environ[n] = str(args.threads)
     import torch
 
+    torch.set_num_threads(args.threads)
     started = time.time()
-    cmd = "python benchmarks/perf.py" + (" --quick" if args.quick else "") + \
-        (f" --unit-modes {args.unit_modes}" if args.unit_modes != 3 else "") + \
-        (f" --skip {' '.join(args.skip)}" if args.skip else "")  # fmt: skip
+    load_start = os.getloadavg()
+    cmd = "python " + " ".join(["benchmarks/perf.py", *sys.argv[1:]])
     lines = [
         "# opdf performance"
         + (
@@ -229,7 +265,8 @@ def main() -> None:
         "",
         f"- command: `{cmd}`",
         f"- machine: {platform.machine()}, {overhead_threads()} cores, Python "
-        f"{sys.version.split()[0]}, torch {torch.__version__}, no GPU used",
+        f"{sys.version.split()[0]}, torch {torch.__version__}, {args.threads} thread(s), "
+        "no GPU used",
     ]
     sections = {"decompose": section_decompose, "overhead": section_overhead,
                 "methods": section_methods}  # fmt: skip
@@ -237,7 +274,13 @@ def main() -> None:
         if name in args.skip:
             continue
         print(f"{name} ...", flush=True)
-        lines += ["", *fn(args.quick, args.unit_modes)]
+        lines += ["", *fn(args)]
+    load_end = os.getloadavg()
+    lines[4:4] = [
+        "- load average (1, 5, 15 min) at the start: "
+        + ", ".join(f"{x:.2f}" for x in load_start)
+        + "; at the end: " + ", ".join(f"{x:.2f}" for x in load_end),
+    ]  # fmt: skip
     lines += ["", f"total wall time: {time.time() - started:.0f} s"]
     text = "\n".join(lines)
     print(text)
