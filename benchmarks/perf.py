@@ -29,8 +29,10 @@ Every ratio compares numbers measured in this run, on this machine. Sections:
 
 Sizes for a busy machine (the ratios stay measured within one run): ``--rounds``, ``--warmup`` and
 ``--repeats`` set section 2 (default 2 rounds of 3 warm-up + 3 timed steps), ``--steps`` section 3
-(default 12), ``--threads`` every section (default all cores; on a machine shared with
-one-thread jobs, 1 avoids OpenMP threads waiting on each other, and matches the suites' runs).
+(default 12), ``--threads`` every section (default all cores, ``--quick`` 1 as the smoke configs
+train; on a machine shared with one-thread jobs, 1 avoids OpenMP threads waiting on each other:
+``--quick``'s section 3 took 178 s with 1 thread; with 2, at a higher load, its tiny steps
+were 3-45x slower and its ratios meaningless).
 The load average at the start and the end is recorded.
 
 ``--quick`` (minutes on a busy 2-core machine; checks that the script works, its numbers are not
@@ -239,8 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the script runs")
     parser.add_argument("--unit-modes", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=overhead_threads(),
-                        help="threads of every section (default: all cores)")  # fmt: skip
+    parser.add_argument("--threads", type=int, help="threads (default: all cores; --quick: 1)")
     parser.add_argument("--rounds", type=int, help="section 2: rounds (default 2; quick 1)")
     parser.add_argument("--warmup", type=int, help="section 2: warm-up steps (default 3; quick 1)")
     parser.add_argument("--repeats", type=int, help="section 2: timed steps (default 3; quick 1)")
@@ -249,6 +250,8 @@ def main() -> None:
                         "methods"], help="sections to leave out")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     args = parser.parse_args()
+    if args.threads is None:
+        args.threads = 1 if args.quick else overhead_threads()
     for n in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # section 2's workers inherit it
         os.environ[n] = str(args.threads)
     import torch
