@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from transformers import (
 import opdf
 from opdf.errors import OpdfError
 from opdf.integrations.transformers import OpdfTrainer
+from opdf.lr_scaling import predicted_step
 from opdf.models import load_model, student_from_teacher
 from opdf.overparam import mpo_modules
 
@@ -56,14 +59,14 @@ def parts():
 
 
 def make_trainer(parts, out: Path, max_steps: int = 6, callbacks=None, optim="adamw_torch",
-                 **opdf_kwargs):  # fmt: skip
+                 weight_decay: float = 0.0, **opdf_kwargs):  # fmt: skip
     tokenizer, teacher, data = parts
     student = student_from_teacher(teacher, [0, 1]).requires_grad_(True)  # the teacher is frozen
     args = TrainingArguments(
         output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=8,
         gradient_accumulation_steps=2, learning_rate=1e-3, save_steps=3, logging_steps=1,
         eval_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
-        dataloader_num_workers=0, optim=optim,
+        dataloader_num_workers=0, optim=optim, weight_decay=weight_decay,
     )  # fmt: skip
     kwargs = {"scheme": "mpo", "unit_modes": 2, "align_weight": 1.0, "kd_alpha": 0.5}
     kwargs.update(opdf_kwargs)
@@ -129,12 +132,16 @@ def test_trains_checkpoints_cores_and_saves_a_stock_merged_model(parts, tmp_path
         trainer.train()
 
 
-def test_resume_from_a_checkpoint_gives_the_same_merged_model(parts, tmp_path):
-    make_trainer(parts, tmp_path / "full").train()
-    make_trainer(parts, tmp_path / "cut", callbacks=[StopAt(3)]).train()  # "killed" at step 3
+@pytest.mark.parametrize("lr_scaling", ["none", "auto"])
+def test_resume_from_a_checkpoint_gives_the_same_merged_model(parts, tmp_path, lr_scaling):
+    """With ``auto`` the resumed optimizer takes the saved per-core rates (the rebuilt groups
+    have the same layout), so it too continues exactly."""
+    make_trainer(parts, tmp_path / "full", lr_scaling=lr_scaling).train()
+    cut = make_trainer(parts, tmp_path / "cut", callbacks=[StopAt(3)], lr_scaling=lr_scaling)
+    cut.train()  # "killed" at step 3
     state = json.loads((tmp_path / "cut" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
-    resumed = make_trainer(parts, tmp_path / "cut")
+    resumed = make_trainer(parts, tmp_path / "cut", lr_scaling=lr_scaling)
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-3"))
     a = weights(tmp_path / "full" / "merged")
     b = weights(tmp_path / "cut" / "merged")
@@ -183,11 +190,114 @@ def test_bad_arguments_are_user_errors(parts, tmp_path):
         OpdfTrainer(model=student, args=args, teacher=teacher, kd_alpha=1.5)
     with pytest.raises(OpdfError, match="needs model"):
         OpdfTrainer(args=args, model_init=lambda: student)
+    with pytest.raises(OpdfError, match="one of: none, auto; got 'fast'"):
+        OpdfTrainer(model=student, args=args, teacher=teacher, lr_scaling="fast")
+    for optim in ("sgd", "adafactor"):
+        other = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[],
+                                  optim=optim)  # fmt: skip
+        fresh = student_from_teacher(teacher, [0, 1]).requires_grad_(True)
+        with pytest.raises(OpdfError, match=f"Adam's per-entry step; optim='{optim}'"):
+            OpdfTrainer(model=fresh, args=other, teacher=teacher, lr_scaling="auto")
+    fresh = student_from_teacher(teacher, [0, 1]).requires_grad_(True)
+    with pytest.raises(OpdfError, match="derived for Adam/AdamW; .* 'SGD'"):
+        OpdfTrainer(model=fresh, args=args, teacher=teacher, lr_scaling="auto",
+                    optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}))  # fmt: skip
+    fresh = student_from_teacher(teacher, [0, 1]).requires_grad_(True)
+    own = torch.optim.AdamW(fresh.parameters())
+    with pytest.raises(OpdfError, match="drop optimizers"):
+        OpdfTrainer(model=fresh, args=args, teacher=teacher, lr_scaling="auto",
+                    optimizers=(own, None))  # fmt: skip
     plain = student_from_teacher(teacher, [0, 1]).requires_grad_(True)
     opdf.overparameterize(plain, scheme="svd")
     trainer = OpdfTrainer(model=plain, args=args, teacher=teacher, scheme="mpo")
     # an already over-parameterized model is used as it is
     assert {p.scheme for _, _, p in mpo_modules(trainer.model)} == {"svd"}
+
+
+# ----------------------------------------------------------------------------- lr_scaling="auto"
+
+
+def group_of(model, optimizer) -> dict[str, dict]:
+    """Each trainable parameter's group, by name; fails if a parameter is in two."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, dict] = {}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            assert names[id(p)] not in out, "a parameter in two groups"
+            out[names[id(p)]] = g
+    return out
+
+
+def test_auto_groups_are_the_rules_rates_over_the_trainers_decay_split(parts, tmp_path):
+    auto = make_trainer(parts, tmp_path / "a", weight_decay=0.01, lr_scaling="auto")
+    none = make_trainer(parts, tmp_path / "n", weight_decay=0.01)
+    model, lr = auto.model, auto.args.learning_rate
+    got = group_of(model, auto.create_optimizer())
+    assert set(got) == {n for n, p in model.named_parameters() if p.requires_grad}  # once each
+    # the cores: opdf.lr_groups's rates and decays for the same model and lr
+    rule = group_of(model, torch.optim.AdamW(opdf.lr_groups(model, lr, "auto", 0.01)))
+    cores = [n for n in got if ".parametrizations.weight.original" in n]
+    assert cores and all(len(got[n]["params"]) == 1 for n in cores)
+    for n in cores:
+        assert got[n]["lr"] == pytest.approx(rule[n]["lr"], rel=1e-12)
+        assert got[n]["weight_decay"] == pytest.approx(rule[n]["weight_decay"], rel=1e-12)
+    assert len({round(got[n]["lr"] / lr, 6) for n in cores}) > 1  # not one rate
+    # the plain parameters: the Trainer's own decay / no-decay split, at args.learning_rate
+    base = group_of(none.model, none.create_optimizer())
+    first = auto.optimizer.param_groups[0]
+    assert first["lr"] == lr and first["weight_decay"] == 0.01  # the rate the Trainer logs
+    for n, g in got.items():
+        if n not in cores:
+            assert (g["lr"], g["weight_decay"]) == (lr, base[n]["weight_decay"]), n
+    assert {base[n]["weight_decay"] for n in cores} == {0.01}  # the Trainer decays cores too
+    assert {base[n]["weight_decay"] for n in got if "bias" in n} == {0.0}
+
+
+def rms_steps(trainer, names: list[str]) -> dict[str, float]:
+    """RMS change of each named merged weight over one ``trainer.train()`` (which merges)."""
+    with torch.no_grad():
+        before = {n: trainer.model.get_submodule(n).weight.detach().clone() for n in names}
+    trainer.train()
+    with torch.no_grad():
+        return {
+            n: float((trainer.model.get_submodule(n).weight - w).pow(2).mean().sqrt())
+            for n, w in before.items()
+        }
+
+
+@pytest.mark.parametrize("unit_modes", [1, 4])
+def test_auto_first_step_moves_merged_weights_like_the_plain_student(parts, tmp_path, unit_modes):
+    """One real OpdfTrainer step (KD + task, clipping, scheduler): RMS change of each merged
+    weight over the plain student's. This width-64 student's small weights make one common rate
+    move W less than plain at 1 unit mode (predicted 0.83) and more at 4 (1.25); auto gives 1."""
+    ratio, predicted = {}, {}
+    for scaling in ("none", "auto"):
+        t = make_trainer(parts, tmp_path / scaling, max_steps=1, merged_dir=False,
+                         align_weight=0.0, unit_modes=unit_modes, lr_scaling=scaling)  # fmt: skip
+        predicted = predicted_step(t.model, "none")
+        ratio[scaling] = rms_steps(t, list(predicted))
+    plain = make_trainer(parts, tmp_path / "plain", max_steps=1, merged_dir=False,
+                         align_weight=0.0, scheme="none")  # fmt: skip
+    ref = rms_steps(plain, list(predicted))
+    auto = {n: v / ref[n] for n, v in ratio["auto"].items()}
+    none = {n: v / ref[n] for n, v in ratio["none"].items()}
+    assert 0.75 <= statistics.median(auto.values()) <= 1.33, auto  # the issue's bands
+    assert all(0.6 <= v <= 1.6 for v in auto.values()), auto
+    assert abs(math.log(statistics.median(auto.values()))) < math.log(1.05)
+    assert abs(math.log(statistics.median(none.values()))) > math.log(1.15), none
+    for n in none:  # and one common rate moves W as the derivation predicts
+        assert none[n] == pytest.approx(predicted[n], rel=0.05), n
+
+
+def test_scheduler_keeps_the_per_core_ratios(parts, tmp_path):
+    t = make_trainer(parts, tmp_path / "run", max_steps=6, callbacks=[StopAt(3)],
+                     merged_dir=False, lr_scaling="auto")  # fmt: skip
+    start = [g["lr"] for g in t.create_optimizer().param_groups]
+    t.train()  # the linear schedule: 3 of 6 steps done, every rate at half its start
+    now = [g["lr"] for g in t.optimizer.param_groups]
+    assert t.state.global_step == 3 and len(set(start)) > 2
+    assert now == pytest.approx([0.5 * s for s in start], rel=1e-9)
+    assert [g["initial_lr"] for g in t.optimizer.param_groups] == start
 
 
 def test_under_torchrun_two_processes_train_the_one_process_model(parts, tmp_path):

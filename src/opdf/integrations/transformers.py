@@ -28,6 +28,9 @@ checkpoint rotation are the Trainer's own):
 - When ``train`` returns the model is merged in place (plain ``nn.Linear`` weights again) and
   saved with its tokenizer to ``merged_dir`` (default ``OUTPUT_DIR/merged``); a later
   ``trainer.save_model()`` writes the merged model too. Build a new trainer to train again.
+- ``lr_scaling="auto"``: ``create_optimizer`` gives every MPO core its own rate and decay
+  (:mod:`opdf.lr_scaling`), so one step moves each merged weight like a plain one and
+  ``args.learning_rate`` need not be re-tuned when ``unit_modes`` changes.
 """
 
 from __future__ import annotations
@@ -42,11 +45,25 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import nested_gather
 
 import opdf
+from opdf.choices import LR_SCALINGS
 from opdf.distill.kd import kd_loss
 from opdf.errors import OpdfError
+from opdf.lr_scaling import core_rates
 from opdf.overparam import mpo_modules
 
-__all__ = ["OpdfTrainer"]
+__all__ = ["AUTO_OPTIMS", "OpdfTrainer"]
+
+#: ``TrainingArguments.optim`` values that ``lr_scaling="auto"`` accepts: torch-style AdamW,
+#: whose per-entry, sign-like step is what the rule assumes (SGD, Adafactor, Lion, ... are not)
+AUTO_OPTIMS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_torch_xla",
+    "adamw_torch_npu_fused",
+    "adamw_anyprecision",
+    "adamw_torch_4bit",
+    "adamw_torch_8bit",
+)
 
 
 class OpdfTrainer(Trainer):
@@ -70,6 +87,10 @@ class OpdfTrainer(Trainer):
     one_contraction_per_step
         Under gradient accumulation, contract once per optimizer step (default True; off under
         DeepSpeed, FSDP and ``sync_each_batch``, where each micro-batch contracts).
+    lr_scaling
+        ``"none"`` (default): one rate for every parameter, as the Trainer builds it. ``"auto"``:
+        per-core rates and decays from :func:`opdf.lr_groups`'s rule (needs an AdamW ``optim``,
+        :data:`AUTO_OPTIMS`, or an ``optimizer_cls_and_kwargs`` whose class is an Adam).
     """
 
     loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: the Trainer divides it
@@ -93,6 +114,7 @@ class OpdfTrainer(Trainer):
         kd_temperature: float = 4.0,
         merged_dir: str | os.PathLike | bool | None = None,
         one_contraction_per_step: bool = True,
+        lr_scaling: str = "none",
         **kwargs: Any,
     ) -> None:
         if model is None or kwargs.get("model_init") is not None:
@@ -104,6 +126,10 @@ class OpdfTrainer(Trainer):
             raise OpdfError(f"kd_alpha must be in [0, 1], got {kd_alpha!r}")
         if kd_temperature <= 0:
             raise OpdfError(f"kd_temperature must be > 0, got {kd_temperature!r}")
+        if lr_scaling not in LR_SCALINGS:
+            raise OpdfError(
+                f"lr_scaling must be one of: {', '.join(LR_SCALINGS)}; got {lr_scaling!r}"
+            )
         if align_weight < 0:
             raise OpdfError(f"align_weight must be >= 0, got {align_weight!r}")
         if align_weight > 0 and teacher is None:
@@ -138,7 +164,81 @@ class OpdfTrainer(Trainer):
         self._terms: dict[str, torch.Tensor] = {}
         self._n_terms = 0
         self.merged = False
+        self.lr_scaling = lr_scaling
         super().__init__(model=model, args=args, **kwargs)
+        if lr_scaling == "auto":
+            self._check_auto_optimizer()
+
+    # ------------------------------------------------------------------ optimizer
+    def _check_auto_optimizer(self) -> None:
+        """The rule models Adam's per-entry step: refuse optimizers it says nothing about."""
+        if self.optimizer is not None:
+            raise OpdfError(
+                "lr_scaling='auto' builds the optimizer's per-core groups itself; drop "
+                "optimizers=(...) or use lr_scaling='none'"
+            )
+        if self.optimizer_cls_and_kwargs is not None:
+            cls = self.optimizer_cls_and_kwargs[0]
+            if not (isinstance(cls, type) and issubclass(cls, torch.optim.Adam)):
+                raise OpdfError(
+                    f"lr_scaling='auto' is derived for Adam/AdamW; optimizer_cls_and_kwargs has "
+                    f"{getattr(cls, '__name__', cls)!r} (use lr_scaling='none')"
+                )
+            return
+        optim = getattr(self.args.optim, "value", self.args.optim)
+        if optim not in AUTO_OPTIMS:
+            raise OpdfError(
+                f"lr_scaling='auto' is derived for Adam's per-entry step; optim={optim!r} is "
+                f"not one: choose one of {', '.join(AUTO_OPTIMS)} (or lr_scaling='none')"
+            )
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """``lr_scaling="auto"``: the Trainer's optimizer class and arguments over per-core
+        groups; ``"none"``: the Trainer's own.
+
+        Groups: the plain parameters at ``args.learning_rate`` split by the Trainer's
+        decay/no-decay names (first, so the logged learning rate is the plain one), then one
+        group per trainable core at its rate and decay (:func:`opdf.lr_scaling.core_rates`). The
+        scheduler multiplies each group's own initial rate, so the ratios hold all run long; a
+        resumed run takes every group's rate from the saved optimizer state.
+        """
+        if self.lr_scaling != "auto" or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        groups = self._auto_groups(opt_model)
+        if self.optimizer_cls_and_kwargs is not None:
+            cls, kwargs = self.optimizer_cls_and_kwargs
+        else:
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = cls(groups, **kwargs)
+        return self.optimizer
+
+    def _auto_groups(self, opt_model: nn.Module) -> list[dict]:
+        """Cores matched by identity, so a wrapped ``opt_model`` (DDP) finds the same ones."""
+        lr, wd = self.args.learning_rate, self.args.weight_decay
+        decay_names = set(self.get_decay_parameter_names(opt_model))
+        rates = {id(r.param): r for r in core_rates(self.model)}
+        decay, no_decay, cores = [], [], []
+        for name, p in opt_model.named_parameters():
+            if not p.requires_grad:
+                continue
+            rate = rates.pop(id(p), None)
+            if rate is not None:
+                core_wd = wd * rate.weight_decay_factor if name in decay_names else 0.0
+                cores.append({"params": [p], "lr": lr * rate.lr_factor, "weight_decay": core_wd})
+            else:
+                (decay if name in decay_names else no_decay).append(p)
+        if rates:
+            raise OpdfError(
+                "lr_scaling='auto': the optimizer's model does not hold the MPO cores as "
+                f"parameters (e.g. {next(iter(rates.values())).name}; FSDP flattens them); "
+                "use lr_scaling='none'"
+            )
+        return [
+            {"params": decay, "lr": lr, "weight_decay": wd},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+            *cores,
+        ]
 
     # ------------------------------------------------------------------ training
     def train(self, *args, **kwargs):
