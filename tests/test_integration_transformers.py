@@ -207,6 +207,11 @@ def test_bad_arguments_are_user_errors(parts, tmp_path):
     with pytest.raises(OpdfError, match="drop optimizers"):
         OpdfTrainer(model=fresh, args=args, teacher=teacher, lr_scaling="auto",
                     optimizers=(own, None))  # fmt: skip
+    fresh = student_from_teacher(teacher, [0, 1]).requires_grad_(True)
+    auto = OpdfTrainer(model=fresh, args=args, teacher=teacher, lr_scaling="auto")
+    auto.is_deepspeed_enabled = True  # as the Trainer sets it under a DeepSpeed config
+    with pytest.raises(OpdfError, match="not supported under DeepSpeed"):
+        auto._check_auto_optimizer()
     plain = student_from_teacher(teacher, [0, 1]).requires_grad_(True)
     opdf.overparameterize(plain, scheme="svd")
     trainer = OpdfTrainer(model=plain, args=args, teacher=teacher, scheme="mpo")

@@ -171,7 +171,13 @@ class OpdfTrainer(Trainer):
 
     # ------------------------------------------------------------------ optimizer
     def _check_auto_optimizer(self) -> None:
-        """The rule models Adam's per-entry step: refuse optimizers it says nothing about."""
+        """The rule models Adam's per-entry step: refuse optimizers it says nothing about, and
+        set-ups where the Trainer never calls ``create_optimizer`` (the rule would be ignored)."""
+        if getattr(self.args, "deepspeed", None) or getattr(self, "is_deepspeed_enabled", False):
+            raise OpdfError(
+                "lr_scaling='auto' is not supported under DeepSpeed (its config may build the "
+                "optimizer, bypassing the per-core groups); use lr_scaling='none'"
+            )
         if self.optimizer is not None:
             raise OpdfError(
                 "lr_scaling='auto' builds the optimizer's per-core groups itself; drop "
