@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from opdf.cli import main
@@ -168,10 +170,28 @@ def test_variant_presets_the_four_columns_and_explicit_keys_tune_them(tmp_path):
     assert "variant" not in load_config(SMOKE_KD).to_dict()
 
 
+def test_a_variant_override_replaces_the_files_own_variant_keys(tmp_path):
+    # the file says overparam: none (and theseus' file align.weight 0): the override means +OPDF
+    opdf = load_config("configs/rt-polarity-kd-base.yaml", ["variant=opdf"])
+    assert (opdf.overparam, opdf.unit_modes, opdf.align.weight) == ("mpo", 3, 100.0)
+    svd = load_config("configs/rt-polarity-theseus-base.yaml", ["variant=svd"])
+    assert (svd.method, svd.overparam, svd.align.weight) == ("theseus", "svd", 0.0)
+    base = load_config("configs/rt-polarity-kd-opdf.yaml", ["variant=base"])
+    assert (base.overparam, base.align.weight) == ("none", 0.0)
+    # other keys of the file stay; a variant written in the file itself is still checked
+    assert opdf.lr == load_config("configs/rt-polarity-kd-base.yaml").lr
+    own = tmp_path / "own.yaml"
+    own.write_text(Path("configs/rt-polarity-kd-base.yaml").read_text() + "variant: svd\n")
+    with pytest.raises(ConfigError, match="overparam is 'none', not 'svd'"):
+        load_config(own)
+    assert load_config(own, ["variant=null"]).variant is None  # null: the file's keys as written
+
+
 @pytest.mark.parametrize(
     "config, overrides, message",
     [
-        ("configs/rt-polarity-kd-base.yaml", ["variant=opdf"], "overparam is 'none', not 'mpo'"),
+        ("configs/rt-polarity-kd-base.yaml", ["variant=opdf", "overparam=none"],
+         "overparam is 'none', not 'mpo'"),
         ("configs/rt-polarity-dbkd.yaml", ["variant=mpo", "align.weight=1"],
          "no alignment loss"),
         ("configs/rt-polarity-dbkd.yaml", ["variant=opdf", "align.weight=0"],

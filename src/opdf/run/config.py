@@ -634,8 +634,27 @@ def load_config(path: str | Path, overrides=()) -> RunConfig:
         raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values")
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(drop_variant_keys(raw, overrides), overrides)
     return config_from_dict(raw, base_dir=path.parent)
+
+
+def drop_variant_keys(raw: dict, overrides) -> dict:
+    """A ``variant=`` override replaces the file's own variant keys (``overparam``, ``unit_modes``,
+    ``align.weight``): ``opdf distill rt-polarity-theseus-base.yaml variant=svd`` means +SVD even
+    though the file says ``overparam: none``. Keys given as overrides still tune it or contradict
+    it (:func:`check_variant`)."""
+    named = [value for key, value in map(parse_override, overrides or ()) if key == ["variant"]]
+    if not named or named[-1] is None:
+        return raw
+    raw = copy.deepcopy(raw)
+    for key in {k for preset in VARIANTS.values() for k in preset}:
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return raw
 
 
 def dump_config(cfg: RunConfig) -> str:
