@@ -122,8 +122,11 @@ def section_overhead(args) -> list[str]:
     quick, unit_modes = args.quick, args.unit_modes
     shape = dict(layers=2, hidden=256, length=32) if quick else {}
     warmup, repeats, rounds = (1, 1, 1) if quick else (3, 3, 2)
-    warmup, repeats, rounds = (args.warmup or warmup, args.repeats or repeats,
-                               args.rounds or rounds)  # fmt: skip
+    warmup, repeats, rounds = (  # a flag of 0 is a value, not "unset"
+        warmup if args.warmup is None else args.warmup,
+        repeats if args.repeats is None else args.repeats,
+        rounds if args.rounds is None else args.rounds,
+    )
     plan = overhead.variants(**({"batch": 8, "micro_batch": 2, "length": 32} if quick else {}))
     base = {"unit_modes": unit_modes, "repeats": repeats, "warmup": warmup,
             "keep_freed_memory": True, **shape}  # fmt: skip
@@ -185,7 +188,7 @@ def section_methods(args) -> list[str]:
     quick, unit_modes = args.quick, args.unit_modes
     configs = {m: c for m, c in METHOD_CONFIGS["quick" if quick else "full"].items()
                if (ROOT / c).is_file()}  # fmt: skip
-    steps = args.steps or (4 if quick else 12)
+    steps = args.steps if args.steps is not None else (4 if quick else 12)
     common = [f"max_steps={steps}", f"eval_every={10 * steps}", f"checkpoint_every={10 * steps}",
               f"log_every={steps}"]  # fmt: skip
     if not quick:  # the suites' subsample (DBKD's cached decisions); evaluation is not timed

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from opdf.data.eda import clean_text, corpus_words, draw_strength, perturbed_copies
+from opdf.errors import ConfigError
 
 TEXTS = [
     "it is a tedious story with a stupid cast and a dull , lifeless script .",
@@ -81,4 +82,11 @@ def test_corpus_pool_skips_stop_words_and_bad_options_fail():
     with pytest.raises(ValueError, match="insert_words"):
         perturbed_copies(TEXTS, insert_words="wordnet")
     # a sentence that cleans to nothing is repeated as is
-    assert perturbed_copies(["!!!"], 3) == [["!!!"] * 3]
+    assert perturbed_copies(["!!!", *TEXTS], 3)[0] == ["!!!"] * 3
+    # most of them (text outside a-z): one error saying how to keep the text, not hard labels
+    with pytest.raises(ConfigError, match="dbkd.clean: false"):
+        perturbed_copies(["этот фильм", "очень", "!!!", TEXTS[0]], 3)
+    with pytest.raises(ConfigError, match="insert_words: corpus needs words"):
+        perturbed_copies(["!!!", "???"], 3, insert_words="corpus")
+    kept = perturbed_copies(["этот фильм хороший", "очень плохой фильм"], 3, clean=False)
+    assert [row[-1] for row in kept] == ["этот фильм хороший", "очень плохой фильм"]

@@ -216,3 +216,17 @@ def test_an_unreadable_cache_entry_is_queried_again(tiny):
     third = DBKD(student, teacher, DBKD.Options(n_copies=3, perturb_seed=77))
     third.on_train_start(ctx)
     assert third.query_info["cached"]
+
+
+def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tiny, monkeypatch):
+    teacher, student, tok = tiny
+    ctx = context(TEXTS, [0, 1, 0, 1, 0, 1], tok)
+
+    def full_disk(path, write):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dbkd_mod, "_atomic_write", full_disk)
+    d = DBKD(student, teacher, DBKD.Options(n_copies=3, perturb_seed=78))
+    with pytest.warns(UserWarning, match="could not cache its teacher queries"):
+        d.on_train_start(ctx)
+    assert not d.query_info["cached"] and d.targets.shape[0] == len(TEXTS)

@@ -16,9 +16,10 @@ def add_parser(subparsers) -> None:
         "description and its options with their defaults (the keys of the config section named "
         "after the method, e.g. `kd: {temperature: 2}` or the override kd.temperature=2).",
     )
-    p.add_argument("--brief", action="store_true", help="one line per method, no options")
-    p.add_argument("--options", action="store_true",
-                   help="one line per option, with its type")  # fmt: skip
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--brief", action="store_true", help="one line per method, no options")
+    form.add_argument("--options", action="store_true",
+                      help="one line per option, with its type")  # fmt: skip
     p.set_defaults(run=run)
 
 

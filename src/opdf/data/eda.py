@@ -34,6 +34,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from opdf.errors import ConfigError
+
 OPERATIONS = ("insert", "swap", "delete")
 INSERT_WORDS = ("sentence", "corpus")
 MAX_STRENGTH = 0.5
@@ -151,7 +153,17 @@ def perturbed_copies(
     if "insert" in operations and insert_words == "corpus":
         pool = list(pool) if pool is not None else corpus_words(texts, clean)
         if not pool:
-            raise ValueError("insert_words='corpus' needs a non-empty pool of words")
+            raise ConfigError(
+                "dbkd.insert_words: corpus needs words to insert, and the training texts have "
+                "none after cleaning (EDA keeps the letters a-z only): set dbkd.clean: false or "
+                "dbkd.insert_words: sentence"
+            )
+    if clean and texts and sum(not _words(t, True) for t in texts) > len(texts) / 2:
+        raise ConfigError(
+            "most training texts have no letters a-z, which EDA's cleaning keeps: every copy "
+            "would be the empty text and the teacher's decisions one label per sentence; set "
+            "dbkd.clean: false for text outside the Latin alphabet"
+        )
     rng = np.random.default_rng(seed)
     out: list[list[str]] = []
     for start in range(0, len(texts), chunk_size):

@@ -42,6 +42,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,11 +332,19 @@ class DBKD(Distiller):
             "unanimous": float(np.mean((dec == dec[:, :1]).all(axis=1))),
             "original_agrees_with_label": float(np.mean(original == np.asarray(split.labels))),
         }
-        _atomic_write(path, lambda f: torch.save(
-            {"spec": spec, "info": info, "decisions": torch.from_numpy(dec.astype(np.int16))}, f
-        ))  # fmt: skip
-        text = json.dumps({"spec": spec, "info": info}, indent=2)  # for people: what is cached
-        _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode()))
+        try:
+            _atomic_write(path, lambda f: torch.save(
+                {"spec": spec, "info": info, "decisions": torch.from_numpy(dec.astype(np.int16))},
+                f,
+            ))  # fmt: skip
+            text = json.dumps({"spec": spec, "info": info}, indent=2)  # for people: what is cached
+            _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode()))
+        except OSError as e:  # the decisions are in memory: train on, query again next time
+            warnings.warn(
+                f"DBKD could not cache its teacher queries in {path} ({e}); this run goes on, "
+                "the next one queries the teacher again",
+                stacklevel=2,
+            )
         self.query_info = {"cache": str(path), "cached": False, **info}
         return dec
 

@@ -396,7 +396,7 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> RunConfig:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(raw).__name__}")
-    raw = dict(raw)
+    raw = copy.deepcopy(raw)  # apply_variant fills nested keys in: never the caller's dict
     method = raw.get("method", "kd")
     names = method_names()
     if method not in names:
