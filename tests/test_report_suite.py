@@ -83,6 +83,10 @@ def test_a_partly_run_setting_is_compared_on_the_seeds_every_candidate_has(tmp_p
     folder = make_suite(tmp_path / "s", scores)
     report = build_report(load_suite(folder / "suite.yaml"), folder)
     assert {g.label: dict(g.axes)["lr"] for g in report.chosen}["base"] == "1e-4"
+    base = next(g for g in report.chosen if g.label == "base")
+    assert base.compared_seeds == (1,)  # said in the table and the CSV, with 3 seeds shown
+    assert "lr=1e-4 (best of 2) on seeds 1" in report.markdown()
+    assert "compared_seeds" in report.csv_files()["chosen.csv"].splitlines()[0]
     # and the other way round: 0.83 on the shared seed vs 0.82 loses to the mean 0.84, wins on it
     scores[("base", "1e-4")] = [(0.82, 0.70), (0.85, 0.71), (0.85, 0.69)]
     scores[("base", "2e-4")] = [(0.83, 0.90)]

@@ -62,6 +62,7 @@ class Group:
     results: list[CellResult] = field(default_factory=list)
     chosen: bool = False
     candidates: int = 0  # chosen groups: how many tuned settings with results it was chosen from
+    compared_seeds: tuple = ()  # chosen groups: the seeds the dev choice compared (all shared)
 
     def seeds(self, replicate: str) -> list[Any]:
         return [r.cell.value(replicate) for r in self.results]
@@ -220,6 +221,7 @@ def chosen_groups(suite: Suite, groups: Sequence[Group]) -> list[Group]:
             continue
         members[idx].chosen = True
         members[idx].candidates = sum(g.mean("dev") is not None for g in members)
+        members[idx].compared_seeds = tuple(sorted(common, key=str))
         out.append(members[idx])
     return out
 
@@ -324,6 +326,7 @@ def group_record(suite: Suite, g: Group) -> dict:
         "test_mean": g.mean("test"), "test_std": g.std("test"),
         "chosen_on_dev": g.chosen,
         "chosen_from": g.candidates or None,
+        "compared_seeds": " ".join(str(v) for v in g.compared_seeds) or None,
         "train_params": g.first("train_params"), "inference_params": g.first("inference_params"),
         "seconds_per_step": g.field_mean("seconds_per_step"),
         "peak_rss_mb": g.field_mean("peak_rss_mb"),
@@ -371,6 +374,8 @@ def chosen_table(suite: Suite, chosen: Sequence[Group]) -> str:
     for g in chosen:
         tuned = ", ".join(f"{k}={format_value(v)}" for k, v in g.axes if k in suite.tune) or "-"
         tuned += f" (best of {g.candidates})"
+        if g.compared_seeds and len(g.compared_seeds) < len(g.results):  # a partly run suite
+            tuned += f" on seeds {' '.join(str(v) for v in g.compared_seeds)}"
         rows.append([g.label, _axes_text(_untuned(suite, g)), tuned, str(len(g.results)),
                      _pm(g.mean("dev"), g.std("dev")), _pm(g.mean("test"), g.std("test")),
                      *_cost_cells(g)])  # fmt: skip
