@@ -230,3 +230,18 @@ def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tiny, monkeypa
     with pytest.warns(UserWarning, match="could not cache its teacher queries"):
         d.on_train_start(ctx)
     assert not d.query_info["cached"] and d.targets.shape[0] == len(TEXTS)
+
+
+def test_a_regression_task_is_refused_before_the_teacher_fine_tune(monkeypatch):
+    from types import SimpleNamespace
+
+    from opdf.run import runner
+    from opdf.run.config import load_config
+
+    def never(*args, **kwargs):
+        raise AssertionError("the teacher fine-tune ran before the task check")
+
+    monkeypatch.setattr(runner, "load_data", lambda cfg: SimpleNamespace(num_labels=1))
+    monkeypatch.setattr(runner, "finetune_teacher", never)
+    with pytest.raises(ConfigError, match="regression task: use kd, theseus or adkd"):
+        runner.build(load_config("configs/smoke-dbkd.yaml"))

@@ -159,6 +159,11 @@ class Distiller(nn.Module):
 
         return student_from_teacher(teacher, layers)
 
+    @classmethod
+    def check_task(cls, num_labels: int, config) -> None:
+        """Refuse a task the method cannot train (raise ``ConfigError``). The runner calls it on
+        the loaded data before the (minutes-long) teacher fine-tune. Default: any task."""
+
     # -- training -----------------------------------------------------------------------------
     def forward_train(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Student logits and the named loss terms for one (micro-)batch; the runner sums the

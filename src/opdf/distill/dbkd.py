@@ -284,10 +284,17 @@ class DBKD(Distiller):
                     "perturb_seed")  # fmt: skip
             return {k: getattr(self, k) for k in keys}
 
+    @classmethod
+    def check_task(cls, num_labels: int, config) -> None:
+        if num_labels < 2:
+            raise ConfigError(
+                "dbkd needs a classification task (the teacher's decisions are class labels); "
+                "this data set is a regression task: use kd, theseus or adkd"
+            )
+
     def __init__(self, student, teacher, options=None, *, num_labels=2):
         super().__init__(student, teacher, options, num_labels=num_labels)
-        if num_labels < 2:
-            raise ConfigError("dbkd needs a classification task (decisions); got regression")
+        self.check_task(num_labels, None)
         self.options.validate()
         self.register_buffer("targets", torch.zeros(0, num_labels), persistent=False)
         self.query_info: dict = {}

@@ -411,6 +411,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
             "not student.model"
         )
     dataset = load_data(cfg)
+    method.check_task(dataset.num_labels, cfg)  # before the teacher fine-tune, too
     teacher_dir = finetune_teacher(cfg, progress=progress, dist=dist, device=device)
     if is_image(cfg):
         teacher, tokenizer = vision_model(str(teacher_dir), dataset), None
