@@ -158,7 +158,8 @@ def perturbed_copies(
                 "none after cleaning (EDA keeps the letters a-z only): set dbkd.clean: false or "
                 "dbkd.insert_words: sentence"
             )
-    if clean and texts and sum(not _words(t, True) for t in texts) > len(texts) / 2:
+    tokens = [_words(t, clean) for t in texts]  # each text split and cleaned once
+    if clean and texts and sum(not w for w in tokens) > len(texts) / 2:
         raise ConfigError(
             "most training texts have no letters a-z, which EDA's cleaning keeps: every copy "
             "would be the empty text and the teacher's decisions one label per sentence; set "
@@ -170,8 +171,8 @@ def perturbed_copies(
         a_ins = draw_strength(rng, strength) if "insert" in operations else 0.0
         a_swap = draw_strength(rng, strength) if "swap" in operations else 0.0
         p_del = draw_strength(rng, a_swap or strength) if "delete" in operations else 0.0
-        for text in texts[start : start + chunk_size]:
-            words = _words(text, clean)
+        for text, words in zip(texts[start : start + chunk_size],
+                               tokens[start : start + chunk_size], strict=True):  # fmt: skip
             if not words or n_copies == 1:  # nothing to perturb: EDA repeats the sentence
                 out.append([" ".join(words) if words else text] * n_copies)
                 continue
