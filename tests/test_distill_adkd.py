@@ -183,3 +183,31 @@ def test_annealed_temperature_and_bad_settings():
         ADKD(ADKD.build_student(teacher), teacher, ADKD.Options(topk=17))
     with pytest.raises(ConfigError, match="ig_steps"):
         ADKD.Options(ig_steps=0).validate()
+
+
+def test_a_student_model_of_another_width_is_refused_before_the_teacher_fine_tune(
+    monkeypatch, tmp_path
+):
+    from types import SimpleNamespace
+
+    from opdf.run import runner
+    from opdf.run.config import load_config
+
+    narrow = tmp_path / "narrow-bert"
+    tiny_bert(2, hidden=32).save_pretrained(narrow)  # tiny-bert, the teacher, is 64 wide
+
+    def never(*args, **kwargs):
+        raise AssertionError("the teacher fine-tune ran before the width check")
+
+    monkeypatch.setattr(runner, "load_data", lambda cfg: SimpleNamespace(num_labels=2))
+    monkeypatch.setattr(runner, "finetune_teacher", never)
+    cfg = load_config("configs/smoke-adkd.yaml", [f"student.model={narrow}", "student.layers=null"])
+    with pytest.raises(ConfigError, match=r"same hidden size \(teacher.model 'tiny-bert': 64, "):
+        runner.build(cfg)
+    # the same width passes the check (and reaches the fine-tune)
+    wide = tmp_path / "wide-bert"
+    tiny_bert(2, hidden=64).save_pretrained(wide)
+    with pytest.raises(AssertionError, match="fine-tune ran"):
+        runner.build(
+            load_config("configs/smoke-adkd.yaml", [f"student.model={wide}", "student.layers=null"])
+        )

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from opdf.distill.base import Distiller, model_inputs, register_method, task_loss
-from opdf.errors import ConfigError
+from opdf.errors import ConfigError, OpdfError
 
 
 def embedding_module(model: nn.Module) -> nn.Module:
@@ -142,6 +142,21 @@ class ADKD(Distiller):
                 raise ConfigError(f"adkd.ig_steps must be >= 1, got {self.ig_steps}")
             if self.topk is not None and self.topk < 1:
                 raise ConfigError(f"adkd.topk must be >= 1 or null (all), got {self.topk}")
+
+    @classmethod
+    def check_task(cls, num_labels: int, config) -> None:
+        """A ``student.model`` of another hidden size than the teacher's cannot be compared at the
+        embeddings: say so from the two config.json files, before the teacher fine-tune."""
+        if config is None or getattr(config.student, "model", None) is None:
+            return
+        hidden_t, hidden_s = _hidden_size(config.teacher.model), _hidden_size(config.student.model)
+        if hidden_s is not None and hidden_t is not None and hidden_s != hidden_t:
+            raise ConfigError(
+                f"adkd compares attributions token by token at the embeddings: teacher and "
+                f"student need the same hidden size (teacher.model {config.teacher.model!r}: "
+                f"{hidden_t}, student.model {config.student.model!r}: {hidden_s}); use "
+                f"student.layers, or a student.model of width {hidden_t}"
+            )
 
     def __init__(self, student, teacher, options=None, *, num_labels=2):
         super().__init__(student, teacher, options, num_labels=num_labels)
@@ -242,3 +257,20 @@ class ADKD(Distiller):
         if o.beta:
             losses["attr"] = o.beta * attr
         return logits, losses
+
+
+def _hidden_size(model: str | None) -> int | None:
+    """The ``hidden_size`` in a text model's config.json; None where it cannot be read (the model
+    load reports that case itself)."""
+    import json
+
+    from opdf.models import resolve_model_dir
+
+    if model is None:
+        return None
+    try:
+        raw = json.loads((resolve_model_dir(model) / "config.json").read_text())
+    except (OSError, ValueError, OpdfError):  # the model load that follows says why
+        return None
+    size = raw.get("hidden_size")
+    return size if isinstance(size, int) else None
