@@ -67,18 +67,20 @@ class Group:
     def seeds(self, replicate: str) -> list[Any]:
         return [r.cell.value(replicate) for r in self.results]
 
-    def scores(self, split: str) -> list[float]:
-        return [s for r in self.results if (s := r.score(split)) is not None]
+    def scores(self, split: str, seeds: set | None = None, replicate: str = "seed") -> list[float]:
+        """The scores on ``split``; only of the cells whose ``replicate`` value is in ``seeds``
+        when given (a dev choice compares settings over the seeds they share)."""
+        return [s for r in self.results
+                if (seeds is None or r.cell.value(replicate) in seeds)
+                and (s := r.score(split)) is not None]  # fmt: skip
 
-    def mean(self, split: str) -> float | None:
-        v = self.scores(split)
+    def mean(self, split: str, seeds: set | None = None, replicate: str = "seed") -> float | None:
+        v = self.scores(split, seeds, replicate)
         return sum(v) / len(v) if v else None
 
     def mean_over(self, split: str, replicate: str, seeds: set) -> float | None:
         """The mean over the cells whose replicate value is in ``seeds`` only."""
-        v = [s for r in self.results
-             if r.cell.value(replicate) in seeds and (s := r.score(split)) is not None]  # fmt: skip
-        return sum(v) / len(v) if v else None
+        return self.mean(split, seeds, replicate)
 
     def std(self, split: str) -> float | None:
         v = self.scores(split)
