@@ -234,7 +234,7 @@ def main() -> None:
             run = trajectory(model, data, args.lr, scaling, names, set(every), probe, top)
             label = "svd" if scheme == "svd" else f"mpo L={unit_modes}"
             rows.append((f"{label} {scaling}", ratios(run, plain)))
-    command = "python benchmarks/effective_trajectory.py " + shlex.join(sys.argv[1:])
+    command = "python " + shlex.join(sys.argv)  # as invoked
     text = (
         f"`{command}`\n\n"
         f"minilm-student, lr {args.lr}, {args.steps} steps of batch {args.batch_size} x "
