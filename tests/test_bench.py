@@ -310,3 +310,53 @@ def test_stopping_the_suite_stops_its_cells_and_remembers_them(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert bench.read_state(out)["running"] == sorted(c.id for c in suite.cells())
+
+
+def _writes_summary_and_checkpoint(p):
+    code = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+            "(p / 'checkpoints').mkdir(parents=True); "
+            "(p / 'checkpoints' / 'last.pt').write_text('x'); "
+            "(p / 'summary.json').write_text('{}')")  # fmt: skip
+    return [sys.executable, "-c", code, str(p.folder)]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_cell_drops_its_checkpoints_unless_kept(tmp_path, keep):
+    suite = load_suite(_tiny_suite(tmp_path))
+    out = tmp_path / "out"
+    planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
+    results = bench.run_cells(planned, out, jobs=2, total=2, done_before=0, say=lambda _: None,
+                              command=_writes_summary_and_checkpoint,
+                              keep_checkpoints=keep)  # fmt: skip
+    assert set(results.values()) == {0}
+    for p in planned:
+        assert (p.folder / "summary.json").is_file()
+        assert (p.folder / "checkpoints" / "last.pt").is_file() == keep
+
+
+def test_keep_checkpoints_is_a_suite_key(tmp_path):
+    path = _tiny_suite(tmp_path)
+    assert load_suite(path).keep_checkpoints is False
+    path.write_text(path.read_text() + "keep_checkpoints: true\n")
+    assert load_suite(path).keep_checkpoints is True
+    path.write_text(path.read_text().replace("keep_checkpoints: true", "keep_checkpoints: 2"))
+    with pytest.raises(ConfigError, match="keep_checkpoints: expected true or false, got 2"):
+        load_suite(path)
+
+
+def test_a_full_disk_starts_no_new_cell(tmp_path):
+    suite = load_suite(_tiny_suite(tmp_path))
+    out = tmp_path / "out"
+    planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
+    lines: list[str] = []
+    full = ("import sys; print('opdf distill: error: could not write the checkpoint last.pt: "
+            "No space left on device; ...', file=sys.stderr); sys.exit(2)")  # fmt: skip
+
+    def command(p):
+        return [sys.executable, "-c", full]
+
+    results = bench.run_cells(planned, out, jobs=1, total=2, done_before=0, say=lines.append,
+                              command=command)  # fmt: skip
+    assert list(results) == [planned[0].cell.id]  # the second cell never started
+    assert any("the disk is full: 1 cell(s) not started" in x for x in lines)
+    assert not planned[1].folder.exists()

@@ -344,3 +344,38 @@ def test_a_key_added_to_opdf_after_a_run_started_does_not_block_its_resume(tmp_p
     changed = cfg_for(out, "on_nonfinite=skip")  # a real change still refuses
     with pytest.raises(OpdfError, match="differs .* in on_nonfinite"):
         prepare_output_dir(out, resume=True, overwrite=False, cfg=changed)
+
+
+def test_a_disk_that_fills_inside_torch_save_is_the_same_clear_error(tmp_path, monkeypatch):
+    """torch's zip writer swallows the file's OSError and fails later with 'unexpected pos'
+    (what a full disk did to a suite cell): the error still names the full disk."""
+    ckpt.save(tiny(2), tmp_path / ckpt.LAST)
+    real_fdopen = ckpt.os.fdopen
+
+    class FillsUp:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            if self.written + len(data) > 2048:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    monkeypatch.setattr(ckpt.os, "fdopen", lambda fd, mode: FillsUp(real_fdopen(fd, mode)))
+    big = tiny(4)
+    big.modules["student"] = {"w": torch.zeros(4096)}  # larger than what the disk takes
+    with pytest.raises(ckpt.CheckpointWriteError, match="last.pt: No space left on device"):
+        ckpt.save(big, tmp_path / ckpt.LAST, keep_previous=True)
+    monkeypatch.undo()
+    assert ckpt.read(tmp_path / ckpt.LAST).step == 2
+    assert not list(tmp_path.glob(".*.tmp"))

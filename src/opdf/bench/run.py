@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,6 +224,10 @@ def _threads_of(overrides: Sequence[str]) -> int | None:
     return None
 
 
+#: what a cell's last log line says when the disk (or the user's quota) is full
+DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded", re.IGNORECASE)
+
+
 def _last_line(log: Path) -> str:
     try:
         lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
@@ -328,9 +334,12 @@ def run_cells(
     say: Callable[[str], None] = print,
     command: Callable[[Planned], list[str]] = cell_command,
     grace_seconds: float = 30.0,
+    keep_checkpoints: bool = False,
 ) -> dict[str, int]:
     """Run the pending cells, ``jobs`` at a time; returns ``{cell id: exit code}``. A failed
-    cell is reported and the others go on. Ctrl-C / SIGTERM: stop, then KeyboardInterrupt."""
+    cell is reported and the others go on, except on a full disk: then no new cell starts (each
+    would fail the same way within a minute). A finished cell's ``checkpoints/`` is removed
+    unless ``keep_checkpoints``. Ctrl-C / SIGTERM: stop, then KeyboardInterrupt."""
     queue = [p for p in planned if p.pending]
     running: dict[subprocess.Popen, tuple[Planned, float, Any]] = {}
     results: dict[str, int] = {}
@@ -372,10 +381,20 @@ def run_cells(
                         score = (f" dev {100 * dev:.2f} test {100 * test:.2f}"
                                  if dev is not None and test is not None else "")  # fmt: skip
                         say(f"[{done}/{total}] done {p.cell.id}{score} ({secs:.0f} s)")
+                        if not keep_checkpoints:
+                            shutil.rmtree(p.folder / "checkpoints", ignore_errors=True)
                     else:
                         results[p.cell.id] = code or 1
+                        last = _last_line(p.log)
                         say(f"[{done}/{total}] FAILED {p.cell.id} (exit {code}, {secs:.0f} s): "
-                            f"{_last_line(p.log)}; log: {p.log}")  # fmt: skip
+                            f"{last}; log: {p.log}")  # fmt: skip
+                        if queue and DISK_FULL.search(last):
+                            say(
+                                f"the disk is full: {len(queue)} cell(s) not started. Free "
+                                "space (finished cells keep no checkpoints unless "
+                                "keep_checkpoints: true), then rerun: the failed cells resume"
+                            )
+                            queue.clear()
                     _write_state(out, [q.cell.id for q, *_ in running.values()])
     except (KeyboardInterrupt, _Stop):
         ids = [p.cell.id for p, *_ in running.values()]

@@ -20,6 +20,7 @@ A suite file (everything but ``name`` and ``config`` optional)::
     replicates: seed    # the axis averaged over and paired on (default: seed)
     baseline: base      # the variant every other one is compared with (default: the first)
     reuse: [other-suite]  # sibling suite folders whose finished, identical cells count as done
+    keep_checkpoints: false  # a finished cell's checkpoints/ (resume state) are removed
     tiny: {set: {...}, grid: {seed: [1]}}   # `--tiny`: overrides for a seconds-long CPU check
 
 Keys are dotted config keys, as in ``opdf distill CONFIG key=value``; a value replaces the key's
@@ -40,9 +41,11 @@ joined by ``,``), e.g. ``runs/suites/rt-polarity-kd/opdf__lr=5e-5__seed=3``.
 A cell runs as its own process, ``opdf distill <config> <variant> <set> <grid overrides>
 output_dir=<cell> --no-progress`` plus ``--resume`` when ``<cell>/checkpoints/last.pt`` exists,
 ``--overwrite`` otherwise; stdout and stderr go to ``<cell>.log``. It is done when
-``<cell>/summary.json`` exists; a cell whose folder a live run holds (``opdf.run.lock``) is
-left alone. Cells run with the LAST grid axis outermost (whole seeds
-first), then the earlier axes, the variants innermost.
+``<cell>/summary.json`` exists; then its ``checkpoints/`` folder (the resume state: ~4x the
+student, 270 MB for the rt-polarity student, 40 GB over a 150-cell suite) is removed unless
+``keep_checkpoints: true``; config, summary, metrics, log and the merged ``student/`` stay.
+A cell whose folder a live run holds (``opdf.run.lock``) is left alone. Cells run with the LAST
+grid axis outermost (whole seeds first), then the earlier axes, the variants innermost.
 
 This module only reads files (no torch): parsing, cell ids, run order and on-disk status.
 """
@@ -61,7 +64,7 @@ import yaml
 from opdf.errors import ConfigError
 
 SUITE_KEYS = ("name", "config", "set", "variants", "grid", "tune", "replicates", "baseline",
-              "reuse", "tiny", "description")  # fmt: skip
+              "reuse", "keep_checkpoints", "tiny", "description")  # fmt: skip
 TINY_KEYS = ("set", "grid")
 SEP = "__"
 _SAFE = re.compile(r"[^A-Za-z0-9._+,=-]")
@@ -131,6 +134,7 @@ class Suite:
     tiny: dict[str, Any] | None
     variant_configs: dict[str, str] = field(default_factory=dict)
     description: str | None = None
+    keep_checkpoints: bool = False
 
     def default_out(self, tiny: bool = False) -> Path:
         return Path("runs") / "suites" / (f"{self.name}-tiny" if tiny else self.name)
@@ -314,10 +318,14 @@ def parse_suite(data: Any, path: Path) -> Suite:
                 raise ConfigError(f"{where}: tiny.grid.{k}: not an axis of grid")
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}: tiny.grid.{k}: expected a non-empty list")
+    keep = data.get("keep_checkpoints", False)
+    if not isinstance(keep, bool):
+        raise ConfigError(f"{where}: keep_checkpoints: expected true or false, got {keep!r}")
     return Suite(
         name=name, path=path, configs=configs, set=set_, variants=variants, grid=grid,
         tune=list(tune), replicates=replicates, baseline=baseline, reuse=reuse, tiny=tiny,
         variant_configs=variant_configs, description=data.get("description"),
+        keep_checkpoints=keep,
     )  # fmt: skip
 
 

@@ -161,7 +161,8 @@ def run(args) -> int:
             bench.prepare_teachers(pending, out, _say)
         try:
             results = bench.run_cells(pending, out, jobs=args.jobs, total=runnable,
-                                done_before=finished, say=_say)  # fmt: skip
+                                      done_before=finished, say=_say,
+                                      keep_checkpoints=suite.keep_checkpoints)  # fmt: skip
         except KeyboardInterrupt:
             _say(f"interrupted; rerun `opdf bench {args.suite}` to resume")
             return 130

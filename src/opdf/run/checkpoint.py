@@ -173,15 +173,23 @@ def _before_rename(path: Path):
 
 
 class _HashingWriter:
-    """A write-only file that hashes what passes through it (no second read of the file)."""
+    """A write-only file that hashes what passes through it (no second read of the file).
+
+    It also keeps the ``OSError`` of a failed write: torch's zip writer swallows it and fails
+    later with ``RuntimeError: ... unexpected pos``, which says nothing of a full disk."""
 
     def __init__(self, f) -> None:
         self.f, self.sha, self.size = f, hashlib.sha256(), 0
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         self.sha.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -189,7 +197,12 @@ class _HashingWriter:
 
 def _save_hashed(obj, f) -> dict:
     w = _HashingWriter(f)
-    torch.save(obj, w)
+    try:
+        torch.save(obj, w)
+    except RuntimeError:
+        if w.error is not None:  # the real cause (disk full, quota), for :func:`writing`
+            raise w.error from None
+        raise
     return {"sha256": w.sha.hexdigest(), "size": w.size}
 
 
