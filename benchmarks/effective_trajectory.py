@@ -50,13 +50,14 @@ from effective_step import SCALES, build_model, merged
 from opdf.overparam import default_targets
 
 
-def batches(steps: int, batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
-    """``steps`` real train batches, drawn epoch by epoch from a seed-0 shuffle."""
-    from opdf.data.movie_reviews import load_movie_reviews
-    from opdf.models import load_tokenizer
+def encode(tok, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenize like the runner does (truncate, pad to the longest)."""
+    return dict(tok(texts, truncation=True, max_length=max_length, padding=True,
+                    return_tensors="pt"))  # fmt: skip
 
-    train = load_movie_reviews("rt-polarity").train
-    tok = load_tokenizer("minilm-l6")
+
+def batches(train, tok, steps: int, batch_size: int, max_length: int) -> list[dict]:
+    """``steps`` real train batches, drawn epoch by epoch from a seed-0 shuffle."""
     order: list[int] = []
     g = torch.Generator().manual_seed(0)
     while len(order) < steps * batch_size:
@@ -64,33 +65,9 @@ def batches(steps: int, batch_size: int, max_length: int) -> list[dict[str, torc
     out = []
     for s in range(steps):
         idx = order[s * batch_size : (s + 1) * batch_size]
-        enc = tok(
-            [train.texts[i] for i in idx],
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        )
+        enc = encode(tok, [train.texts[i] for i in idx], max_length)
         out.append({**enc, "labels": torch.tensor([train.labels[i] for i in idx])})
     return out
-
-
-def probe_batch(n: int, max_length: int) -> dict[str, torch.Tensor]:
-    """The first ``n`` dev sentences: the fixed inputs on which the model's move is measured."""
-    from opdf.data.movie_reviews import load_movie_reviews
-    from opdf.models import load_tokenizer
-
-    dev = load_movie_reviews("rt-polarity").dev
-    tok = load_tokenizer("minilm-l6")
-    return dict(
-        tok(
-            list(dev.texts[:n]),
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-    )
 
 
 def top_subspace(weights: dict[str, torch.Tensor], share: float = 0.1) -> dict:
@@ -223,8 +200,13 @@ def main() -> None:
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     names = default_targets(base)
-    data = batches(args.steps, args.batch_size, args.max_length)
-    probe = probe_batch(128, args.max_length) if args.function else None
+    from opdf.data.movie_reviews import load_movie_reviews
+    from opdf.models import load_tokenizer
+
+    reviews, tok = load_movie_reviews("rt-polarity"), load_tokenizer("minilm-l6")
+    data = batches(reviews.train, tok, args.steps, args.batch_size, args.max_length)
+    # the probe: the first 128 dev sentences, the fixed inputs on which the model's move is measured
+    probe = encode(tok, list(reviews.dev.texts[:128]), args.max_length) if args.function else None
     top = top_subspace(merged(base, names)) if args.function else None
     plain = trajectory(copy.deepcopy(base), data, args.lr, "none", names, set(every), probe, top)
     rows = [("plain none", ratios(plain, plain))] if args.function else []

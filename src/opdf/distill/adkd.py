@@ -147,7 +147,7 @@ class ADKD(Distiller):
     def check_task(cls, num_labels: int, config) -> None:
         """A ``student.model`` of another hidden size than the teacher's cannot be compared at the
         embeddings: say so from the two config.json files, before the teacher fine-tune."""
-        if config is None or getattr(config.student, "model", None) is None:
+        if config is None or config.student.model is None:
             return
         hidden_t, hidden_s = _hidden_size(config.teacher.model), _hidden_size(config.student.model)
         if hidden_s is not None and hidden_t is not None and hidden_s != hidden_t:

@@ -78,10 +78,6 @@ class Group:
         v = self.scores(split, seeds, replicate)
         return sum(v) / len(v) if v else None
 
-    def mean_over(self, split: str, replicate: str, seeds: set) -> float | None:
-        """The mean over the cells whose replicate value is in ``seeds`` only."""
-        return self.mean(split, seeds, replicate)
-
     def std(self, split: str) -> float | None:
         v = self.scores(split)
         if len(v) < 2:
@@ -217,7 +213,7 @@ def chosen_groups(suite: Suite, groups: Sequence[Group]) -> list[Group]:
     for members in settings.values():
         scored = [set(g.seeds(rep)) for g in members if g.mean("dev") is not None]
         common = set.intersection(*scored) if scored else set()
-        idx = choose_on_dev([(i, g.mean_over("dev", rep, common) if common else g.mean("dev"))
+        idx = choose_on_dev([(i, g.mean("dev", common or None, rep))
                              for i, g in enumerate(members)])  # fmt: skip
         if idx is None:
             continue
