@@ -40,7 +40,7 @@ def test_suite_a_matches_the_running_study():
     opdf = next(c for c in cells if c.id == "opdf__lr=5e-5__seed=3")
     lead = ["overparam=mpo", "unit_modes=3", "align.weight=100", "seed=3", "lr=5e-5",
             "data.max_train_samples=2000", "epochs=2", "eval_every=25", "checkpoint_every=25",
-            "threads=1"]  # fmt: skip
+            "threads=1", "teacher.cache_outputs=true"]  # fmt: skip
     assert sorted(opdf.overrides) == sorted(lead)
     assert opdf.config == "configs/rt-polarity-kd-base.yaml" or Path(opdf.config).samefile(
         ROOT / "configs/rt-polarity-kd-base.yaml"

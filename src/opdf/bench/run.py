@@ -34,7 +34,8 @@ STATE_FILE = ".bench-state.json"
 LOCK_FILE = ".bench.lock"
 ACTIVE_SECONDS = 300  # a cell touched this recently by something else may still be running
 # (runs log every log_every steps: a minute or more apart on a busy machine)
-IGNORED_KEYS = ("output_dir", "threads")  # differences that do not change what a cell measures
+# differences that do not change what a cell measures (a top-level key covers its subkeys)
+IGNORED_KEYS = ("output_dir", "threads", "teacher.cache_outputs")
 
 
 def cores() -> int:
@@ -90,7 +91,7 @@ def config_diff(saved: dict, expected: dict) -> list[str]:
     a, b = _flatten(saved), _flatten(expected)
     return sorted(
         k for k in set(a) & set(b)
-        if k.split(".")[0] not in IGNORED_KEYS and not _same(a[k], b[k])
+        if k not in IGNORED_KEYS and k.split(".")[0] not in IGNORED_KEYS and not _same(a[k], b[k])
     )  # fmt: skip
 
 

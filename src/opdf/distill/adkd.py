@@ -39,6 +39,7 @@ terms (the official code runs one more forward for those).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -233,18 +234,32 @@ class ADKD(Distiller):
             raw = raw.detach()
         return logits, [raw * (g / m) for g in sums]
 
+    def attribution_kind(self) -> str:
+        """What, besides the teacher and the batch, decides the teacher's attribution maps (the
+        key of their cache entries)."""
+        o = self.options
+        return (f"adkd-maps:ig_steps={o.ig_steps}:topk={o.topk}:multi_view={self.multi_view}:"
+                f"num_labels={self.num_labels}")  # fmt: skip
+
+    def teacher_attributions(self, inputs: dict, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen teacher's logits and attribution map per view (``map0``, ``map1``, ...)."""
+        logits, ig = self.attributions(self.teacher, inputs, labels, create_graph=False)
+        maps = {f"map{v}": attribution_map(t.detach(), self.options.topk) for v, t in enumerate(ig)}
+        return {"logits": logits.detach(), **maps}
+
     # -- training ----------------------------------------------------------------------------
     def forward_train(self, batch):
         o = self.options
         inputs, labels = model_inputs(batch), batch["labels"]
         losses = {}
         if o.beta:
-            t_logits, t_ig = self.attributions(self.teacher, inputs, labels, create_graph=False)
-            t_logits = t_logits.detach()
+            compute = functools.partial(self.teacher_attributions, inputs, labels)
+            teacher = self.teacher_outputs(self.attribution_kind(), batch, compute)
+            t_logits = teacher["logits"]
+            t_maps = [teacher[f"map{v}"] for v in range(len(teacher) - 1)]
             logits, s_ig = self.attributions(self.student, inputs, labels, create_graph=True)
             attr = sum(
-                attribution_loss(attribution_map(t.detach(), o.topk), attribution_map(s))
-                for t, s in zip(t_ig, s_ig, strict=True)
+                attribution_loss(t, attribution_map(s)) for t, s in zip(t_maps, s_ig, strict=True)
             )
         else:  # no attribution term: plain KD + CE
             logits = self.student(**inputs).logits

@@ -33,6 +33,8 @@ overriding them:
   loss then reads).
 * :meth:`Distiller.on_step_end`: after each optimizer step; may return scalars to log (Theseus
   logs its replacement rate here). A method may take its own optimizers' steps here.
+* :meth:`Distiller.teacher_outputs`: what a frozen teacher computes on a batch, read from the
+  on-disk cache when the run has one (``teacher.cache_outputs``; :meth:`teacher_logits` uses it).
 * :meth:`Distiller.forward_train` is free to call ``torch.autograd.grad(..., create_graph=True)``
   (AD-KD's attributions) or to use only the teacher's decisions (DBKD).
 """
@@ -59,6 +61,9 @@ from opdf.distill.registry import (  # noqa: F401
 #: ``(optimizer, LR schedule or None)``, and what makes one: ``build(groups, lr=None)``
 OptimizerAndSchedule = tuple[torch.optim.Optimizer, "torch.optim.lr_scheduler.LRScheduler | None"]
 OptimizerBuilder = Callable[..., OptimizerAndSchedule]
+
+#: named tensors, e.g. a teacher's outputs on one batch
+Outputs = dict[str, torch.Tensor]
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -134,6 +139,9 @@ class Distiller(nn.Module):
     #: set by ``forward_train`` when its loss has no trainable path by design (Theseus drawing the
     #: predecessor for every module): the trainer then does not count the step as training nothing
     no_gradient_expected: bool = False
+    #: the frozen teacher's outputs per batch on disk (:mod:`opdf.distill.teacher_cache`); set
+    #: by the runner when ``teacher.cache_outputs`` is on
+    teacher_cache: Any = None
 
     @dataclass
     class Options:
@@ -175,9 +183,20 @@ class Distiller(nn.Module):
         """Logits of the deployed student (evaluation and export use the student alone)."""
         return model_logits(self.student, batch)
 
+    def teacher_outputs(self, kind: str, batch: dict, compute: Callable[[], Outputs]) -> Outputs:
+        """A frozen teacher's ``kind`` outputs on ``batch``, as ``compute()`` gives them: from
+        :attr:`teacher_cache` when the run caches them (``teacher.cache_outputs``), else
+        computed. ``kind`` must name everything besides the teacher and the batch that shapes
+        them (e.g. AD-KD's ``ig_steps`` and ``topk``)."""
+        if self.teacher_cache is None:
+            return compute()
+        return self.teacher_cache.get(kind, batch, compute)
+
     @torch.no_grad()
     def teacher_logits(self, batch: dict) -> torch.Tensor:
-        return model_logits(self.teacher, batch)
+        return self.teacher_outputs(
+            "logits", batch, lambda: {"logits": model_logits(self.teacher, batch)}
+        )["logits"]
 
     def train(self, mode: bool = True):
         super().train(mode)

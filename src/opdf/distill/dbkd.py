@@ -54,6 +54,7 @@ from scipy.stats import norm
 from opdf.data.eda import INSERT_WORDS, OPERATIONS, perturbed_copies
 from opdf.distill.base import Distiller, model_inputs, register_method
 from opdf.distill.kd import kd_loss
+from opdf.distill.teacher_cache import digest_tensors
 from opdf.errors import ConfigError, OpdfError
 
 QUADRATURE_NODES = 64  # Gauss-Hermite nodes: P(mu) to ~1e-16 for any gap (tested against quad)
@@ -134,15 +135,6 @@ def pseudo_logits(
 
 
 # --------------------------------------------------------------------------- teacher queries
-
-
-def _digest_tensors(module: torch.nn.Module) -> str:
-    """Content digest of a model's weights and buffers (the teacher's identity in the cache)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _digest_tokenizer(tokenizer) -> str:
@@ -303,7 +295,7 @@ class DBKD(Distiller):
     def cache_spec(self, split, tokenizer, max_length: int) -> dict:
         return {
             "version": CACHE_VERSION,
-            "teacher": _digest_tensors(self.teacher),
+            "teacher": digest_tensors(self.teacher),
             "tokenizer": _digest_tokenizer(tokenizer),
             "texts": _digest_texts(split),
             "n_examples": len(split),

@@ -118,10 +118,14 @@ class FinetuneConfig:
 
 @dataclass
 class TeacherConfig:
-    """``model``: a built-in name or a folder. ``finetune: null`` uses it as is (already tuned)."""
+    """``model``: a built-in name or a folder. ``finetune: null`` uses it as is (already tuned).
+    ``cache_outputs``: keep a frozen teacher's outputs per training batch on disk
+    (:mod:`opdf.distill.teacher_cache`), for the runs that train on the same batches (a suite's
+    cells of one seed): their teacher forwards are computed once. Results are unchanged."""
 
     model: str = "minilm-l6"
     finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
+    cache_outputs: bool = False
 
 
 @dataclass

@@ -31,6 +31,7 @@ import functools
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -435,6 +436,17 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
     if teacher_overparam:
         overparameterize(teacher, scheme=cfg.overparam, unit_modes=cfg.unit_modes)
     distiller = method(student, teacher, cfg.method_options, num_labels=dataset.num_labels)
+    if cfg.teacher.cache_outputs and distiller.teacher is not None:
+        if method.teacher_frozen:
+            from opdf.distill.teacher_cache import TeacherCache
+
+            distiller.teacher_cache = TeacherCache(distiller.teacher)
+        else:  # a suite may set it for all its methods; this one has nothing to cache
+            warnings.warn(
+                f"teacher.cache_outputs is ignored: {cfg.method} trains its teacher, whose "
+                "outputs change every step",
+                stacklevel=2,
+            )
     align = None
     if cfg.align.weight > 0:
         # a frozen teacher stays plain (fast forwards); its paired weights are decomposed once,

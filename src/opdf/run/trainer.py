@@ -784,6 +784,7 @@ class Trainer:
 
     def _summary(self, state: TrainState, report, dev: dict, test: dict) -> dict:
         total = self.total_steps
+        cache = getattr(self.distiller, "teacher_cache", None)  # this process's lookups
         return {
             **self.run_info,
             "train_params": report.total_params,
@@ -808,6 +809,7 @@ class Trainer:
             "threads": torch.get_num_threads(),
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": peak_gpu_mb(self.device),
+            "teacher_cache": cache.info() if cache is not None else None,
         }
 
 
