@@ -12,6 +12,9 @@ from opdf.errors import OpdfError
 SCHEMES = ("none", "svd", "mpo")
 #: learning-rate rules for the cores (:mod:`opdf.lr_scaling`, config key ``lr_scaling``)
 LR_SCALINGS = ("none", "auto")
+#: which MPO cores train (config key ``train_cores``): every one, the central core only
+#: (``overparameterize(train_only_central=True)``, MPOP-style) or the auxiliary ones only
+TRAIN_CORES = ("all", "central", "auxiliary")
 #: the named core selections of the alignment loss (``align.cores``); else a list of indices
 CORE_SELECTIONS = ("auxiliary", "all")
 

@@ -18,6 +18,8 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     overparam: mpo                  # none | svd | mpo
     precision: fp32                 # fp32 | bf16 (autocast; the MPO contraction stays fp32)
     unit_modes: 3
+    train_cores: all                # all | central | auxiliary: which MPO cores train (the
+                                    # others stay as decomposed; an ablation, mpo only)
     align: {weight: 0.0, cores: auxiliary, layer_map: null}
     kd: {temperature: 4.0, alpha: 0.9}     # the section named after the method: its options
     epochs: 3
@@ -54,7 +56,7 @@ from typing import Any, Union
 
 import yaml
 
-from opdf.choices import LR_SCALINGS, SCHEMES, check_core_selection
+from opdf.choices import LR_SCALINGS, SCHEMES, TRAIN_CORES, check_core_selection
 from opdf.errors import ConfigError, OpdfError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -161,6 +163,7 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     overparam: str = choice(*SCHEMES, default="none")
     unit_modes: int = positive(3, allow_zero=True)
+    train_cores: str = choice(*TRAIN_CORES, default="all")
     align: AlignConfig = field(default_factory=AlignConfig)
     # training
     epochs: float = positive(3.0)
@@ -515,6 +518,23 @@ def check(cfg: RunConfig) -> None:
         check_core_selection(cfg.align.cores)
     except OpdfError as exc:
         raise ConfigError(f"config key 'align.cores': {exc}") from None
+    if cfg.train_cores != "all":
+        if cfg.overparam != "mpo":
+            raise ConfigError(
+                f"train_cores: {cfg.train_cores} needs overparam: mpo (a central core between "
+                f"auxiliary ones), not {cfg.overparam!r}; or train_cores: all"
+            )
+        if cfg.lr_scaling != "none":
+            raise ConfigError(
+                f"lr_scaling: {cfg.lr_scaling} is derived for every core training; with "
+                f"train_cores: {cfg.train_cores} use lr_scaling: none"
+            )
+        if cfg.train_cores == "central" and cfg.align.weight > 0 and cfg.align.cores == "auxiliary":
+            raise ConfigError(
+                "train_cores: central freezes the auxiliary cores, the only ones align.cores: "
+                "auxiliary aligns: the alignment loss would be a constant; set align.weight to "
+                "0, or align.cores to all"
+            )
     if cfg.batch_size % cfg.grad_accum:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be a multiple of grad_accum {cfg.grad_accum} "

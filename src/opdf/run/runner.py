@@ -429,7 +429,9 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
         set_dropout(student, cfg.student.dropout)
     student.train()
     if cfg.overparam != "none":
-        overparameterize(student, scheme=cfg.overparam, unit_modes=cfg.unit_modes)
+        overparameterize(student, scheme=cfg.overparam, unit_modes=cfg.unit_modes,
+                         train_only_central=cfg.train_cores == "central",
+                         freeze_central=cfg.train_cores == "auxiliary")  # fmt: skip
     # a trainable teacher (LGTM) under the alignment loss is over-parameterized like the student
     # (after the student copied its plain layers), so that the loss aligns its live cores
     teacher_overparam = method.teacher_overparameterized(cfg)
@@ -459,6 +461,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
         "method": cfg.method,
         "overparam": cfg.overparam,
         "unit_modes": cfg.unit_modes if cfg.overparam == "mpo" else 0,
+        "train_cores": cfg.train_cores,
         "lr_scaling": cfg.lr_scaling,
         "align": dataclasses.asdict(cfg.align) if align is not None else None,
         "align_pairs": len(align.pairs) if align is not None else 0,
