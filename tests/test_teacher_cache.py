@@ -156,3 +156,14 @@ def test_turning_the_cache_on_does_not_make_a_suite_cell_stale():
     now = {"lr": 1e-4, "teacher": {"model": "tiny-bert", "cache_outputs": True}}
     assert config_diff(saved, now) == []
     assert config_diff(saved, {**now, "lr": 2e-4}) == ["lr"]
+
+
+def test_a_run_resumes_with_the_cache_turned_on(tmp_path):
+    """A suite that starts setting ``teacher.cache_outputs`` resumes its interrupted cells."""
+    common = [f"output_dir={tmp_path / 'run'}", "max_steps=4", "eval_every=2", "checkpoint_every=2"]
+    cfg = load_config("configs/smoke-kd.yaml", common)
+    assert run_distill(cfg, progress=False, stop_after_step=2) is None
+    cached = load_config("configs/smoke-kd.yaml", [*common, "teacher.cache_outputs=true"])
+    summary = run_distill(cached, resume=True, progress=False)
+    assert summary["resumed_from_step"] == 2
+    assert summary["teacher_cache"]["misses"] + summary["teacher_cache"]["hits"] == 2

@@ -12,6 +12,9 @@ from opdf.errors import OpdfError
 SCHEMES = ("none", "svd", "mpo")
 #: learning-rate rules for the cores (:mod:`opdf.lr_scaling`, config key ``lr_scaling``)
 LR_SCALINGS = ("none", "auto")
+#: dotted config keys that do not change what a run computes: a resumed run, or a suite's
+#: finished cell, may differ in them (``teacher.cache_outputs`` reads what it would compute)
+NEUTRAL_KEYS = ("teacher.cache_outputs",)
 #: which MPO cores train (config key ``train_cores``): every one, the central core only
 #: (``overparameterize(train_only_central=True)``, MPOP-style) or the auxiliary ones only
 TRAIN_CORES = ("all", "central", "auxiliary")

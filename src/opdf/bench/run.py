@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, Cell, Suite, cell_status
+from opdf.choices import NEUTRAL_KEYS
 from opdf.errors import ConfigError, OpdfError
 
 STALE = "stale"
@@ -35,7 +36,7 @@ LOCK_FILE = ".bench.lock"
 ACTIVE_SECONDS = 300  # a cell touched this recently by something else may still be running
 # (runs log every log_every steps: a minute or more apart on a busy machine)
 # differences that do not change what a cell measures (a top-level key covers its subkeys)
-IGNORED_KEYS = ("output_dir", "threads", "teacher.cache_outputs")
+IGNORED_KEYS = ("output_dir", "threads", *NEUTRAL_KEYS)
 
 
 def cores() -> int:

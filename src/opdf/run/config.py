@@ -56,7 +56,7 @@ from typing import Any, Union
 
 import yaml
 
-from opdf.choices import LR_SCALINGS, SCHEMES, TRAIN_CORES, check_core_selection
+from opdf.choices import LR_SCALINGS, NEUTRAL_KEYS, SCHEMES, TRAIN_CORES, check_core_selection
 from opdf.errors import ConfigError, OpdfError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -150,6 +150,19 @@ class AlignConfig:
     cores: str | list[int] = "auxiliary"
     layer_map: dict[int, int] | None = None
     allow_partial: bool = False  # align only the same-shaped cores instead of failing
+
+
+def drop_neutral(config: dict) -> dict:
+    """A copy of a config dict without :data:`NEUTRAL_KEYS` (for comparing two configs)."""
+    out = copy.deepcopy(config)
+    for key in NEUTRAL_KEYS:
+        *parents, last = key.split(".")
+        node = out
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
 
 
 @dataclass

@@ -41,7 +41,7 @@ from opdf.distill.finetune import FineTune  # also importable from here, as befo
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import checkpoint as ckpt
 from opdf.run import distributed
-from opdf.run.config import FinetuneConfig, RunConfig, data_kind, dump_config
+from opdf.run.config import FinetuneConfig, RunConfig, data_kind, drop_neutral, dump_config
 from opdf.run.distributed import SINGLE, DistEnv
 from opdf.run.lock import LOCK_FILE, RunLock
 from opdf.run.trainer import Trainer, TrainSettings, resolve_device
@@ -361,10 +361,12 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
         if resume:
             saved = out / CONFIG_FILE
             if saved.is_file():
-                new = cfg.to_dict()
+                new = drop_neutral(cfg.to_dict())
                 options = type(cfg.method_options)()
                 defaults = RunConfig(method=cfg.method, method_options=options).to_dict()
-                old = _with_defaults(yaml.safe_load(saved.read_text()) or {}, defaults)
+                old = drop_neutral(
+                    _with_defaults(yaml.safe_load(saved.read_text()) or {}, defaults)
+                )
                 diff = sorted(k for k in set(old) | set(new)
                               if k != "output_dir" and old.get(k) != new.get(k))  # fmt: skip
                 if diff:
