@@ -48,7 +48,7 @@ def test_an_entry_is_computed_once_and_read_back_bitwise(tmp_path):
     assert torch.equal(first["logits"], second["logits"])
     assert (cache.hits, cache.misses) == (0, 1)
     assert len(list(cache.folder.rglob("*.safetensors"))) == 1
-    assert not list(cache.folder.rglob(".tmp-*"))  # written atomically, nothing left behind
+    assert not list(cache.folder.rglob(".*.tmp"))  # written atomically, nothing left behind
 
 
 def test_another_batch_kind_or_teacher_is_another_entry(tmp_path):

@@ -19,8 +19,6 @@ and the run goes on computing.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,12 +29,19 @@ from torch import nn
 VERSION = 1
 
 
+def _update(h, name: str, t: torch.Tensor) -> None:
+    """Feed a named tensor (name, dtype, shape and bytes) to the hash ``h``: the byte length
+    follows from dtype and shape, so the stream is unambiguous. (The form DBKD's cache keys have
+    always used: changing it would invalidate them.)"""
+    h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def digest_tensors(module: nn.Module) -> str:
     """Content digest of a model's weights and buffers (a teacher's identity in a cache)."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        _update(h, name, t)
     return h.hexdigest()
 
 
@@ -60,8 +65,7 @@ def batch_key(kind: str, batch: dict) -> str:
     if torch.is_autocast_enabled(device):
         h.update(f":autocast:{device}:{torch.get_autocast_dtype(device)}".encode())
     for name, t in sorted(tensors.items()):
-        h.update(f"\0{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        _update(h, name, t)
     return h.hexdigest()
 
 
@@ -112,20 +116,15 @@ class TeacherCache:
             return None  # a torn or foreign file: recompute, and the write replaces it
 
     def _write(self, path: Path, outputs: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in outputs.items()}
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            os.close(fd)
-            save_file(tensors, tmp)
-            os.replace(tmp, path)  # atomic: a reader sees the old entry, the new one or none
+        from opdf.run.checkpoint import atomic_write_bytes
+
+        data = save({k: v.detach().cpu().contiguous() for k, v in outputs.items()})
+        try:  # atomic: a reader sees the old entry, the new one or none
+            atomic_write_bytes(path, lambda f: f.write(data))
         except OSError as e:
             self._writable = False
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
             warnings.warn(
                 f"the teacher-output cache cannot write to {self.folder} ({e}); this run goes "
                 "on computing the teacher's outputs",
