@@ -88,6 +88,22 @@ def test_config_mapping_variant_config_and_blocked(tmp_path):
     assert b.overrides == ("lr=0.01", "seed=1")
 
 
+def test_a_mapping_variant_value_reaches_the_run_as_written(tmp_path):
+    """A variant may set a mapping (rt-polarity-align-target's ``align.layer_map``): the cell's
+    override parses back to the same dict, integer keys included, and only the set variant has
+    it."""
+    s = write_suite(
+        tmp_path / "s.yaml", name="maps", config=str(SMOKE),
+        variants={"default": {"align.weight": 1},
+                  "reversed": {"align.weight": 1, "align.layer_map": {0: 1, 1: 0}}},
+        grid={"seed": [1]},
+    )  # fmt: skip
+    default, reversed_ = load_suite(s).cells()
+    assert "align.layer_map={0: 1, 1: 0}" in reversed_.overrides
+    assert _config_of(reversed_, tmp_path / "out").align.layer_map == {0: 1, 1: 0}
+    assert _config_of(default, tmp_path / "out").align.layer_map is None
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
