@@ -148,6 +148,26 @@ def test_report_pairs_each_variant_with_the_baseline_on_the_same_seeds(tmp_path,
     assert len(rows) == 6 and {r["chosen_on_dev"] for r in rows} == {"True", "False"}
 
 
+def test_baseline_option_compares_with_another_variant(tmp_path, capsys):
+    """--baseline svd: every other variant is paired with svd (hand computation); the suite's
+    own baseline is unchanged for an export, and a wrong name says which variants exist."""
+    folder = make_suite(tmp_path / "s")
+    assert main(["report", str(folder), "--baseline", "svd"]) == 0
+    text = capsys.readouterr().out
+    assert "## Paired differences vs svd" in text
+    a = [t for _, t in SCORES[("mpo", "1e-4")]]
+    b = [t for _, t in SCORES[("svd", "1e-4")]]
+    mean, sd, _ = _hand_paired(a, b)
+    assert f"{100 * mean:+.2f} ± {100 * sd:.2f}" in text
+    assert main(["report", str(folder), "--baseline", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "'nope' is not a variant" in err and "its variants: base, mpo, svd" in err
+    assert main(["report", str(folder), "--baseline", "svd", "--export", str(tmp_path / "x")]) == 2
+    assert "drop one of --baseline and --export" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["report", str(tmp_path / "s" / "base__lr=1e-4__seed=1"), "--baseline", "svd"]) == 2
+
+
 def test_export_copies_small_files_tables_and_plots(tmp_path, capsys):
     folder = make_suite(tmp_path / "runs" / "fixture")
     results = tmp_path / "results"

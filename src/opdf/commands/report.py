@@ -21,7 +21,8 @@ finished cells of the suite's `reuse` suites count as its own. --export DIR also
 report.md, cells.csv, groups.csv, chosen.csv, paired.csv, transfer.csv and PNG plots (accuracy
 vs learning rate, vs scale, variant bars, dev-chosen learning rate vs scale) into
 DIR/<suite name>/, with every cell's config.yaml, summary.json, metrics.jsonl and log (small
-files only), ready to commit."""
+files only), ready to commit. --baseline VARIANT compares every variant with another one than
+the suite's baseline (printed only: an export keeps the suite's)."""
 
 EPILOG = """\
 examples:
@@ -29,7 +30,8 @@ examples:
   opdf report runs/demo --group --format csv
   opdf report benchmarks/suites/rt-polarity-kd.yaml
   opdf report benchmarks/suites/rt-polarity-kd.yaml --export benchmarks/results
-  opdf report benchmarks/results/rt-polarity-kd          # an exported suite"""
+  opdf report benchmarks/results/rt-polarity-kd          # an exported suite
+  opdf report benchmarks/suites/rt-polarity-align-target.yaml --baseline opdf-w1e4"""
 
 
 def add_parser(subparsers) -> None:
@@ -49,6 +51,9 @@ def add_parser(subparsers) -> None:
                    help="one row per (method, variant): mean over seeds, test ± std")  # fmt: skip
     p.add_argument("--sort", default=None, help="sort by a column: run, method, variant, test, ...")
     p.add_argument("--out", help="suite: its results folder (default runs/suites/<name>)")
+    p.add_argument("--baseline", metavar="VARIANT",
+                   help="suite: compare every variant with this one instead of the suite's "
+                        "baseline (not with --export)")  # fmt: skip
     p.add_argument(
         "--export",
         metavar="DIR",
@@ -70,10 +75,32 @@ def _suite_path(paths):
     return None
 
 
+def with_baseline(suite, variant: str, *, export: bool):
+    """The suite compared with ``variant``; an export must match the committed suite file, so
+    that ``opdf report`` of the exported folder prints the same tables."""
+    import dataclasses
+
+    from opdf.errors import OpdfError
+
+    if export:
+        raise OpdfError(
+            "--baseline changes the comparison that is printed; an export writes the suite's own "
+            f"(baseline {suite.baseline!r}): drop one of --baseline and --export"
+        )
+    if variant not in suite.variants:
+        raise OpdfError(
+            f"--baseline {variant!r} is not a variant of suite {suite.name!r}; its variants: "
+            f"{', '.join(suite.variants)}"
+        )
+    return dataclasses.replace(suite, baseline=variant)
+
+
 def run_suite(args, path) -> int:
     from opdf.report.suite import build_report, export, export_dir, open_suite
 
     suite, out = open_suite(path, args.out)
+    if args.baseline is not None:
+        suite = with_baseline(suite, args.baseline, export=bool(args.export))
     report = build_report(suite, out)
     if args.format == "csv":
         print(report.csv_files()["groups.csv"], end="")
@@ -92,8 +119,10 @@ def run(args) -> int:
     suite_path = _suite_path(args.paths)
     if suite_path is not None:
         return run_suite(args, suite_path)
-    if args.export or args.out:
-        raise OpdfError("--export and --out apply to a suite (a suite file or suite folder)")
+    if args.export or args.out or args.baseline:
+        raise OpdfError(
+            "--export, --out and --baseline apply to a suite (a suite file or suite folder)"
+        )
     rows = load_rows(args.paths)
     if args.group:
         rows = group_rows(rows)
