@@ -14,7 +14,7 @@ import yaml
 
 from opdf.bench.suite import load_suite
 from opdf.cli import main
-from opdf.report.suite import build_report, choose_on_dev, export, paired_stats
+from opdf.report.suite import build_report, choose_on_dev, export, holm, paired_stats
 
 # (variant, lr) -> per seed (dev, test). Dev prefers lr 1e-4 for both variants; test prefers
 # 2e-4: a choice that peeked at test would pick 2e-4.
@@ -123,6 +123,28 @@ def test_paired_test_matches_a_hand_computation():
     assert s["ci_low"] < mean < s["ci_high"]
     assert min(x - y for x, y in zip(a, b, strict=True)) <= s["ci_low"]
     assert paired_stats([0.5, 0.6], [0.4, 0.5])["p"] is None  # constant difference: no t
+
+
+def test_holm_adjustment_matches_a_hand_computation():
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): x4 = 0.02, x3 = 0.03, x2 = 0.06, x1 = 0.04 -> 0.06
+    assert holm([0.01, 0.04, None, 0.03, 0.005]) == pytest.approx([0.03, 0.06, None, 0.06, 0.02])
+    assert holm([0.6, 0.5]) == [1.0, 1.0] and holm([]) == [] and holm([None]) == [None]
+
+
+def test_headline_comparisons_get_holm_p_the_per_lr_ones_do_not(tmp_path, capsys):
+    folder = make_suite(tmp_path / "s")
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    head = [c for c in report.comparisons if c.setting == "chosen on dev"]
+    assert len(head) == 2  # svd and mpo
+    raw = sorted(c.stats["p"] for c in head)
+    want = {raw[0]: 2 * raw[0], raw[1]: max(2 * raw[0], raw[1])}
+    for c in head:
+        assert c.stats["p_holm"] == pytest.approx(min(1.0, want[c.stats["p"]]))
+        assert c.stats["family"] == 2
+    assert all(c.stats["p_holm"] is None for c in report.comparisons if c not in head)
+    assert main(["report", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert "| p (Holm) |" in text and "adjusted over the 2 dev-chosen comparisons" in text
 
 
 def test_report_pairs_each_variant_with_the_baseline_on_the_same_seeds(tmp_path, capsys):

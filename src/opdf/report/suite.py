@@ -12,6 +12,10 @@ What it computes, and the rules that keep it honest:
   alike: the mean paired difference of test (points), a two-sided paired t-test
   (``scipy.stats.ttest_rel``) and a 95% percentile bootstrap CI of the mean difference (10,000
   resamples of the seeds, fixed RNG seed 0).
+- A report makes several such comparisons, so its headline ones (each variant at its dev-chosen
+  setting, or at the same setting when nothing is tuned) also get Holm's step-down adjusted p
+  over all of them: a Holm p below 0.05 keeps the chance of any false claim among them at 5%.
+  The per-lr comparisons are diagnostics and stay unadjusted.
 """
 
 from __future__ import annotations
@@ -251,6 +255,31 @@ def paired_stats(a: Sequence[float], b: Sequence[float], *, samples: int = BOOTS
     return out
 
 
+HEADLINE_SETTINGS = ("chosen on dev", "same setting")
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (None stays None and is not counted): the i-th
+    smallest of m becomes ``max over j <= i of min(1, (m - j + 1) p_(j))``."""
+    order = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m, out, running = len(order), [None] * len(pvalues), 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def _adjust_headline(comparisons: list[Comparison]) -> None:
+    """``stats["p_holm"]``: Holm over the headline comparisons, None for the others."""
+    head = [c for c in comparisons if c.setting in HEADLINE_SETTINGS]
+    for c, adjusted in zip(head, holm([c.stats["p"] for c in head]), strict=True):
+        c.stats["p_holm"] = adjusted
+        c.stats["family"] = sum(h.stats["p"] is not None for h in head)
+    for c in comparisons:
+        c.stats.setdefault("p_holm", None)
+        c.stats.setdefault("family", None)
+
+
 def _baseline_label(suite: Suite, g: Group) -> str | None:
     if suite.baseline is None or g.variant is None or g.variant == suite.baseline:
         return None
@@ -285,6 +314,7 @@ def compare(suite: Suite, groups: Sequence[Group], chosen: Sequence[Group]) -> l
             if base is not None:
                 tuned = ", ".join(f"{k}={format_value(v)}" for k, v in g.axes if k in suite.tune)
                 pair(g, base, tuned)
+    _adjust_headline(out)
     return out
 
 
@@ -339,7 +369,7 @@ def comparison_record(c: Comparison) -> dict:
     return {"label": c.label, "baseline": c.baseline, "setting": c.setting,
             "untuned": _axes_text(c.untuned), "seeds": " ".join(map(str, c.seeds)), "n": s["n"],
             "mean_diff": s["mean_diff"], "std_diff": s["std_diff"], "t": s["t"], "p": s["p"],
-            "ci_low": s["ci_low"], "ci_high": s["ci_high"]}  # fmt: skip
+            "p_holm": s.get("p_holm"), "ci_low": s["ci_low"], "ci_high": s["ci_high"]}  # fmt: skip
 
 
 def _markdown(heads: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -394,7 +424,7 @@ def groups_table(suite: Suite, groups: Sequence[Group]) -> str:
 
 def comparisons_table(comparisons: Sequence[Comparison]) -> str:
     heads = ["variant", "vs", "setting", "n", "test diff (points)", "95% bootstrap CI",
-             "t", "p (paired t)"]  # fmt: skip
+             "t", "p (paired t)", "p (Holm)"]  # fmt: skip
     rows = []
     for c in comparisons:
         s = c.stats
@@ -405,7 +435,8 @@ def comparisons_table(comparisons: Sequence[Comparison]) -> str:
         ci = ("-" if s["ci_low"] is None
               else f"[{100 * s['ci_low']:+.2f}, {100 * s['ci_high']:+.2f}]")  # fmt: skip
         rows.append([c.label, c.baseline, setting, str(s["n"]), diff, ci,
-                     _num(s["t"], ".2f"), _num(s["p"], ".3f")])  # fmt: skip
+                     _num(s["t"], ".2f"), _num(s["p"], ".3f"),
+                     _num(s.get("p_holm"), ".3f")])  # fmt: skip
     return _markdown(heads, rows)
 
 
@@ -472,8 +503,18 @@ class SuiteReport:
                       *transfer_summary(self.transfer), "",
                       transfer_table(s, self.transfer)]  # fmt: skip
         if self.comparisons:
+            family = next((c.stats["family"] for c in self.comparisons if c.stats.get("family")),
+                          0)  # fmt: skip
             parts += ["", f"## Paired differences vs {s.baseline} (test, same seeds)", "",
                       comparisons_table(self.comparisons)]  # fmt: skip
+            if family:
+                setting = "dev-chosen" if s.tune else "same-setting"
+                parts += [
+                    "",
+                    f"p (Holm): adjusted over the {family} {setting} comparisons "
+                    "above (Holm's step-down), so that one of them below 0.05 holds with "
+                    "a family-wise error of 5%; the per-value rows are not adjusted.",
+                ]
         parts += ["", "## Every setting" + (" (* = chosen on dev)" if s.tune else ""), "",
                   groups_table(s, self.groups), ""]  # fmt: skip
         return "\n".join(parts)
