@@ -49,6 +49,29 @@ def test_suite_a_matches_the_running_study():
     assert str(opdf.folder(suite.default_out())) == folder
 
 
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "benchmarks/suites").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_committed_suite_resolves(path):
+    """A committed suite is a claim others rerun: it parses, its cell ids are unique, and every
+    cell's config loads with its overrides (a typo in a key or a value fails here, not hours
+    into a background run). Cells of configs that do not exist yet are the suite's blocked ones."""
+    suite = load_suite(path)
+    cells = suite.cells()
+    assert cells, f"{path.name}: no cells"
+    ids = [c.id for c in cells]
+    assert len(ids) == len(set(ids)), f"{path.name}: duplicate cell ids"
+    out = suite.default_out()
+    for cell in cells:
+        if not Path(cell.config).exists():
+            continue
+        cfg = bench.resolved_config(cell, cell.overrides, cell.folder(out))
+        assert str(cfg.output_dir) == str(cell.folder(out))
+        for key, value in cell.values:
+            if key == "lr":
+                assert cfg.lr == pytest.approx(float(value)), cell.id
+
+
 def test_the_resume_checkpoint_is_the_runs_last_checkpoint():
     from opdf.bench.suite import LAST_CHECKPOINT
     from opdf.run import checkpoint as ckpt
@@ -115,6 +138,9 @@ def test_a_mapping_variant_value_reaches_the_run_as_written(tmp_path):
         ({"name": "x", "config": "c.yaml", "grid": {"lr": []}}, "non-empty list"),
         ({"name": "x__y", "config": "c.yaml"}, "not a valid name"),
         ({"config": "c.yaml"}, "missing the suite key 'name'"),
+        ({"name": "x", "config": "c.yaml", "grid": {"lr": [1]}, "exclude": ["lr=2"]}, "matches no"),
+        ({"name": "x", "config": "c.yaml", "grid": {"lr": [1]}, "exclude": ["*"]}, "leaves no"),
+        ({"name": "x", "config": "c.yaml", "grid": {"lr": [1]}, "exclude": {"a": 1}}, "patterns"),
     ],
 )
 def test_bad_suites_fail_with_a_clear_message(tmp_path, data, message):
@@ -202,6 +228,25 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
     assert "next: python -m opdf distill" in text and "--overwrite" in text
     assert sorted(p.name for p in out.rglob("*")) == before
     assert main(["bench", str(path), "--out", str(out), "--dry-run", "--only", "nope*"]) == 2
+
+
+def test_excluded_cells_are_not_part_of_the_suite(tmp_path, capsys):
+    """A sparse grid: the cells ``exclude`` names are neither listed, run, nor counted, and the
+    rest keep their ids and run order."""
+    path = _tiny_suite(tmp_path, exclude=["opdf__*seed=2"])
+    data = yaml.safe_load(path.read_text())
+    data["grid"]["seed"] = [1, 2]
+    path.write_text(yaml.safe_dump(data))
+    suite = load_suite(path)
+    assert [c.id for c in suite.cells()] == [
+        "base__lr=1e-3__seed=1", "opdf__lr=1e-3__seed=1", "base__lr=1e-3__seed=2",
+    ]  # fmt: skip
+    assert [c.order for c in suite.cells()] == [0, 1, 2]
+    assert len(suite.grid_cells()) == 4
+    out = tmp_path / "out"
+    assert main(["bench", str(path), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "3 cells" in text and "opdf__lr=1e-3__seed=2" not in text
 
 
 def _age(folder: Path, seconds: float) -> None:

@@ -147,6 +147,20 @@ def test_headline_comparisons_get_holm_p_the_per_lr_ones_do_not(tmp_path, capsys
     assert "| p (Holm) |" in text and "adjusted over the 2 dev-chosen comparisons" in text
 
 
+def test_excluded_cells_are_neither_counted_nor_candidates(tmp_path, capsys):
+    """A suite's ``exclude`` takes cells out of its report even where they exist on disk: the
+    header counts the cells the suite has, and the dev choice sees only those."""
+    folder = make_suite(tmp_path / "s")
+    data = yaml.safe_load((folder / "suite.yaml").read_text())
+    data["exclude"] = ["svd__lr=1e-4__*"]
+    (folder / "suite.yaml").write_text(yaml.safe_dump(data))
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    chosen = {g.label: (dict(g.axes)["lr"], g.candidates) for g in report.chosen}
+    assert chosen["svd"] == ("2e-4", 1) and chosen["mpo"] == ("1e-4", 2)
+    assert main(["report", str(folder)]) == 0
+    assert "15 of 15 cells finished" in capsys.readouterr().out
+
+
 def test_report_pairs_each_variant_with_the_baseline_on_the_same_seeds(tmp_path, capsys):
     folder = make_suite(tmp_path / "s")
     report = build_report(load_suite(folder / "suite.yaml"), folder)

@@ -20,6 +20,8 @@ A suite file (everything but ``name`` and ``config`` optional)::
     replicates: seed    # the axis averaged over and paired on (default: seed)
     baseline: base      # the variant every other one is compared with (default: the first)
     reuse: [other-suite]  # sibling suite folders whose finished, identical cells count as done
+    exclude: ["svd__lr=8e-4__*"]  # cell ids (shell patterns) left out of the grid: not run, not
+                                  # counted, not reported
     keep_checkpoints: false  # a finished cell's checkpoints/ (resume state) are removed
     tiny: {set: {...}, grid: {seed: [1]}}   # `--tiny`: overrides for a seconds-long CPU check
 
@@ -32,6 +34,10 @@ cell's first id component is then ``<config name>-<variant>`` (``theseus-opdf``)
 name alone without variants. A variant may instead carry its own ``config: path`` (with a single
 suite config only). Cells whose config file does not exist yet are *blocked*: listed, not run,
 not failures, so a suite can name methods that have not landed.
+
+``exclude`` makes a grid sparse where a full one would waste hours, e.g. learning rates next to
+one at which a variant already diverges: the cells whose id matches a pattern are not part of the
+suite. A pattern that matches no cell is an error (a typo would silently exclude nothing).
 
 Cell ids and folders: ``<out>/<first>__<key>=<value>__<key>=<value>``, the grid keys in suite
 order, the values as written in the YAML (PyYAML reads ``5e-5`` as the string ``5e-5``: kept
@@ -52,6 +58,8 @@ This module only reads files (no torch): parsing, cell ids, run order and on-dis
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import itertools
 import os
 import re
@@ -64,7 +72,7 @@ import yaml
 from opdf.errors import ConfigError
 
 SUITE_KEYS = ("name", "config", "set", "variants", "grid", "tune", "replicates", "baseline",
-              "reuse", "keep_checkpoints", "tiny", "description")  # fmt: skip
+              "reuse", "exclude", "keep_checkpoints", "tiny", "description")  # fmt: skip
 TINY_KEYS = ("set", "grid")
 SEP = "__"
 _SAFE = re.compile(r"[^A-Za-z0-9._+,=-]")
@@ -135,6 +143,7 @@ class Suite:
     variant_configs: dict[str, str] = field(default_factory=dict)
     description: str | None = None
     keep_checkpoints: bool = False
+    exclude: list[str] = field(default_factory=list)
 
     def default_out(self, tiny: bool = False) -> Path:
         return Path("runs") / "suites" / (f"{self.name}-tiny" if tiny else self.name)
@@ -148,7 +157,16 @@ class Suite:
         return "threads" in keys
 
     def cells(self, *, tiny: bool = False) -> list[Cell]:
-        """Every cell, in run order: the last grid axis outermost, variants innermost."""
+        """Every cell, in run order: the last grid axis outermost, variants innermost; the
+        cells ``exclude`` names are left out."""
+        kept = [c for c in self.grid_cells(tiny=tiny) if not self.excluded(c.id)]
+        return [dataclasses.replace(c, order=i) for i, c in enumerate(kept)]
+
+    def excluded(self, cell_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(cell_id, pat) for pat in self.exclude)
+
+    def grid_cells(self, *, tiny: bool = False) -> list[Cell]:
+        """Every cell of the full grid, ``exclude`` not applied."""
         grid = dict(self.grid)
         extra: dict[str, Any] = {}
         if tiny:
@@ -321,12 +339,27 @@ def parse_suite(data: Any, path: Path) -> Suite:
     keep = data.get("keep_checkpoints", False)
     if not isinstance(keep, bool):
         raise ConfigError(f"{where}: keep_checkpoints: expected true or false, got {keep!r}")
-    return Suite(
+    exclude = data.get("exclude") or []
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    if not isinstance(exclude, list) or not all(isinstance(p, str) and p for p in exclude):
+        raise ConfigError(f"{where}: exclude: expected a list of cell id patterns, e.g. "
+                          f"['svd__lr=8e-4__*'], got {exclude!r}")  # fmt: skip
+    suite = Suite(
         name=name, path=path, configs=configs, set=set_, variants=variants, grid=grid,
         tune=list(tune), replicates=replicates, baseline=baseline, reuse=reuse, tiny=tiny,
         variant_configs=variant_configs, description=data.get("description"),
-        keep_checkpoints=keep,
+        keep_checkpoints=keep, exclude=list(exclude),
     )  # fmt: skip
+    if exclude:
+        ids = [c.id for c in suite.grid_cells()]
+        for pat in exclude:
+            if not any(fnmatch.fnmatchcase(i, pat) for i in ids):
+                raise ConfigError(f"{where}: exclude: {pat!r} matches no cell (ids look like "
+                                  f"{ids[0]!r})")  # fmt: skip
+        if all(suite.excluded(i) for i in ids):
+            raise ConfigError(f"{where}: exclude leaves no cell to run")
+    return suite
 
 
 def load_suite(path: str | Path) -> Suite:
