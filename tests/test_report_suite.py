@@ -393,6 +393,36 @@ def test_transfer_plots_are_written(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
+def test_variant_bars_of_several_methods_are_grouped_by_method(tmp_path):
+    """Suite (b)'s shape: with one config per method, the bars come per method in suite
+    order, the variants side by side in suite order, a gap between methods (run order would
+    interleave them: every method's base first)."""
+    from opdf.report.plots import bar_layout, plot_variants
+
+    folder = tmp_path / "methods"
+    folder.mkdir()
+    (folder / "suite.yaml").write_text(yaml.safe_dump({
+        "name": "methods", "config": {"theseus": "t.yaml", "lgtm": "l.yaml"},
+        "variants": {"base": {"overparam": "none"}, "opdf": {"overparam": "mpo"}},
+        "grid": {"seed": [1, 2]},
+    }, sort_keys=False))  # fmt: skip
+    for i, cell in enumerate(c.id for c in load_suite(folder / "suite.yaml").cells()):
+        (folder / cell).mkdir()
+        (folder / cell / "summary.json").write_text(json.dumps({
+            "main_metric": "accuracy", "dev": {"accuracy": 0.7},
+            "test": {"accuracy": 0.7 + i / 100},
+            "overparam": "mpo" if "opdf" in cell else "none", "unit_modes": 3 * ("opdf" in cell),
+        }))  # fmt: skip
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    assert [g.label for g in report.groups] == ["theseus-base", "lgtm-base", "theseus-opdf",
+                                                "lgtm-opdf"]  # fmt: skip
+    groups, xs = bar_layout(report, list(report.groups))
+    assert [g.label for g in groups] == ["theseus-base", "theseus-opdf", "lgtm-base", "lgtm-opdf"]
+    assert xs == [0.0, 1.0, 2.6, 3.6]
+    assert plot_variants(report, tmp_path / "variants.png")
+    assert _png_width(tmp_path / "variants.png") > 0
+
+
 def test_report_reads_identical_cells_of_a_reuse_suite(tmp_path, capsys):
     from opdf.bench.run import resolved_config
 

@@ -9,7 +9,8 @@ The paper's Fig. 2 analogues, each with error bars of one standard deviation ove
   modes, one line per ``lr_scaling`` (and alignment), the plain student's choice as a reference;
 - ``accuracy-vs-scale.png``: test score at the dev-chosen learning rate against the number of
   unit modes (SVD = 0, MPO = L), the plain student as a band;
-- ``variants.png``: bars of every variant at its dev-chosen setting (base, +SVD, +MPO, +OPDF).
+- ``variants.png``: bars of every variant at its dev-chosen setting (base, +SVD, +MPO, +OPDF),
+  one colour per variant; with several base configs (methods) one block of bars per method.
 
 A plot whose axis has fewer than two values in the finished cells is not drawn.
 """
@@ -222,33 +223,60 @@ def plot_scale(report: SuiteReport, path: Path) -> bool:
     return True
 
 
+def _index(order: list, value) -> int:
+    """Position of ``value`` in the suite's order (unknown values last)."""
+    return order.index(value) if value in order else len(order)
+
+
+def bar_layout(report: SuiteReport, groups: list[Group]) -> tuple[list[Group], list[float]]:
+    """Order and x positions of the variant bars: with several base configs (methods), one
+    block per method in suite order, its variants side by side in suite order (base, +SVD, ...),
+    a gap between blocks; otherwise the groups' own order."""
+    configs, variants = list(report.suite.configs), list(report.suite.variants)
+    several = len({g.config_name for g in groups}) > 1
+    if several:
+        groups = sorted(groups, key=lambda g: (_index(configs, g.config_name),
+                                               _index(variants, g.variant)))  # fmt: skip
+    xs, x = [], 0.0
+    for i, g in enumerate(groups):
+        if several and i and g.config_name != groups[i - 1].config_name:
+            x += 0.6
+        xs.append(x)
+        x += 1.0
+    return groups, xs
+
+
 def plot_variants(report: SuiteReport, path: Path) -> bool:
     groups = [g for g in (report.chosen if report.suite.tune else report.groups)
               if g.mean("test") is not None]  # fmt: skip
     if len(groups) < 2:
         return False
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.8, 0.9 * len(groups) + 1.5), 4.2))
+    suite = report.suite
+    variants = list(suite.variants)
+    groups, xs = bar_layout(report, groups)
+    fig, ax = plt.subplots(figsize=(max(4.8, 0.9 * (xs[-1] + 1) + 1.5), 4.2))
     names = []
     for g in groups:
         untuned = ", ".join(f"{k}={format_value(v)}" for k, v in g.axes
-                            if k not in report.suite.tune)  # fmt: skip
+                            if k not in suite.tune)  # fmt: skip
         names.append(g.label + (f"\n{untuned}" if untuned else ""))
     ys = [_pct(g.mean("test")) for g in groups]
     errs = [_err(g) for g in groups]
-    ax.bar(range(len(groups)), ys, yerr=errs, capsize=4, color="tab:blue", alpha=0.8)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = [palette[_index(variants, g.variant) % len(palette)] for g in groups]
+    ax.bar(xs, ys, yerr=errs, capsize=4, color=colors, alpha=0.8)
     for i, (y, g) in enumerate(zip(ys, groups, strict=True)):
-        ax.text(i, y + (errs[i] or 0) + 0.1, f"{y:.2f}\n(n={len(g.results)})", ha="center",
+        ax.text(xs[i], y + (errs[i] or 0) + 0.1, f"{y:.2f}\n(n={len(g.results)})", ha="center",
                 va="bottom", fontsize=7)  # fmt: skip
     low = min(y - e for y, e in zip(ys, errs, strict=True))
     high = max(y + e for y, e in zip(ys, errs, strict=True))
     pad = max(1.0, 0.15 * (high - low))
     ax.set_ylim(low - pad, high + 2.5 * pad)
-    ax.set_xticks(range(len(groups)), names, fontsize=8)
+    ax.set_xticks(xs, names, fontsize=8)
     ax.set_ylabel(_ylabel(report))
-    tuned = " (each at its dev-chosen " + ", ".join(report.suite.tune) + ")" \
-        if report.suite.tune else ""  # fmt: skip
-    ax.set_title(f"{report.suite.name}: variants{tuned}", fontsize=10)
+    tuned = " (each at its dev-chosen " + ", ".join(suite.tune) + ")" if suite.tune else ""
+    ax.set_title(f"{suite.name}: variants{tuned}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
