@@ -225,7 +225,13 @@ def chosen_groups(suite: Suite, groups: Sequence[Group]) -> list[Group]:
         members[idx].candidates = sum(g.mean("dev") is not None for g in members)
         members[idx].compared_seeds = tuple(sorted(common, key=str))
         out.append(members[idx])
-    return out
+    # in the suite's order (base, svd, mpo, ...), not in the order of the first finished cell,
+    # which in a sparse or partly run grid can put a variant with an extra setting first
+    first: dict[tuple, int] = {}
+    for c in suite.grid_cells():
+        untuned = tuple((k, v) for k, v in c.values if k != rep and k not in suite.tune)
+        first.setdefault((c.label, _key(untuned)), len(first))
+    return sorted(out, key=lambda g: first.get((g.label, _key(_untuned(suite, g))), len(first)))
 
 
 def paired_stats(a: Sequence[float], b: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES,
