@@ -161,6 +161,9 @@ def test_excluded_cells_are_neither_counted_nor_candidates(tmp_path, capsys):
     # finished cell now comes after svd's
     assert list(load_suite(folder / "suite.yaml").variants) == ["base", "mpo", "svd"]
     assert [g.label for g in report.chosen] == ["base", "mpo", "svd"]
+    from opdf.report.plots import _lr_lines
+
+    assert list(_lr_lines(report, "lr", report.groups)) == ["base", "mpo", "svd"]  # the legend
     assert main(["report", str(folder)]) == 0
     assert "15 of 15 cells finished" in capsys.readouterr().out
 

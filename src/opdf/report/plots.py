@@ -66,6 +66,7 @@ def _lr_lines(
     report: SuiteReport, axis: str, groups
 ) -> dict[str, list[tuple[float, float, float]]]:
     lines: dict[str, list[tuple[float, float, float]]] = {}
+    labels: dict[str, str] = {}
     for g in groups:
         x = _number(dict(g.axes).get(axis))
         y = _pct(g.mean("test"))
@@ -74,9 +75,20 @@ def _lr_lines(
         other = ", ".join(f"{k}={format_value(v)}" for k, v in g.axes if k != axis)
         name = g.label + (f" ({other})" if other else "")
         lines.setdefault(name, []).append((x, y, _err(g)))
+        labels[name] = g.label
     for pts in lines.values():
         pts.sort()
-    return lines
+    # lines (and legend, colours) in the suite's variant order, whatever setting finished first
+    order = _label_order(report)
+    names = sorted(lines, key=lambda n: order.get(labels[n], len(order)))
+    return {n: lines[n] for n in names}
+
+
+def _label_order(report: SuiteReport) -> dict[str, int]:
+    order: dict[str, int] = {}
+    for c in report.suite.grid_cells():
+        order.setdefault(c.label, len(order))
+    return order
 
 
 def _panels(report: SuiteReport) -> dict[str, list[Group]]:
