@@ -18,6 +18,10 @@ NEUTRAL_KEYS = ("teacher.cache_outputs",)
 #: which MPO cores train (config key ``train_cores``): every one, the central core only
 #: (``overparameterize(train_only_central=True)``, MPOP-style) or the auxiliary ones only
 TRAIN_CORES = ("all", "central", "auxiliary")
+#: where a student cut from the teacher starts (config key ``student.init``): its bottom layers,
+#: every k-th from the first (DistilBERT's rule), every k-th ending at the top (the alignment's
+#: uniform map k(i+1)-1), or its top layers; k = teacher layers / student layers
+STUDENT_INITS = ("bottom", "alternate", "uniform", "top")
 #: the named core selections of the alignment loss (``align.cores``); else a list of indices
 CORE_SELECTIONS = ("auxiliary", "all")
 

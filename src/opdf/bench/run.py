@@ -96,6 +96,41 @@ def config_diff(saved: dict, expected: dict) -> list[str]:
     )  # fmt: skip
 
 
+#: keys that say how a run was specified, not what it ran: ``student.layers`` holds the layers
+#: that ``student.init`` resolved to, so two cells with the same layers ran the same student
+SPEC_KEYS = ("student.init", "student.num_layers")
+
+
+def same_run(saved: dict, expected: dict) -> bool:
+    """Whether a finished cell's saved config ran what ``expected`` would run: every key equal,
+    a key one side lacks counted at its default (a later opdf's new key at its default changes
+    nothing; at another value it does), ignoring :data:`IGNORED_KEYS` and :data:`SPEC_KEYS`."""
+    from opdf.run.config import RunConfig
+
+    a, b = _flatten(saved), _flatten(expected)
+    d = _flatten(RunConfig().to_dict())
+    for k in set(a) | set(b):
+        if k in IGNORED_KEYS or k.split(".")[0] in IGNORED_KEYS or k in SPEC_KEYS:
+            continue
+        if not _same(a.get(k, d.get(k)), b.get(k, d.get(k))):
+            return False
+    return True
+
+
+def _finished_cells(out: Path, names: Sequence[str]) -> list[tuple[Path, dict]]:
+    """``(folder, saved config)`` of every finished cell of the sibling suites ``names``."""
+    found = []
+    for name in names:
+        root = out.parent / name
+        if not root.is_dir():
+            continue
+        for folder in sorted(root.iterdir()):
+            cfg = _saved_config(folder) if (folder / "summary.json").is_file() else None
+            if cfg is not None:
+                found.append((folder, cfg))
+    return found
+
+
 def _saved_config(folder: Path) -> dict | None:
     f = folder / "config.yaml"
     if not f.is_file():
@@ -138,6 +173,7 @@ def plan(
     overrides before any work) and compares finished cells with what they would run now
     (``stale``: the suite or its base config changed since)."""
     planned = []
+    others: list[tuple[Path, dict]] | None = None  # the reuse suites' cells, read on first need
     for cell in cells:
         folder, log = cell.folder(out), cell.log(out)
         status = cell_status(cell, out)
@@ -164,6 +200,13 @@ def plan(
                     p.status, p.reuse_from = NEW, None  # another setting: run it here
                 elif diff:
                     p.status, p.stale_keys = STALE, diff
+            if p.status == NEW and suite.reuse:
+                # another id, the same run (e.g. student.init=bottom vs student.layers=[0,1,2])
+                if others is None:
+                    others = _finished_cells(out, suite.reuse)
+                match = next((f for f, c in others if same_run(c, expected)), None)
+                if match is not None:
+                    p.status, p.reuse_from = REUSED, match
         if p.status in (NEW, RESUME):
             from opdf.run.lock import holder
 
@@ -321,7 +364,7 @@ def link_reused(planned: Sequence[Planned], out: Path) -> None:
         if p.status != REUSED or p.folder.exists() or p.folder.is_symlink():
             continue
         os.symlink(os.path.relpath(p.reuse_from, out), p.folder)
-        other_log = p.reuse_from.parent / f"{p.cell.id}.log"
+        other_log = p.reuse_from.parent / f"{p.reuse_from.name}.log"
         if other_log.exists() and not p.log.exists():
             os.symlink(os.path.relpath(other_log, out), p.log)
 

@@ -46,6 +46,7 @@ class Builtin:
     name: str
     description: str
     locate: Callable[[bool], Path]  # prepare -> folder
+    depth: int  # encoder layers: student.init presets resolve against it before any loading
 
 
 def minilm_l6_dir() -> Path:
@@ -181,16 +182,35 @@ def _locate_tiny_bert(prepare: bool) -> Path:
 BUILTINS: dict[str, Builtin] = {
     b.name: b
     for b in (
-        Builtin("minilm-l6", "all-MiniLM-L6-v2, BERT 6x384", _locate_minilm_l6),
-        Builtin("minilm-l3", "paraphrase-MiniLM-L3-v2 (from ONNX), BERT 3x384", _locate_minilm_l3),
-        Builtin("mpnet-base", "all-mpnet-base-v2, MPNet 12x768 (`make mpnet`)", _locate_mpnet_base),
-        Builtin("tiny-bert", "random-init BERT 4x64 for smoke runs", _locate_tiny_bert),
+        Builtin("minilm-l6", "all-MiniLM-L6-v2, BERT 6x384", _locate_minilm_l6, 6),
+        Builtin("minilm-l3", "paraphrase-MiniLM-L3-v2 (from ONNX), BERT 3x384", _locate_minilm_l3, 3),
+        Builtin("mpnet-base", "all-mpnet-base-v2, MPNet 12x768 (`make mpnet`)", _locate_mpnet_base, 12),
+        Builtin("tiny-bert", "random-init BERT 4x64 for smoke runs", _locate_tiny_bert, 4),
     )
 }
 
 
 def builtin_names() -> list[str]:
     return list(BUILTINS)
+
+
+DEPTH_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "n_layer")
+
+
+def model_depth(name: str) -> int:
+    """Encoder layers of a built-in model or a transformers folder, read from its
+    ``config.json`` alone (no weights loaded, nothing prepared)."""
+    if name in BUILTINS:
+        return BUILTINS[name].depth
+    config = Path(name).expanduser() / "config.json"
+    if not config.is_file():
+        raise OpdfError(f"{name!r} is neither a built-in model ({', '.join(BUILTINS)}) nor a "
+                        "folder with a config.json: its layer count is unknown")  # fmt: skip
+    data = json.loads(config.read_text())
+    for key in DEPTH_KEYS:
+        if isinstance(data.get(key), int):
+            return data[key]
+    raise OpdfError(f"{config} names no layer count ({', '.join(DEPTH_KEYS)})")
 
 
 def prepare_builtin(name: str) -> Path:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from opdf.choices import STUDENT_INITS
 from opdf.errors import OpdfError
 from opdf.overparam import encoder_layers
 
@@ -26,6 +27,45 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def default_student_layers(n_teacher: int) -> list[int]:
     """The bottom half: 12 -> [0..5], 6 -> [0, 1, 2]."""
     return list(range(max(1, n_teacher // 2)))
+
+
+def init_layers(init: str | Sequence[int], n_teacher: int, n_student: int | None = None) -> list[int]:
+    """The teacher layers a student of ``n_student`` layers (default: half the teacher) starts
+    from under ``init`` (one of :data:`opdf.choices.STUDENT_INITS`, or an explicit list).
+
+    With ``k = n_teacher / n_student`` (6 -> 3: k = 2): ``bottom`` [0, 1, 2]; ``alternate``
+    ``floor(k i)`` = [0, 2, 4] (DistilBERT's every other layer); ``uniform`` ``ceil(k (i + 1)) - 1``
+    = [1, 3, 5], the layers the alignment's uniform map pairs the student with; ``top`` [3, 4, 5].
+    Why it matters: a student cut from spread-out layers starts closer to the teacher's function
+    than one cut from its bottom layers, and is the baseline practitioners actually train.
+    """
+    if n_teacher < 1:
+        raise OpdfError(f"the teacher has {n_teacher} layers: nothing to start a student from")
+    if not isinstance(init, str):
+        chosen = [int(i) for i in init]
+        if n_student is not None and len(chosen) != n_student:
+            raise OpdfError(
+                f"student init {chosen} keeps {len(chosen)} layers, but the student has {n_student}"
+            )
+        return chosen
+    if init not in STUDENT_INITS:
+        raise OpdfError(
+            f"unknown student init {init!r}; valid: {', '.join(STUDENT_INITS)}, or a list of "
+            "teacher layer indices"
+        )
+    n = len(default_student_layers(n_teacher)) if n_student is None else int(n_student)
+    if not 1 <= n <= n_teacher:
+        raise OpdfError(
+            f"a student of {n} layers cannot be cut from a teacher of {n_teacher}: choose 1.."
+            f"{n_teacher} layers"
+        )
+    if init == "bottom":
+        return list(range(n))
+    if init == "top":
+        return list(range(n_teacher - n, n_teacher))
+    if init == "alternate":  # floor(i N / n), exact integer arithmetic
+        return [(i * n_teacher) // n for i in range(n)]
+    return [-(-((i + 1) * n_teacher) // n) - 1 for i in range(n)]  # uniform: ceil((i+1) N/n) - 1
 
 
 def student_from_teacher(teacher: nn.Module, layers: Sequence[int] | None = None) -> nn.Module:

@@ -13,7 +13,8 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     output_dir: runs/kd-mpo
     data: {name: rt-polarity, max_length: 64, max_train_samples: null, max_eval_samples: null}
     teacher: {model: minilm-l6, finetune: {epochs: 3, lr: 5.0e-5, batch_size: 32}}
-    student: {model: null, layers: null}   # null model: teacher layers (bottom half by default)
+    student: {model: null, init: null, layers: null}   # null model: teacher layers; init:
+                                    # bottom (default) | alternate | uniform | top | [i, ...]
     variant: null                   # base | svd | mpo | opdf: sets the three keys below
     overparam: mpo                  # none | svd | mpo
     precision: fp32                 # fp32 | bf16 (autocast; the MPO contraction stays fp32)
@@ -56,7 +57,14 @@ from typing import Any, Union
 
 import yaml
 
-from opdf.choices import LR_SCALINGS, NEUTRAL_KEYS, SCHEMES, TRAIN_CORES, check_core_selection
+from opdf.choices import (
+    LR_SCALINGS,
+    NEUTRAL_KEYS,
+    SCHEMES,
+    STUDENT_INITS,
+    TRAIN_CORES,
+    check_core_selection,
+)
 from opdf.errors import ConfigError, OpdfError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -132,12 +140,16 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    """``model: null`` builds the student from teacher ``layers`` (default: the bottom half).
-    ``dropout`` sets the rate of every ``torch.nn.Dropout`` in the student (null: the model's
+    """``model: null`` builds the student from teacher layers: ``init`` names them (a preset of
+    :data:`opdf.choices.STUDENT_INITS` resolved against the teacher's depth for a student of
+    ``num_layers`` layers, default half the teacher; or an explicit list), and ``layers`` holds the
+    resolved list (settable directly, as before; default the bottom half). ``dropout`` sets the rate of every ``torch.nn.Dropout`` in the student (null: the model's
     own; 0 makes a run deterministic in its data order alone, e.g. to compare 1 and N
     processes)."""
 
     model: str | None = None
+    init: str | list[int] | None = None
+    num_layers: int | None = positive(None)
     layers: list[int] | None = None
     dropout: float | None = positive(None, allow_zero=True)
 
@@ -558,9 +570,46 @@ def check(cfg: RunConfig) -> None:
     if cfg.student.model is not None and cfg.student.layers is not None:
         raise ConfigError("student.model and student.layers are exclusive: set one of them")
     _check_sources(cfg)
+    _resolve_student_init(cfg)
     validate = getattr(cfg.method_options, "validate", None)
     if validate is not None:
         validate(cfg)
+
+
+def _resolve_student_init(cfg: RunConfig) -> None:
+    """``student.init`` (a preset or a list) -> ``student.layers``, against the teacher's depth
+    read from its config.json; so ``--print-config``, ``config.yaml`` and a suite's cells hold
+    the layers a run starts from. A ``layers`` that disagrees with ``init`` is an error."""
+    s = cfg.student
+    if s.init is None and s.num_layers is None:
+        return
+    if s.model is not None:
+        raise ConfigError(
+            "student.init and student.num_layers choose layers of the teacher, but student.model "
+            f"{s.model!r} is a separate model: set student.model or student.init, not both"
+        )
+    if isinstance(s.init, str) and s.init not in STUDENT_INITS:
+        raise ConfigError(
+            f"config key 'student.init': {s.init!r} is not a preset{_suggest(s.init, STUDENT_INITS)};"
+            f" valid: {', '.join(STUDENT_INITS)}, or a list of teacher layers"
+        )
+    from opdf.models.builtin import model_depth
+    from opdf.models.student import init_layers
+
+    try:
+        if isinstance(s.init, list):
+            resolved = init_layers(s.init, 1, s.num_layers)  # a list needs no teacher depth
+        else:
+            n = s.num_layers if s.num_layers is not None else (len(s.layers) if s.layers else None)
+            resolved = init_layers(s.init or "bottom", model_depth(cfg.teacher.model), n)
+    except OpdfError as e:
+        raise ConfigError(f"student.init: {e}") from None
+    if s.layers is not None and list(s.layers) != resolved:
+        raise ConfigError(
+            f"student.init: {s.init} gives teacher layers {resolved}, but student.layers is "
+            f"{list(s.layers)}: set one of them (student.layers=null to use the init)"
+        )
+    s.layers = resolved
 
 
 def data_kind(cfg: RunConfig) -> str:
@@ -632,10 +681,12 @@ def _check_image_sources(cfg: RunConfig) -> None:
             f"{cfg.data.name!r}; valid options: {', '.join(VISION_OPTIONS)}"
         )
     names = ", ".join(vision_model_names())
-    if cfg.student.layers is not None or cfg.student.model is None:
+    cut = (cfg.student.layers, cfg.student.init, cfg.student.num_layers)
+    if any(v is not None for v in cut) or cfg.student.model is None:
         raise ConfigError(
             "image data: set student.model to a vision model (one of "
-            f"{names}, or a folder saved by opdf); student.layers applies to text encoders"
+            f"{names}, or a folder saved by opdf); student.layers, student.init and "
+            "student.num_layers apply to text encoders cut from the teacher"
         )
     for key, model in (("teacher.model", cfg.teacher.model), ("student.model", cfg.student.model)):
         if not is_vision_model(model):

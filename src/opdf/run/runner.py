@@ -399,6 +399,16 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
     return False
 
 
+def student_init_label(cfg: RunConfig) -> str | None:
+    """How the student started, for the summary: a preset name, ``explicit`` (a list of teacher
+    layers), ``bottom`` (the default), or None for a separate model (``student.model``)."""
+    if cfg.student.model is not None or is_image(cfg):
+        return None
+    if isinstance(cfg.student.init, str):
+        return cfg.student.init
+    return "explicit" if cfg.student.layers is not None else "bottom"
+
+
 def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGLE,
           device: torch.device | None = None):  # fmt: skip
     """Everything a run needs: ``(distiller, dataset, tokenizer, align, info)``."""
@@ -476,6 +486,8 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
         "teacher_overparam": teacher_overparam,
         "student_model": cfg.student.model,
         "student_layers": getattr(getattr(student, "config", None), "opdf_teacher_layers", None),
+        "student_init": student_init_label(cfg),
+        "align_layer_map": {str(k): v for k, v in align.layer_map.items()} if align else None,
         "method_options": dataclasses.asdict(cfg.method_options),
         "config_hash": cfg.hash(),
         "subsample": _subsample_note(cfg, dataset),
