@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from opdf.choices import CORE_SELECTIONS, SCHEMES
+from opdf.choices import CORE_SELECTIONS, SCHEMES, STUDENT_INITS
 from opdf.errors import OpdfError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,6 +64,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="auxiliary",
         help="with --teacher: 'auxiliary' (default, all but the central core), 'all', or "
         "indices such as 0,4",
+    )
+    p.add_argument(
+        "--init",
+        help="with --teacher: the teacher layers a student of the model's depth cut from the "
+        f"teacher starts from (config key student.init): {' | '.join(STUDENT_INITS)}, or "
+        "indices such as 0,2,4; printed beside the alignment's layer map, which it does not change",
     )
     p.add_argument(
         "--allow-partial",
@@ -147,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     from opdf.overparam import ParamReport, plan
 
     layer_map, cores = parse_layer_map(args.layer_map), parse_cores(args.cores)
+    if args.init and not args.teacher:
+        raise OpdfError("--init needs --teacher: presets resolve against the teacher's depth")
     model = build_model(args.model, args.num_labels, args.in_channels, args.image_size)
     entries = plan(model, args.scheme, args.unit_modes, args.targets)
     print(f"model {args.model}: scheme={args.scheme}, unit_modes={args.unit_modes}")
@@ -169,4 +177,30 @@ def run(args: argparse.Namespace) -> int:
         for student_name, teacher_name, shape in pairs:
             print(f"  {student_name:<58} <- {teacher_name}  {shape}")
         print(f"pairs: {len(pairs)}; skipped modules (no same-shaped teacher cores): {skipped}")
+        if args.init:
+            print(init_text(model, teacher, args.init, layer_map))
     return 0
+
+
+def init_text(model: nn.Module, teacher: nn.Module, init: str, layer_map) -> str:
+    """Which teacher layers ``init`` starts the student from, and the alignment's layer map."""
+    from opdf.align import uniform_layer_map
+    from opdf.models.student import find_layer_list, init_layers
+
+    n, big_n = len(find_layer_list(model)[1]), len(find_layer_list(teacher)[1])
+    spec: str | list[int] = init
+    if init not in STUDENT_INITS:
+        try:
+            spec = [int(i) for i in init.split(",") if i.strip()]
+        except ValueError:
+            raise OpdfError(
+                f"--init {init!r}: one of {', '.join(STUDENT_INITS)}, or indices like 0,2,4"
+            ) from None
+    layers = init_layers(spec, big_n, n)
+    bad = [i for i in layers if not 0 <= i < big_n]
+    if bad:
+        raise OpdfError(f"--init {init!r}: layers {bad} out of range (teacher: {big_n} layers)")
+    amap = layer_map if layer_map is not None else uniform_layer_map(big_n, n)
+    pairs = ", ".join(f"{s}:{t}" for s, t in sorted(amap.items()))
+    return (f"\nstudent init {init}: teacher layers {layers} of {big_n} (the student's layers "
+            f"0..{n - 1}); alignment layer map (student:teacher): {pairs}")  # fmt: skip

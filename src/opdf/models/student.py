@@ -29,7 +29,9 @@ def default_student_layers(n_teacher: int) -> list[int]:
     return list(range(max(1, n_teacher // 2)))
 
 
-def init_layers(init: str | Sequence[int], n_teacher: int, n_student: int | None = None) -> list[int]:
+def init_layers(
+    init: str | Sequence[int], n_teacher: int, n_student: int | None = None
+) -> list[int]:
     """The teacher layers a student of ``n_student`` layers (default: half the teacher) starts
     from under ``init`` (one of :data:`opdf.choices.STUDENT_INITS`, or an explicit list).
 

@@ -142,10 +142,10 @@ class TeacherConfig:
 class StudentConfig:
     """``model: null`` builds the student from teacher layers: ``init`` names them (a preset of
     :data:`opdf.choices.STUDENT_INITS` resolved against the teacher's depth for a student of
-    ``num_layers`` layers, default half the teacher; or an explicit list), and ``layers`` holds the
-    resolved list (settable directly, as before; default the bottom half). ``dropout`` sets the rate of every ``torch.nn.Dropout`` in the student (null: the model's
-    own; 0 makes a run deterministic in its data order alone, e.g. to compare 1 and N
-    processes)."""
+    ``num_layers`` layers, default half the teacher; or an explicit list), and ``layers`` holds
+    the resolved list (settable directly, as before; default the bottom half). ``dropout`` sets
+    the rate of every ``torch.nn.Dropout`` in the student (null: the model's own; 0 makes a run
+    deterministic in its data order alone, e.g. to compare 1 and N processes)."""
 
     model: str | None = None
     init: str | list[int] | None = None
@@ -590,8 +590,9 @@ def _resolve_student_init(cfg: RunConfig) -> None:
         )
     if isinstance(s.init, str) and s.init not in STUDENT_INITS:
         raise ConfigError(
-            f"config key 'student.init': {s.init!r} is not a preset{_suggest(s.init, STUDENT_INITS)};"
-            f" valid: {', '.join(STUDENT_INITS)}, or a list of teacher layers"
+            f"config key 'student.init': {s.init!r} is not a preset"
+            f"{_suggest(s.init, STUDENT_INITS)}; valid: {', '.join(STUDENT_INITS)}, or a list of "
+            "teacher layers"
         )
     from opdf.models.builtin import model_depth
     from opdf.models.student import init_layers
