@@ -238,3 +238,33 @@ def test_inspect_prints_the_pairing(capsys):
         "bert.encoder.layer.5.output.dense.parametrizations.weight.original4 <- "
         "bert.encoder.layer.11.output.dense.parametrizations.weight.original4"
     ) in out
+
+
+def test_teacher_normalized_alignment_is_the_relative_error_at_any_scale():
+    """normalize='teacher' divides each pair's MSE by the teacher core's mean square: scaling
+    both models' weights by c scales the raw loss (c^2 on the cores' elements squared, per the
+    sqrt(S) gauge) but leaves the relative one unchanged."""
+    teacher, student = bert(4, seed=1, frozen=True), bert(2, seed=2)
+    opdf.overparameterize(student, scheme="mpo", unit_modes=1)
+    raw = opdf.AlignmentLoss(student, teacher)
+    rel = opdf.AlignmentLoss(student, teacher, normalize="teacher")
+    expected = []
+    for n, p in enumerate(rel._pairs):
+        s = opdf.overparam.cores(student)[p.student][p.index]
+        t = getattr(rel, rel._frozen[(p.teacher, n)])
+        expected.append(((s - t) ** 2).mean() / (t**2).mean())
+    torch.testing.assert_close(rel(), torch.stack(expected).mean())
+    assert "normalize=teacher" in repr(rel)
+    scaled_t, scaled_s = copy.deepcopy(teacher), bert(2, seed=2)
+    with torch.no_grad():
+        for m in (scaled_t, scaled_s):
+            for name, w in m.named_parameters():
+                if name.endswith("weight") and w.dim() == 2:
+                    w.mul_(4.0)
+    opdf.overparameterize(scaled_s, scheme="mpo", unit_modes=1)
+    raw4 = opdf.AlignmentLoss(scaled_s, scaled_t)
+    rel4 = opdf.AlignmentLoss(scaled_s, scaled_t, normalize="teacher")
+    assert float(raw4().detach()) > 3.0 * float(raw().detach())  # the raw loss grows with the weights' scale
+    torch.testing.assert_close(rel4(), rel(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(OpdfError, match="normalize must be one of none, teacher"):
+        opdf.AlignmentLoss(student, teacher, normalize="norm")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opdf.choices import check_core_selection
+from opdf.choices import ALIGN_NORMALIZATIONS, check_core_selection
 from opdf.errors import OpdfError
 from opdf.mpo import decompose
 from opdf.mpo.shapes import bond_dims, central_index
@@ -243,6 +243,12 @@ class AlignmentLoss(nn.Module):
         ``"auxiliary"`` (every core but the central one), ``"all"``, or explicit indices.
     weight
         Multiplies the mean MSE.
+    normalize
+        ``"none"`` (the paper's mean MSE) or ``"teacher"``: each pair's MSE divided by the
+        teacher core's mean square, ``||S - T||^2 / ||T||^2``, a relative error. The raw MSE scales
+        with the cores' magnitude (about 4e-3 for MiniLM pairs, another value at another width or
+        unit-mode count), so a raw weight means something for one student only; the relative one
+        is dimensionless.
     allow_partial
         Align only same-shaped cores instead of raising on a mismatch (e.g. teacher width 768,
         student 384); ``.skipped`` lists the modules left out.
@@ -258,8 +264,14 @@ class AlignmentLoss(nn.Module):
         cores: str | Sequence[int] = "auxiliary",
         weight: float = 1.0,
         allow_partial: bool = False,
+        normalize: str = "none",
     ) -> None:
         super().__init__()
+        if normalize not in ALIGN_NORMALIZATIONS:
+            raise OpdfError(
+                f"normalize must be one of {', '.join(ALIGN_NORMALIZATIONS)}, got {normalize!r}"
+            )
+        self.normalize = normalize
         student_specs = _specs_live(student)
         if not student_specs:
             raise OpdfError(
@@ -330,11 +342,16 @@ class AlignmentLoss(nn.Module):
                 if t.device != s.device:  # the student moved after this loss was built
                     t = t.to(s.device)
                     setattr(self, buffer, t)
-            terms.append(F.mse_loss(s, t.to(s.dtype)))
+            t = t.to(s.dtype)
+            term = F.mse_loss(s, t)
+            if self.normalize == "teacher":  # the scale only: no gradient into a live teacher
+                term = term / t.detach().pow(2).mean().clamp_min(torch.finfo(t.dtype).tiny)
+            terms.append(term)
         return self.weight * torch.stack(terms).mean()
 
     def extra_repr(self) -> str:
-        return f"pairs={len(self.pairs)}, skipped={len(self.skipped)}, weight={self.weight}"
+        return (f"pairs={len(self.pairs)}, skipped={len(self.skipped)}, weight={self.weight}, "
+                f"normalize={self.normalize}")  # fmt: skip
 
 
 def pairing_plan(

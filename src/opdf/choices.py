@@ -22,6 +22,10 @@ TRAIN_CORES = ("all", "central", "auxiliary")
 #: every k-th from the first (DistilBERT's rule), every k-th ending at the top (the alignment's
 #: uniform map k(i+1)-1), or its top layers; k = teacher layers / student layers
 STUDENT_INITS = ("bottom", "alternate", "uniform", "top")
+#: how each aligned pair's MSE is scaled (config key ``align.normalize``): ``none`` (the paper's
+#: mean MSE, whose size depends on the cores' scale: ~4e-3 for MiniLM pairs) or ``teacher`` (the
+#: MSE over the teacher core's mean square: a relative error, the same size at any width)
+ALIGN_NORMALIZATIONS = ("none", "teacher")
 #: the named core selections of the alignment loss (``align.cores``); else a list of indices
 CORE_SELECTIONS = ("auxiliary", "all")
 

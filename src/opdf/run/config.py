@@ -21,7 +21,7 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     unit_modes: 3
     train_cores: all                # all | central | auxiliary: which MPO cores train (the
                                     # others stay as decomposed; an ablation, mpo only)
-    align: {weight: 0.0, cores: auxiliary, layer_map: null}
+    align: {weight: 0.0, cores: auxiliary, layer_map: null, normalize: none}
     kd: {temperature: 4.0, alpha: 0.9}     # the section named after the method: its options
     epochs: 3
     max_steps: null
@@ -58,6 +58,7 @@ from typing import Any, Union
 import yaml
 
 from opdf.choices import (
+    ALIGN_NORMALIZATIONS,
     LR_SCALINGS,
     NEUTRAL_KEYS,
     SCHEMES,
@@ -162,6 +163,7 @@ class AlignConfig:
     cores: str | list[int] = "auxiliary"
     layer_map: dict[int, int] | None = None
     allow_partial: bool = False  # align only the same-shaped cores instead of failing
+    normalize: str = choice(*ALIGN_NORMALIZATIONS, default="none")  # none | teacher (relative)
 
 
 def drop_neutral(config: dict) -> dict:

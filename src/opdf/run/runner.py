@@ -468,6 +468,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
         align = AlignmentLoss(
             student, distiller.teacher, layer_map=cfg.align.layer_map, cores=cfg.align.cores,
             weight=cfg.align.weight, allow_partial=cfg.align.allow_partial,
+            normalize=cfg.align.normalize,
         )  # fmt: skip
     info = {
         "method": cfg.method,
