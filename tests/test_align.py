@@ -264,7 +264,8 @@ def test_teacher_normalized_alignment_is_the_relative_error_at_any_scale():
     opdf.overparameterize(scaled_s, scheme="mpo", unit_modes=1)
     raw4 = opdf.AlignmentLoss(scaled_s, scaled_t)
     rel4 = opdf.AlignmentLoss(scaled_s, scaled_t, normalize="teacher")
-    assert float(raw4().detach()) > 3.0 * float(raw().detach())  # the raw loss grows with the weights' scale
+    # the raw loss grows with the weights' scale
+    assert float(raw4().detach()) > 3.0 * float(raw().detach())
     torch.testing.assert_close(rel4(), rel(), rtol=1e-4, atol=1e-6)
     with pytest.raises(OpdfError, match="normalize must be one of none, teacher"):
         opdf.AlignmentLoss(student, teacher, normalize="norm")
