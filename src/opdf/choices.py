@@ -22,6 +22,12 @@ TRAIN_CORES = ("all", "central", "auxiliary")
 #: every k-th from the first (DistilBERT's rule), every k-th ending at the top (the alignment's
 #: uniform map k(i+1)-1), or its top layers; k = teacher layers / student layers
 STUDENT_INITS = ("bottom", "alternate", "uniform", "top")
+#: where a text student's weights come from (config key ``student.source``): layers of the
+#: fine-tuned teacher, the same layers of the teacher's pretrained model before its fine-tune
+#: (the DistilBERT practice), or a separately pretrained model (``student.model``)
+STUDENT_SOURCES = ("finetuned-teacher", "pretrained-teacher", "model")
+#: the student's classification head (``student.head``): the source's, or newly initialised
+STUDENT_HEADS = ("copy", "new")
 #: the named core selections of the alignment loss (``align.cores``); else a list of indices
 CORE_SELECTIONS = ("auxiliary", "all")
 

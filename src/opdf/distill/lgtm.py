@@ -44,6 +44,11 @@ Where this deviates from the official script, and why:
   (``teacher.finetune: {...}``) keeps its head (the flag resolves to false; true is refused, it
   would erase what the fine-tune learned). ``configs/rt-polarity-lgtm.yaml`` starts fine-tuned
   and says why: in a 126-step budget a zeroed head does not leave chance level.
+* The student's start: the official student is a separately pretrained small BERT whose head
+  ``--init_classifier_to_zero`` zeroes, like the teacher's. Here the default stays the runner's
+  (``student.source: finetuned-teacher``: the fine-tuned teacher's layers with its head), the
+  start of every committed LGTM result; ``student.source: pretrained-teacher`` or ``model``
+  gives the official kind of start (a new head; zeroed when ``init_classifier_to_zero`` is on).
 * Quiz batches are shuffled per pass over dev (the official loader cycles dev in order); quiz
   batch ``t`` is a function of the step ``t``, so a resumed run sees the same ones.
 * The run's ``max_grad_norm`` clips the teacher's corrected gradient as it clips the student's
