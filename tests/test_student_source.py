@@ -79,7 +79,7 @@ def test_dbkd_refuses_the_teacher_folder_as_its_student_model(tmp_path):
     with pytest.raises(ConfigError, match="dbkd: student.model .* is the teacher itself"):
         load_config(ROOT / "configs" / "smoke-dbkd.yaml",
                     [f"teacher.model={teacher}", "teacher.finetune=null", "student.layers=null",
-                     f"student.model={teacher}"])  # fmt: skip
+                     "student.source=model", f"student.model={teacher}"])  # fmt: skip
 
 
 # ------------------------------------------------------------------- weights from the source
