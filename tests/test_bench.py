@@ -52,10 +52,15 @@ def test_suite_a_matches_the_running_study():
 @pytest.mark.parametrize(
     "path", sorted((ROOT / "benchmarks/suites").glob("*.yaml")), ids=lambda p: p.stem
 )
-def test_every_committed_suite_resolves(path):
+def test_every_committed_suite_resolves(path, tmp_path, capsys):
     """A committed suite is a claim others rerun: it parses, its cell ids are unique, and every
     cell's config loads with its overrides (a typo in a key or a value fails here, not hours
-    into a background run). Cells of configs that do not exist yet are the suite's blocked ones."""
+    into a background run), and ``opdf bench --dry-run`` plans it. Cells of configs that do
+    not exist yet are the suite's blocked ones."""
+    from opdf.cli import main
+
+    assert main(["bench", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert "to run" in capsys.readouterr().out
     suite = load_suite(path)
     cells = suite.cells()
     assert cells, f"{path.name}: no cells"

@@ -219,6 +219,53 @@ def test_teacher_step_is_the_official_algorithm():
     assert not d.teacher.training
 
 
+@pytest.mark.parametrize("influence_loss", ["student", "teacher"])
+def test_student_influence_is_the_derivative_of_the_quiz_loss_through_the_unrolled_step(
+    influence_loss,
+):
+    """``influence_loss: student``: the teacher's gradient is ``g_T + d CE(H; theta'_S) /
+    d theta_T`` with ``theta'_S = theta_S - eta_S g_S(theta_T)`` (SGD student optimizer, two
+    groups at different rates), against double backward through the unrolled step. The
+    official form (``teacher``) is not that derivative: the same check fails for it."""
+    from torch.func import functional_call
+
+    d = lgtm(influence_loss, alpha_kd=0.6, temperature=2.0, fd_r=1e-3)
+    named = [(n, p) for n, p in d.student.named_parameters()]
+    body = [p for n, p in named if n.startswith("bert.encoder")]
+    rest = [p for n, p in named if not n.startswith("bert.encoder")]
+    s_opt = torch.optim.SGD([{"params": body, "lr": 0.5}, {"params": rest, "lr": 0.2}])
+    t_opt = torch.optim.SGD(d.teacher.parameters(), lr=1e-3)
+    b, q = batch(seed=1), batch(seed=2)
+    o, y = d.options, b["labels"]
+    t_params = list(d.teacher.parameters())
+    lr_of = {id(p): 0.5 for p in body} | {id(p): 0.2 for p in rest}
+    # the exact derivative: quiz loss of the unrolled student as a function of the teacher
+    t, s = d.teacher(**inputs(b)).logits, d.student(**inputs(b)).logits
+    l_s = o.alpha_kd * soft_loss(s, t, o.temperature) + (1 - o.alpha_kd) * F.cross_entropy(s, y)
+    g_s = torch.autograd.grad(l_s, [p for _, p in named], create_graph=True)
+    unrolled = {n: p - lr_of[id(p)] * g for (n, p), g in zip(named, g_s, strict=True)}
+    quiz = F.cross_entropy(functional_call(d.student, unrolled, (), inputs(q)).logits,
+                           q["labels"])  # fmt: skip
+    exact = torch.autograd.grad(quiz, t_params)
+    s_det = d.student(**inputs(b)).logits.detach()
+    t = d.teacher(**inputs(b)).logits
+    l_t = o.t_alpha_kd * soft_loss(t, s_det, o.temperature)
+    l_t = l_t + (1 - o.t_alpha_kd) * F.cross_entropy(t, y)
+    g_t = torch.autograd.grad(l_t, t_params)
+    # LGTM's step: the teacher's gradient read back from its SGD update
+    before = [p.detach().clone() for p in t_params]
+    d.teacher_step(b, q, s_opt, t_opt, max_grad_norm=None)
+    grad = [(b0 - p.detach()) / 1e-3 for b0, p in zip(before, t_params, strict=True)]
+    got = torch.cat([(g - gt).reshape(-1) for g, gt in zip(grad, g_t, strict=True)])
+    want = torch.cat([e.reshape(-1) for e in exact])
+    assert want.norm() > 1e-6  # the test means something
+    error = float((got - want).norm() / want.norm())
+    if influence_loss == "student":
+        assert error < 1e-3, error
+    else:
+        assert error > 0.1, error
+
+
 def test_forward_train_uses_the_teacher_in_eval_mode_and_without_gradient():
     d = LGTM(tiny_bert(2, 0), tiny_bert(3, 1, dropout=0.5),
              LGTM.Options(init_classifier_to_zero=False, alpha_kd=0.5), num_labels=3)  # fmt: skip

@@ -16,7 +16,9 @@ from opdf.distill.base import TrainContext
 from opdf.distill.dkd import dkd_loss, dkd_terms, warmup_factor
 from opdf.distill.kd import kd_loss
 from opdf.distill.tinyvit import (
+    TOPK_FRACTION,
     TopKStore,
+    default_topk,
     soft_target_cross_entropy,
     sparse_soft_targets,
     store_key,
@@ -225,3 +227,28 @@ def test_tinyvit_method_trains_on_soft_labels_only(tmp_path):
     assert all(p.grad is None for p in teacher.parameters())
     with pytest.raises(Exception, match="exceeds the 10 classes"):
         cls(student, teacher, cls.Options(topk=11), num_labels=10).on_train_start(ctx)
+
+
+def test_tinyvit_default_k_is_the_official_share_of_the_classes(tmp_path):
+    # TinyViT keeps about 10 of ImageNet-1k's 1,000 classes (100 of 21,841 for ImageNet-21k)
+    assert TOPK_FRACTION == 0.01
+    assert default_topk(1000) == 10 and default_topk(21841) == 218 and default_topk(200) == 2
+    assert default_topk(10) == 1 and default_topk(100) == 1 and default_topk(1) == 1  # >= 1
+    assert default_topk(150) == 2 and default_topk(149) == 1 and default_topk(250) == 3  # half up
+    for c in (1, 2, 10, 50, 1000, 21841):
+        assert 1 <= default_topk(c) <= c and default_topk(c) / c <= max(TOPK_FRACTION, 1 / c)
+    ds, teacher, data = tiny_setup()
+    cls = get_method("tinyvit")
+    assert cls.Options().topk is None  # the rule, unless a config names K
+    student = build_vision_model("vit-d2", 10, 1, 8, seed=2)
+    ctx = TrainContext(ds, None, total_steps=4, device=torch.device("cpu"), steps_per_epoch=4,
+                       train_view=data, eval_batch_size=64, cache_dir=None,
+                       progress=False)  # fmt: skip
+    by_rule = cls(student, teacher, cls.Options(), num_labels=10)
+    by_rule.on_train_start(ctx)
+    assert by_rule.topk == 1 and by_rule.store.k == 1  # Fashion-MNIST's 10 classes: K = 1
+    explicit = cls(student, teacher, cls.Options(topk=3), num_labels=10)
+    explicit.on_train_start(ctx)
+    assert explicit.topk == 3 and explicit.store.k == 3
+    with pytest.raises(Exception, match="tinyvit.topk must be >= 1 or null"):
+        cls.Options(topk=0).validate(None)

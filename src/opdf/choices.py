@@ -26,6 +26,12 @@ STUDENT_INITS = ("bottom", "alternate", "uniform", "top")
 #: mean MSE, whose size depends on the cores' scale: ~4e-3 for MiniLM pairs) or ``teacher`` (the
 #: MSE over the teacher core's mean square: a relative error, the same size at any width)
 ALIGN_NORMALIZATIONS = ("none", "teacher")
+#: where a text student's weights come from (config key ``student.source``): layers of the
+#: fine-tuned teacher, the same layers of the teacher's pretrained model before its fine-tune
+#: (the DistilBERT practice), or a separately pretrained model (``student.model``)
+STUDENT_SOURCES = ("finetuned-teacher", "pretrained-teacher", "model")
+#: the student's classification head (``student.head``): the source's, or newly initialised
+STUDENT_HEADS = ("copy", "new")
 #: the named core selections of the alignment loss (``align.cores``); else a list of indices
 CORE_SELECTIONS = ("auxiliary", "all")
 

@@ -88,8 +88,12 @@ def _same(a: Any, b: Any) -> bool:
 
 def config_diff(saved: dict, expected: dict) -> list[str]:
     """Dotted keys whose values differ between a cell's saved ``config.yaml`` and the config it
-    would run with now; keys only one side has (added by a later opdf) are not differences."""
-    a, b = _flatten(saved), _flatten(expected)
+    would run with now; keys only one side has (added by a later opdf) are not differences,
+    except the student's ``source`` and ``head``: a config from before them ran the legacy start,
+    so a method whose default start changed (DBKD) has stale cells."""
+    from opdf.run.config import with_legacy_start
+
+    a, b = _flatten(with_legacy_start(saved)), _flatten(with_legacy_start(expected))
     return sorted(
         k for k in set(a) & set(b)
         if k not in IGNORED_KEYS and k.split(".")[0] not in IGNORED_KEYS and not _same(a[k], b[k])
@@ -105,9 +109,9 @@ def same_run(saved: dict, expected: dict) -> bool:
     """Whether a finished cell's saved config ran what ``expected`` would run: every key equal,
     a key one side lacks counted at its default (a later opdf's new key at its default changes
     nothing; at another value it does), ignoring :data:`IGNORED_KEYS` and :data:`SPEC_KEYS`."""
-    from opdf.run.config import RunConfig
+    from opdf.run.config import RunConfig, with_legacy_start
 
-    a, b = _flatten(saved), _flatten(expected)
+    a, b = _flatten(with_legacy_start(saved)), _flatten(with_legacy_start(expected))
     d = _flatten(RunConfig().to_dict())
     for k in set(a) | set(b):
         if k in IGNORED_KEYS or k.split(".")[0] in IGNORED_KEYS or k in SPEC_KEYS:

@@ -2,13 +2,15 @@
 
 Prints which modules would be over-parameterized, their mode shapes, bond dimensions and the
 train/inference parameter counts; with ``--teacher`` also the core pairing of the alignment loss.
-Works for transformers encoders and for the image classifiers of ``opdf.models.vision`` (a
-Conv2d weight counts as its (out, in*kh*kw) matrix).
+With ``--method`` it also prints where that method's student starts (``student.source``,
+``student.head``). Works for transformers encoders and for the image classifiers of
+``opdf.models.vision`` (a Conv2d weight counts as its (out, in*kh*kw) matrix).
 
 examples:
   opdf inspect bert-base-6 --teacher bert-base
   opdf inspect resnet8 --teacher resnet20 --in-channels 1 --image-size 28 --layer-map 0:0,1:3,2:6
   opdf inspect vit-d2 --teacher vit-d8 --num-labels 10
+  opdf inspect bert-base-6 --method dbkd        # where DBKD's student starts, and its head
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from opdf.choices import CORE_SELECTIONS, SCHEMES, STUDENT_INITS
+from opdf.choices import CORE_SELECTIONS, SCHEMES, STUDENT_HEADS, STUDENT_INITS, STUDENT_SOURCES
 from opdf.errors import OpdfError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,6 +73,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"teacher starts from (config key student.init): {' | '.join(STUDENT_INITS)}, or "
         "indices such as 0,2,4; printed beside the alignment's layer map, which it does not change",
     )
+    p.add_argument(
+        "--method",
+        help="print where this method's student starts (student.source, student.head: its "
+        "paper's default, or --source / --head checked against it); e.g. dbkd",
+    )
+    p.add_argument("--source", choices=STUDENT_SOURCES,
+                   help="with --method: the config's student.source")  # fmt: skip
+    p.add_argument("--head", choices=STUDENT_HEADS,
+                   help="with --method: the config's student.head")  # fmt: skip
     p.add_argument(
         "--allow-partial",
         action="store_true",
@@ -155,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
     layer_map, cores = parse_layer_map(args.layer_map), parse_cores(args.cores)
     if args.init and not args.teacher:
         raise OpdfError("--init needs --teacher: presets resolve against the teacher's depth")
+    if (args.source or args.head) and not args.method:
+        raise OpdfError("--source and --head need --method: each method allows its own starts")
+    start = start_text(args.method, args.source, args.head) if args.method else None
     model = build_model(args.model, args.num_labels, args.in_channels, args.image_size)
     entries = plan(model, args.scheme, args.unit_modes, args.targets)
     print(f"model {args.model}: scheme={args.scheme}, unit_modes={args.unit_modes}")
@@ -179,7 +193,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"pairs: {len(pairs)}; skipped modules (no same-shaped teacher cores): {skipped}")
         if args.init:
             print(init_text(model, teacher, args.init, layer_map))
+    if start:
+        print(start)
     return 0
+
+
+SOURCE_WORDS = {
+    "finetuned-teacher": "the task-fine-tuned teacher's layers",
+    "pretrained-teacher": "the same layers of teacher.model before its fine-tune",
+    "model": "student.model, a separately pretrained model",
+}
+
+
+def start_text(method: str, source: str | None, head: str | None) -> str:
+    """Where ``method``'s text student starts (``student.source`` and ``student.head`` resolved as
+    a config resolves them: the method's default, or refused with the config's error)."""
+    from opdf.distill import get_method, method_names
+    from opdf.run.config import RunConfig, StudentConfig, resolve_student_start
+
+    if method not in method_names():
+        raise OpdfError(f"--method {method!r}: not a method; valid: {', '.join(method_names())}")
+    model = "student-model" if source == "model" else None  # a placeholder name, never loaded
+    cfg = RunConfig(method=method, method_options=get_method(method).Options(),
+                    student=StudentConfig(model=model, source=source, head=head))  # fmt: skip
+    resolve_student_start(cfg)
+    s = cfg.student
+    default = "" if source else f" (the {method} default)"
+    how = "copied from the source" if s.head == "copy" else "newly initialised"
+    return (f"\nstudent start ({method}): source {s.source}{default}: {SOURCE_WORDS[s.source]}; "
+            f"head {s.head} ({how})")
 
 
 def init_text(model: nn.Module, teacher: nn.Module, init: str, layer_map) -> str:

@@ -29,6 +29,12 @@ loss is used. The total loss is
 with the code's defaults ``alpha = 0.8``, ``T = 2``, ``beta = 1`` (its SST-2 script). ``anneal:
 true`` is ``kd_anneal``: ``T_e = T + (1 - T) e / (E - 1)`` over the run's epochs ``e = 0..E-1``.
 
+The student's start: the official student is a separately pretrained small BERT
+(``--student_model``, e.g. a 6-layer general-distilled BERT) with a new classification head. Here
+the default stays the runner's (``student.source: finetuned-teacher``, the fine-tuned teacher's
+layers with its head), the start of every committed AD-KD result; ``student.source:
+pretrained-teacher`` (new head) or ``model`` gives the official kind of start.
+
 Teacher and student must have the same hidden size (maps are compared token by token; both see
 the run's one tokenization). Cost per step: a teacher forward and backward to ``e``, a student
 forward, its gradient with a graph, and the backward through both (about 3x a KD step), times

@@ -17,7 +17,10 @@ The runner owns everything else: data, over-parameterization (``overparam``), th
 export. It only talks to a method through these hooks, so methods that need more plug in by
 overriding them:
 
-* :meth:`Distiller.build_student`: what the student starts from (teacher layers by default).
+* :meth:`Distiller.build_student`: what the student starts from (teacher layers by default);
+  :attr:`Distiller.default_student_source` and :meth:`Distiller.check_student_start`: where its
+  weights may come from (``student.source``, ``student.head``), the method paper's start by
+  default.
 * :meth:`Distiller.param_groups`: what the main optimizer trains, with per-group learning rates.
 * :meth:`Distiller.configure_optimizers`: the optimizers by name; ``"main"`` is stepped by the
   trainer, others (LGTM's teacher optimizer) by the method; all are checkpointed.
@@ -57,6 +60,7 @@ from opdf.distill.registry import (  # noqa: F401
     methods,
     register_method,
 )
+from opdf.errors import ConfigError
 
 #: ``(optimizer, LR schedule or None)``, and what makes one: ``build(groups, lr=None)``
 OptimizerAndSchedule = tuple[torch.optim.Optimizer, "torch.optim.lr_scheduler.LRScheduler | None"]
@@ -130,6 +134,13 @@ class Distiller(nn.Module):
     teacher_frozen: ClassVar[bool] = True
     # False for methods that build the student from the teacher's own layers (BERT-of-Theseus)
     accepts_student_model: ClassVar[bool] = True
+    #: where a text student comes from when the config names no ``student.source`` (and no
+    #: ``student.model``): the start of the method's paper (:data:`opdf.choices.STUDENT_SOURCES`)
+    default_student_source: ClassVar[str] = "finetuned-teacher"
+    #: the sources the method accepts, and why it refuses the others (for the error message)
+    student_sources: ClassVar[tuple[str, ...]] = ("finetuned-teacher", "pretrained-teacher",
+                                                  "model")  # fmt: skip
+    student_source_reason: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
     #: False when a step may leave trainable parameters out of its graph (Theseus): under DDP
     #: the runner then asks it to find them every step (``find_unused_parameters``)
@@ -166,6 +177,19 @@ class Distiller(nn.Module):
         from opdf.models import student_from_teacher
 
         return student_from_teacher(teacher, layers)
+
+    @classmethod
+    def check_student_start(cls, config) -> None:
+        """Refuse a student start (``student.source``, ``student.head``, both resolved) that the
+        method cannot take (raise ``ConfigError``, one line naming the fix). Default: the
+        sources in :attr:`student_sources`."""
+        source = config.student.source
+        if source not in cls.student_sources:
+            why = f" ({cls.student_source_reason})" if cls.student_source_reason else ""
+            raise ConfigError(
+                f"{cls.name}: student.source: {source} is not allowed{why}; use student.source: "
+                f"{' or '.join(cls.student_sources)} (default {cls.default_student_source})"
+            )
 
     @classmethod
     def check_task(cls, num_labels: int, config) -> None:

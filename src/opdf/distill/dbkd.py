@@ -28,6 +28,16 @@ The teacher's decisions are computed once per (teacher weights, tokenizer, train
 ``max_length``, perturbation settings) and cached in ``<opdf cache>/dbkd/<key>.pt`` (``OPDF_CACHE``,
 default ``~/.cache/opdf``): a second run, or a resumed one, only reads them.
 
+**The student's start.** The teacher is a black box that answers with decisions only, so the
+student may not read its weights: the official student is a pretrained encoder with a new head
+(``bert-base-uncased`` cut to 4 layers, ``BertForSequenceClassification.from_pretrained``).
+Here the default is ``student.source: pretrained-teacher`` with ``student.head: new`` (the
+config's layers of ``teacher.model`` before its fine-tune: the same model family, as there), or
+``student.source: model`` (another pretrained encoder); a config whose student would copy the
+fine-tuned teacher (``finetuned-teacher``, or a ``student.model`` that is the teacher's own folder)
+is refused. Results before this rule (``benchmarks/results/rt-polarity-methods``, DBKD rows)
+started from the fine-tuned teacher's layers and head: a head start the method cannot have.
+
 **Deviation (offline):** EDA's random insertion uses WordNet synonyms, which cannot be installed
 here; ``insert_words`` picks a stand-in (a copy of a word of the same sentence, default, or a word
 of the training texts), see :mod:`opdf.data.eda`. Synonym replacement is off as in the official
@@ -229,6 +239,22 @@ def _read_cache(path: Path) -> dict | None:
 @register_method("dbkd")
 class DBKD(Distiller):
     """DBKD: CE + KL to pseudo-logits from the teacher's top-1 decisions on perturbed copies."""
+
+    default_student_source = "pretrained-teacher"
+    student_sources = ("pretrained-teacher", "model")
+    student_source_reason = ("its teacher is a black box that answers with decisions only: the "
+                             "student may not copy the fine-tuned teacher's weights")  # fmt: skip
+
+    @classmethod
+    def check_student_start(cls, config) -> None:
+        super().check_student_start(config)
+        s, t = config.student, config.teacher
+        if s.source == "model" and t.finetune is None and s.model == t.model:
+            raise ConfigError(
+                f"dbkd: student.model {s.model!r} is the teacher itself (teacher.finetune is "
+                "null), whose weights a decision-based student may not read; give a pretrained "
+                "student.model, or student.source: pretrained-teacher with teacher.finetune set"
+            )
 
     @dataclass
     class Options:

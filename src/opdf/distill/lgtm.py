@@ -18,7 +18,8 @@ from test):
 3. ``v = d CE(H; theta'_S) / d theta'_S``, the unrolled student in train mode.
 4. Finite difference, both models in eval mode, ``R = fd_r / ||v||``:
    ``implicit = [d L_T / d theta_T at theta_S + R v  -  at theta_S - R v] / 2R``.
-5. Teacher step with ``g_T - eta_T * implicit`` (``eta_T``: the teacher's current learning rate).
+5. Teacher step with ``g_T - eta_T * implicit`` (``eta_T``: the teacher's current learning rate;
+   see ``influence_loss`` below for the derived alternative).
 6. The student's KD step on ``B`` with the *updated* teacher (eval mode, no gradient): the
    runner's ordinary step (:meth:`LGTM.forward_train`, plus the alignment loss when on).
 
@@ -32,8 +33,21 @@ Cheaper than the published code, with the same arithmetic:
   gradients is the gradient of the difference of the two soft losses, taken once. The two
   perturbed student forwards run without a graph.
 
-``influence_loss: student`` uses the paper's formulation instead of the code's: the student's KD
-loss ``alpha_kd KL(p_T || p_S)`` in step 4 (it depends on the teacher through ``p_T``).
+``influence_loss`` chooses what steps 4-5 compute:
+
+* ``teacher`` (default, the official code): the teacher's own soft loss ``L_T`` in the finite
+  difference, the result scaled by the *teacher's* learning rate ``eta_T``. This is the code's
+  heuristic, not a derivative of the quiz loss (``L_T`` does not shape the student's step).
+* ``student`` (derived here, not taken from the paper's text, which is not available to check):
+  the derivative of the quiz loss through the unrolled student. With the unrolled step in SGD form,
+  ``theta'_S = theta_S - eta_S g_S(theta_T)``, the chain rule gives
+  ``d CE(H; theta'_S) / d theta_T = -d/d theta_T [g_S . (eta_S v)]``, and only ``L_S``'s KD term
+  ``alpha_kd KL(p_T || p_S)`` depends on the teacher. So step 4 uses that term, with ``v`` scaled
+  by the *student's* learning rate of each parameter's group (``w = eta_S v``, ``R = fd_r /
+  ||w||``), and step 5 subtracts the result unscaled: the teacher's gradient is ``g_T + d quiz /
+  d theta_T``. Exact (to the finite difference) for an SGD student optimizer; with the run's AdamW
+  the derivative through its moments and clipping is left out (the first-order treatment of
+  unrolled steps, as in DARTS), so it is the SGD-form derivative at AdamW's learning rate.
 
 Where this deviates from the official script, and why:
 
@@ -44,6 +58,11 @@ Where this deviates from the official script, and why:
   (``teacher.finetune: {...}``) keeps its head (the flag resolves to false; true is refused, it
   would erase what the fine-tune learned). ``configs/rt-polarity-lgtm.yaml`` starts fine-tuned
   and says why: in a 126-step budget a zeroed head does not leave chance level.
+* The student's start: the official student is a separately pretrained small BERT whose head
+  ``--init_classifier_to_zero`` zeroes, like the teacher's. Here the default stays the runner's
+  (``student.source: finetuned-teacher``: the fine-tuned teacher's layers with its head), the
+  start of every committed LGTM result; ``student.source: pretrained-teacher`` or ``model``
+  gives the official kind of start (a new head; zeroed when ``init_classifier_to_zero`` is on).
 * Quiz batches are shuffled per pass over dev (the official loader cycles dev in order); quiz
   batch ``t`` is a function of the step ``t``, so a resumed run sees the same ones.
 * The run's ``max_grad_norm`` clips the teacher's corrected gradient as it clips the student's
@@ -173,7 +192,7 @@ class LGTM(Distiller):
         t_lr: float = 3e-5  # the teacher's learning rate (same schedule as the student's)
         fd_r: float = 0.01  # finite-difference radius: R = fd_r / ||v||
         quiz_batch_size: int | None = None  # default: batch_size
-        influence_loss: str = "teacher"  # teacher (the official code) | student (the paper)
+        influence_loss: str = "teacher"  # teacher (the official code) | student (derived)
         init_classifier_to_zero: bool | None = None  # null: when the teacher is not fine-tuned
         overparam_teacher: bool | None = None  # null: when the alignment loss is on
 
@@ -386,10 +405,15 @@ class LGTM(Distiller):
         vector = gradients(q_loss, leaves)
         del theta, leaves, q_logits
         # 4. distillation influence, 5. the teacher's step
+        derived = self.options.influence_loss == "student"
+        if derived:  # through theta'_S = theta_S - eta_S g_S: the student's rates, per group
+            lr_of = {id(p): float(g["lr"]) for g in student_optimizer.param_groups
+                     for p in g["params"]}  # fmt: skip
+            vector = [v * lr_of[id(p)] for p, v in zip(s_params, vector, strict=True)]
         implicit = self.influence_correction(batch, vector)
         group_of = {id(p): g for g in teacher_optimizer.param_groups for p in g["params"]}
         for p, g, ig in zip(t_params, g_t, implicit, strict=True):
-            eta = float(group_of[id(p)]["lr"])
+            eta = 1.0 if derived else float(group_of[id(p)]["lr"])
             p.grad = g.sub_(ig, alpha=eta)
         if max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(t_params, max_grad_norm)

@@ -1,10 +1,14 @@
 """BERT-of-Theseus: progressive module replacement (Xu et al., EMNLP 2020, arXiv 2002.02925).
 
 The predecessor (the fine-tuned teacher, N layers) is cut into n modules of k = N / n consecutive
-layers; successor module i is one layer, initialised from predecessor layer i (the bottom n layers,
-the paper's best choice). For every training batch each module independently runs its successor
-layer with probability p, else its k predecessor layers: ``y_{i+1} = r_i scc_i(y_i) + (1 - r_i)
-prd_i(y_i)``, ``r_i ~ Bernoulli(p)``. Only the successor layers train; predecessor layers,
+layers; successor module i is one layer, a copy of the fine-tuned predecessor's layer
+``student.layers[i]`` (``student.init``: ``bottom``, the default, takes layers 0..n-1, the paper's
+choice and the official code's; the summary records ``student_init``, ``student_layers``, and
+``student_source: finetuned-teacher``, ``student_head: copy``, the only start Theseus takes: its
+successor runs inside the predecessor, on the predecessor's embeddings and under its classifier).
+For every training batch each module independently runs its successor layer with probability p,
+else its k predecessor layers: ``y_{i+1} = r_i scc_i(y_i) + (1 - r_i) prd_i(y_i)``,
+``r_i ~ Bernoulli(p)``. Only the successor layers train; predecessor layers,
 embeddings, pooler and classifier are frozen (the student's copies of them stay equal to the
 teacher's). The loss is the task loss only. Evaluation and export use the successor alone.
 The draws come from a generator seeded by the run's seed and the step (one draw per micro-batch),
@@ -90,6 +94,18 @@ class Theseus(Distiller):
     """BERT-of-Theseus: successor layers replace predecessor modules with probability p."""
 
     accepts_student_model = False
+    student_sources = ("finetuned-teacher",)
+    student_source_reason = ("the successor layers replace modules of the fine-tuned predecessor, "
+                             "whose embeddings, pooler and classifier they share")  # fmt: skip
+
+    @classmethod
+    def check_student_start(cls, config) -> None:
+        super().check_student_start(config)
+        if config.student.head != "copy":
+            raise ConfigError(
+                "theseus: student.head: new is not allowed (the successor runs under the "
+                "predecessor's frozen classifier); use student.head: copy (the default)"
+            )
     every_parameter_used = False  # a successor layer is out of the graph when not drawn
 
     @dataclass

@@ -140,6 +140,17 @@ def load_model(
     return model, load_tokenizer(folder)
 
 
+def has_task_head(name_or_path: str | Path, num_labels: int) -> bool:
+    """Whether a model folder (or built-in) holds a sequence-classification head of
+    ``num_labels`` outputs, which :func:`load_model` then loads instead of initialising one."""
+    from transformers import AutoConfig
+
+    _offline()
+    config = AutoConfig.from_pretrained(str(resolve_model_dir(name_or_path)), **SAFE)
+    classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    return classifier and config.num_labels == num_labels
+
+
 def load_encoder(name_or_path: str | Path):
     """The bare encoder (``AutoModel``, e.g. ``BertModel``) of a built-in or folder, eval mode."""
     from transformers import AutoModel

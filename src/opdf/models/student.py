@@ -1,4 +1,5 @@
-"""Students made of chosen teacher layers (what BERT-of-Theseus, LGTM and DBKD start from)."""
+"""Students made of chosen teacher layers (what BERT-of-Theseus, LGTM and DBKD start from), and
+their classification head (copied with the layers, or new: :func:`new_head`)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,34 @@ def student_from_teacher(teacher: nn.Module, layers: Sequence[int] | None = None
     config.num_hidden_layers = len(chosen)
     config.opdf_teacher_layers = list(chosen)
     return student
+
+
+def head_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The classification head: the top-level modules of a transformers classifier outside its
+    encoder (``base_model_prefix``, e.g. BERT's ``classifier``; the pooler is the encoder's)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    head = {name: m for name, m in model.named_children()
+            if name != prefix and any(True for _ in m.parameters())}  # fmt: skip
+    if not prefix or not hasattr(model, prefix) or not head:
+        raise OpdfError(f"{type(model).__name__}: no encoder + classification head to tell apart")
+    return head
+
+
+def new_head(model: nn.Module, seed: int) -> nn.Module:
+    """Initialise ``model``'s classification head afresh (in place), as transformers initialises
+    a missing head, from ``seed`` without touching the global RNG: ``student.head: new``."""
+    import torch
+
+    init = getattr(model, "_init_weights", None)
+    if init is None:
+        raise OpdfError(f"{type(model).__name__} has no transformers weight initialisation")
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for module in head_modules(model).values():
+            for p in module.parameters():  # transformers skips tensors it marked as loaded
+                p._is_hf_initialized = False
+            module.apply(init)
+    return model
 
 
 # the config fields transformers encoders read their dropout rates from

@@ -15,6 +15,9 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     teacher: {model: minilm-l6, finetune: {epochs: 3, lr: 5.0e-5, batch_size: 32}}
     student: {model: null, init: null, layers: null}   # null model: teacher layers; init:
                                     # bottom (default) | alternate | uniform | top | [i, ...]
+    # student.source: finetuned-teacher | pretrained-teacher | model (default: the method's;
+    # student.model alone means model); student.head: copy | new (default: copy for the
+    # fine-tuned teacher, else new)
     variant: null                   # base | svd | mpo | opdf: sets the three keys below
     overparam: mpo                  # none | svd | mpo
     precision: fp32                 # fp32 | bf16 (autocast; the MPO contraction stays fp32)
@@ -62,7 +65,9 @@ from opdf.choices import (
     LR_SCALINGS,
     NEUTRAL_KEYS,
     SCHEMES,
+    STUDENT_HEADS,
     STUDENT_INITS,
+    STUDENT_SOURCES,
     TRAIN_CORES,
     check_core_selection,
 )
@@ -146,9 +151,21 @@ class StudentConfig:
     ``num_layers`` layers, default half the teacher; or an explicit list), and ``layers`` holds
     the resolved list (settable directly, as before; default the bottom half). ``dropout`` sets
     the rate of every ``torch.nn.Dropout`` in the student (null: the model's own; 0 makes a run
-    deterministic in its data order alone, e.g. to compare 1 and N processes)."""
+    deterministic in its data order alone, e.g. to compare 1 and N processes).
+
+    ``source`` says whose weights those are (:data:`opdf.choices.STUDENT_SOURCES`):
+    ``finetuned-teacher`` (a deep copy of the task-fine-tuned teacher, cut to the layers),
+    ``pretrained-teacher`` (the same layers of ``teacher.model`` as it was before the fine-tune)
+    or ``model`` (``student.model``, a separately pretrained encoder). ``head``: ``copy`` keeps the
+    source's classification head (the modules outside the encoder, e.g. BERT's ``classifier``;
+    the pooler belongs to the encoder), ``new`` initialises one (seeded by ``seed``). Null:
+    the method's paper default (``Distiller.default_student_source``), ``model`` when
+    ``student.model`` is set; ``copy`` for the fine-tuned teacher, else ``new``. Both are
+    resolved at load, so ``config.yaml`` holds what the run used."""
 
     model: str | None = None
+    source: str | None = None
+    head: str | None = None
     init: str | list[int] | None = None
     num_layers: int | None = positive(None)
     layers: list[int] | None = None
@@ -164,6 +181,45 @@ class AlignConfig:
     layer_map: dict[int, int] | None = None
     allow_partial: bool = False  # align only the same-shaped cores instead of failing
     normalize: str = choice(*ALIGN_NORMALIZATIONS, default="none")  # none | teacher (relative)
+
+
+def legacy_start(student: dict) -> tuple[str, str]:
+    """``(source, head)`` of a student section written before ``student.source`` and
+    ``student.head`` existed: what every run then did (the fine-tuned teacher's layers with its
+    head, or ``student.model`` with the head it loads; a pretrained encoder has none)."""
+    if student.get("model") is not None:
+        return "model", "new"
+    return "finetuned-teacher", "copy"
+
+
+def with_legacy_start(config: dict) -> dict:
+    """A copy of a saved config dict whose student section gains the ``source`` and ``head``
+    it ran with when it predates the keys (for comparing old run folders with today's
+    resolved configs: a resume, a suite's finished cells)."""
+    from opdf.data.vision import is_vision_dataset
+
+    out = copy.deepcopy(config)
+    student = out.get("student")
+    if isinstance(student, dict) and (student.get("source") is None or student.get("head") is None):
+        source, head = legacy_start(student)
+        data = out.get("data") if isinstance(out.get("data"), dict) else {}
+        if is_vision_dataset(str(data.get("name", DataConfig.name))):
+            head = None  # an image student is student.model, with no head choice
+        if student.get("source") is None:
+            student["source"] = source
+        if student.get("head") is None:
+            student["head"] = head if student["source"] == source else None
+    return out
+
+
+def _without_legacy_start(student: dict) -> dict:
+    """The student section without ``source``/``head`` when they are the legacy start, so a
+    config that runs what it ran before the keys existed keeps its hash."""
+    out = dict(student)
+    if (out.get("source"), out.get("head")) in ((None, None), legacy_start(out)):
+        out.pop("source", None)
+        out.pop("head", None)
+    return out
 
 
 def drop_neutral(config: dict) -> dict:
@@ -225,6 +281,8 @@ class RunConfig:
 
     def hash(self, exclude: tuple[str, ...] = ("output_dir",)) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        if isinstance(d.get("student"), dict):  # the start every run had before the keys
+            d["student"] = _without_legacy_start(d["student"])
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -572,10 +630,67 @@ def check(cfg: RunConfig) -> None:
     if cfg.student.model is not None and cfg.student.layers is not None:
         raise ConfigError("student.model and student.layers are exclusive: set one of them")
     _check_sources(cfg)
+    resolve_student_start(cfg)
     _resolve_student_init(cfg)
     validate = getattr(cfg.method_options, "validate", None)
     if validate is not None:
         validate(cfg)
+
+
+def resolve_student_start(cfg: RunConfig) -> None:
+    """``student.source`` and ``student.head`` -> their values for this run (in place, idempotent):
+    the method's paper default when null, checked against each other, the teacher and the
+    method (:meth:`Distiller.check_student_start`, e.g. DBKD refusing the fine-tuned teacher's
+    weights). Image students are always ``student.model`` (source ``model``, no head choice)."""
+    from opdf.distill import get_method
+
+    s = cfg.student
+    choices = (("source", s.source, STUDENT_SOURCES), ("head", s.head, STUDENT_HEADS))
+    for key, value, valid in choices:
+        if value is not None and value not in valid:
+            raise ConfigError(
+                f"config key 'student.{key}': {value!r} is not valid{_suggest(value, valid)}; "
+                f"valid choices: {', '.join(valid)}"
+            )
+    if data_kind(cfg) == "image":
+        if s.source not in (None, "model") or s.head is not None:
+            raise ConfigError(
+                "image data: the student is student.model (a vision architecture or a saved "
+                "folder); student.source and student.head apply to text students: remove them"
+            )
+        s.source = "model"
+        return
+    method = get_method(cfg.method)
+    if s.source is None:
+        s.source = "model" if s.model is not None else method.default_student_source
+    if s.source == "model" and s.model is None:
+        raise ConfigError(
+            "student.source: model needs student.model (a built-in name or a model folder); or "
+            "use student.source: finetuned-teacher or pretrained-teacher (teacher layers)"
+        )
+    if s.source != "model" and s.model is not None:
+        raise ConfigError(
+            f"student.model {s.model!r} is a separate model, but student.source is {s.source} "
+            "(teacher layers): drop student.model, or set student.source: model"
+        )
+    if s.head is None:
+        s.head = "copy" if s.source == "finetuned-teacher" else "new"
+    if s.source == "pretrained-teacher":
+        if s.head == "copy":
+            # the pretrained model has no head for the task: load_model would initialise one,
+            # and the fine-tuned teacher's head on pretrained layers is a mix no method uses
+            raise ConfigError(
+                "student.head: copy needs a fine-tuned head, and the pretrained teacher (teacher."
+                "model before its fine-tune) has none: use student.head: new, or student.source: "
+                "finetuned-teacher"
+            )
+        if cfg.teacher.finetune is None:
+            raise ConfigError(
+                "student.source: pretrained-teacher takes teacher.model before its fine-tune, but "
+                "teacher.finetune is null (teacher.model is the tuned teacher itself): set "
+                "teacher.finetune, or use student.source: model with a pretrained student.model"
+            )
+    method.check_student_start(cfg)
 
 
 def _resolve_student_init(cfg: RunConfig) -> None:

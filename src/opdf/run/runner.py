@@ -41,7 +41,15 @@ from opdf.distill.finetune import FineTune  # also importable from here, as befo
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import checkpoint as ckpt
 from opdf.run import distributed
-from opdf.run.config import FinetuneConfig, RunConfig, data_kind, drop_neutral, dump_config
+from opdf.run.config import (
+    FinetuneConfig,
+    RunConfig,
+    data_kind,
+    drop_neutral,
+    dump_config,
+    resolve_student_start,
+    with_legacy_start,
+)
 from opdf.run.distributed import SINGLE, DistEnv
 from opdf.run.lock import LOCK_FILE, RunLock
 from opdf.run.trainer import Trainer, TrainSettings, resolve_device
@@ -364,9 +372,9 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
                 new = drop_neutral(cfg.to_dict())
                 options = type(cfg.method_options)()
                 defaults = RunConfig(method=cfg.method, method_options=options).to_dict()
-                old = drop_neutral(
+                old = drop_neutral(with_legacy_start(
                     _with_defaults(yaml.safe_load(saved.read_text()) or {}, defaults)
-                )
+                ))  # fmt: skip
                 diff = sorted(k for k in set(old) | set(new)
                               if k != "output_dir" and old.get(k) != new.get(k))  # fmt: skip
                 if diff:
@@ -409,6 +417,38 @@ def student_init_label(cfg: RunConfig) -> str | None:
     return "explicit" if cfg.student.layers is not None else "bottom"
 
 
+def build_text_student(cfg: RunConfig, method, teacher, num_labels: int):
+    """The text student from ``student.source`` with ``student.head`` (both resolved): the
+    fine-tuned ``teacher``'s layers, the same layers of ``teacher.model`` before its fine-tune,
+    or ``student.model``. A new head is initialised from ``cfg.seed``; :func:`load_model` already
+    gives one, seeded alike, where the loaded folder holds none."""
+    from opdf.models import load_model
+    from opdf.models.hf import has_task_head
+    from opdf.models.student import new_head
+
+    s = cfg.student
+    if s.source == "finetuned-teacher":
+        student = method.build_student(teacher, s.layers)
+        if s.head == "new":
+            new_head(student, cfg.seed)
+        return student
+    name = s.model if s.source == "model" else cfg.teacher.model
+    loaded_head = has_task_head(name, num_labels)
+    if s.head == "copy" and not loaded_head:
+        raise ConfigError(
+            f"student.head: copy, but student.model {name!r} holds no classification head for "
+            f"{num_labels} labels: use student.head: new"
+        )
+    model, _ = load_model(name, num_labels, seed=cfg.seed)
+    if s.head == "new" and loaded_head:
+        new_head(model, cfg.seed)
+    if s.source == "model":
+        return model
+    student = method.build_student(model, s.layers)  # the pretrained teacher, cut
+    del model
+    return student
+
+
 def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGLE,
           device: torch.device | None = None):  # fmt: skip
     """Everything a run needs: ``(distiller, dataset, tokenizer, align, info)``."""
@@ -417,6 +457,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
     from opdf.models import load_model, set_dropout
 
     method = get_method(cfg.method)
+    resolve_student_start(cfg)  # a RunConfig made in code: its null source/head, checked
     if cfg.student.model is not None and not getattr(method, "accepts_student_model", True):
         # checked before the (minutes-long) teacher fine-tune
         raise ConfigError(
@@ -433,10 +474,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
     else:
         teacher, tokenizer = load_model(teacher_dir, dataset.num_labels, seed=cfg.seed)
         ckpt.seed_everything(cfg.seed)
-        if cfg.student.model is not None:
-            student, _ = load_model(cfg.student.model, dataset.num_labels, seed=cfg.seed)
-        else:
-            student = method.build_student(teacher, cfg.student.layers)
+        student = build_text_student(cfg, method, teacher, dataset.num_labels)
     if cfg.student.dropout is not None:
         set_dropout(student, cfg.student.dropout)
     student.train()
@@ -488,6 +526,8 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
         "student_model": cfg.student.model,
         "student_layers": getattr(getattr(student, "config", None), "opdf_teacher_layers", None),
         "student_init": student_init_label(cfg),
+        "student_source": cfg.student.source,
+        "student_head": cfg.student.head,
         "align_layer_map": {str(k): v for k, v in align.layer_map.items()} if align else None,
         "method_options": dataclasses.asdict(cfg.method_options),
         "config_hash": cfg.hash(),
