@@ -374,10 +374,13 @@ def test_stopping_the_suite_stops_its_cells_and_remembers_them(tmp_path):
 
 
 def _writes_summary_and_checkpoint(p):
-    code = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
-            "(p / 'checkpoints').mkdir(parents=True); "
+    """A cell run as opdf writes one (its ownership marker first), plus a file of the user's."""
+    code = ("import pathlib, sys; from opdf.run import owner; p = pathlib.Path(sys.argv[1]); "
+            "owner.claim(p, 'distill'); (p / 'checkpoints').mkdir(parents=True); "
             "(p / 'checkpoints' / 'last.pt').write_text('x'); "
-            "(p / 'summary.json').write_text('{}')")  # fmt: skip
+            "(p / 'summary.json').write_text('{}'); "
+            "owner.record(p, 'checkpoints/last.pt', 'summary.json'); "
+            "(p / 'checkpoints' / 'mine.txt').write_text('the user wrote this')")  # fmt: skip
     return [sys.executable, "-c", code, str(p.folder)]
 
 
@@ -393,6 +396,7 @@ def test_a_finished_cell_drops_its_checkpoints_unless_kept(tmp_path, keep):
     for p in planned:
         assert (p.folder / "summary.json").is_file()
         assert (p.folder / "checkpoints" / "last.pt").is_file() == keep
+        assert (p.folder / "checkpoints" / "mine.txt").read_text() == "the user wrote this"
 
 
 def test_keep_checkpoints_is_a_suite_key(tmp_path):

@@ -196,6 +196,33 @@ def test_accumulate_matches_plain_accumulation():
     assert all(p.override is None for _, _, p in mpo_modules(acc_model))
 
 
+def test_a_step_inside_accumulate_is_an_error_and_no_gradient_leaks_out():
+    """On main the step moved every parameter but the cores (their grads were still None) and
+    the gradients arriving at the exit leaked into the next step after a zero_grad in the block."""
+    model = opdf.overparameterize(tiny_bert(), unit_modes=1)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    refused = pytest.raises(OpdfError, match=r"optimizer.step\(\) inside .* after the block")
+    with refused, opdf.accumulate(model):
+        model(**batch(n=2)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing moved
+    assert all(p.grad is None for _, module, _ in mpo_modules(model)
+               for p in module.parametrizations.weight.parameters())  # fmt: skip
+    # outside the block, and for optimizers of other models inside it, step works as always
+    other = torch.nn.Linear(2, 2)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    with opdf.accumulate(model):
+        model(**batch(n=2)).loss.backward()
+        other(torch.ones(1, 2)).sum().backward()
+        other_opt.step()
+    opt.step()
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters()
+               if "parametrizations" in n)
+
+
 def test_accumulate_contracts_once(monkeypatch):
     model = opdf.overparameterize(tiny_bert(), unit_modes=1)
     import opdf.overparam as op
