@@ -425,3 +425,22 @@ def test_a_full_disk_starts_no_new_cell(tmp_path):
     assert list(results) == [planned[0].cell.id]  # the second cell never started
     assert any("the disk is full: 1 cell(s) not started" in x for x in lines)
     assert not planned[1].folder.exists()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "benchmarks/suites").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_committed_suite_has_a_tiny_check_that_plans(path, tmp_path, capsys):
+    """The README's `opdf bench <suite> --tiny` works for every committed suite (on main
+    rt-polarity-kd's exited 2: no `tiny:` section)."""
+    assert load_suite(path).tiny, f"{path.name} has no tiny: section"
+    code = main(["bench", str(path), "--tiny", "--dry-run", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "next: python -m opdf distill" in out, out
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_the_readme_lists_every_committed_suite():
+    readme = (ROOT / "README.md").read_text()
+    for path in (ROOT / "benchmarks/suites").glob("*.yaml"):
+        assert f"| `{path.stem}` |" in readme, path.stem

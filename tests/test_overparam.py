@@ -386,6 +386,20 @@ def test_inspect_cli_dry_run(capsys):
     assert "162,508,034" in capsys.readouterr().out
 
 
+def test_inspect_refuses_unit_modes_with_the_svd_scheme(capsys):
+    """On main `--scheme svd --unit-modes 3` printed unit_modes=3 over an SVD plan."""
+    assert cli_main(["inspect", "bert-base-6", "--scheme", "svd", "--unit-modes", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--scheme svd contradicts --unit-modes 3" in err and len(err.splitlines()) == 1
+
+
+def test_empty_targets_say_so():
+    """On main `targets=[]` said "the default targets found none"."""
+    with pytest.raises(OpdfError, match=r"targets=\[\] names no module") as e:
+        opdf.overparameterize(tiny_bert(), targets=[])
+    assert "default targets found none" not in str(e.value)
+
+
 def test_inspect_cli_reports_bad_input_without_traceback(capsys):
     assert cli_main(["inspect", "no-such-model-here"]) == 2
     err = capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_existing_output_dir_is_never_overwritten_silently(tmp_path):
     out.mkdir()
     (out / "summary.json").write_text("{}")
     cfg = load_config("configs/smoke-kd.yaml", [f"output_dir={out}", "max_steps=2"])
-    with pytest.raises(OpdfError, match="already exists"):
+    with pytest.raises(OpdfError, match="opdf did not write"):
         run_distill(cfg, progress=False)
     assert (out / "summary.json").read_text() == "{}"
 

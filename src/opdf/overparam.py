@@ -323,6 +323,12 @@ def plan(
         return []
     entries = []
     names = _select(model, targets)
+    if not names and targets is not None and not isinstance(targets, str) and not list(targets):
+        raise OpdfError(
+            "targets=[] names no module to over-parameterize: pass targets=None for the default "
+            "ones (every nn.Linear of the encoder blocks), or name the modules, e.g. "
+            "targets=['query', 'value']; to train the plain model use scheme='none'"
+        )
     if not names:
         raise OpdfError(
             "no nn.Linear/nn.Conv2d weights to over-parameterize in this model (the default "
