@@ -29,7 +29,7 @@ def temporaries(run: Path) -> list[Path]:
 
 
 def start_and_wait_for_a_write(run: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OPDF_TEST_WRITE_DELAY": "4",
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OPDF_TEST_WRITE_DELAY": "2",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "opdf", "distill", SMOKE, *ARGS, f"output_dir={run}",

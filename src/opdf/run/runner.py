@@ -9,6 +9,8 @@ Output folder of a run::
                                 before, --resume's fallback), best.pt (best on dev),
                                 manifest.json (their checksums; see opdf.run.checkpoint)
     OUTPUT_DIR/.opdf.lock       held while the run lives (opdf.run.lock)
+    OUTPUT_DIR/.opdf-owner.json written first: the run's identity and every path opdf wrote
+                                here, the only ones it ever deletes (opdf.run.owner)
     OUTPUT_DIR/student/         the merged student (save_pretrained) and its tokenizer; for
                                 image data model.safetensors + architecture.json
                                 (opdf.models.load_vision_model)
