@@ -375,11 +375,13 @@ def test_stopping_the_suite_stops_its_cells_and_remembers_them(tmp_path):
 
 def _writes_summary_and_checkpoint(p):
     """A cell run as opdf writes one (its ownership marker first), plus a file of the user's."""
-    code = ("import pathlib, sys; from opdf.run import owner; p = pathlib.Path(sys.argv[1]); "
-            "owner.claim(p, 'distill'); (p / 'checkpoints').mkdir(parents=True); "
+    listed = ["checkpoints", "checkpoints/last.pt", "summary.json"]
+    marker = json.dumps({"format": 1, "kind": "distill", "id": "x", "paths": listed})
+    code = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+            "(p / 'checkpoints').mkdir(parents=True); "
+            f"(p / '.opdf-owner.json').write_text({marker!r}); "
             "(p / 'checkpoints' / 'last.pt').write_text('x'); "
             "(p / 'summary.json').write_text('{}'); "
-            "owner.record(p, 'checkpoints/last.pt', 'summary.json'); "
             "(p / 'checkpoints' / 'mine.txt').write_text('the user wrote this')")  # fmt: skip
     return [sys.executable, "-c", code, str(p.folder)]
 

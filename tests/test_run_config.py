@@ -53,7 +53,7 @@ def test_real_configs_all_valid():
     "overrides, message",
     [
         (["overparam=mpoo"], "valid choices: none, svd, mpo"),
-        (["lrr=3"], "did you mean 'lr'"),
+        (["lrr=3"], "did you mean lr?"),
         (["data.max_lenght=3"], "valid keys in data"),
         (["max_steps=-1"], "must be > 0"),
         (["batch_size=abc"], "is not an integer"),

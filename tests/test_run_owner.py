@@ -124,11 +124,12 @@ def test_a_killed_writes_temporaries_go_on_start_and_on_resume(tmp_path):
     assert not stale.exists()
 
 
-def test_the_cached_teacher_folder_keeps_a_users_file(tmp_path, capsys):
+def test_the_cached_teacher_folder_keeps_a_users_file(tmp_path, capsys, monkeypatch):
     """`opdf finetune --force` (and a cache folder that is no finished teacher) deletes only
     what opdf wrote: a foreign file stops it before any training, named."""
     from opdf.run.runner import teacher_cache_dir
 
+    monkeypatch.setenv("OPDF_CACHE", str(tmp_path / "cache"))  # not the session's teacher
     cfg = cfg_for(tmp_path / "run")
     final = teacher_cache_dir(cfg)
     final.mkdir(parents=True)
@@ -198,7 +199,7 @@ def _parents(rel: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(ours=paths, theirs=paths, prior_run=st.booleans(), resume=st.booleans(),
        overwrite=st.booleans())  # fmt: skip

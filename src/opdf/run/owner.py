@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 import time
 import uuid
@@ -30,9 +29,9 @@ from opdf.errors import OpdfError
 MARKER = ".opdf-owner.json"
 LOCK = ".opdf.lock"  # opdf.run.lock.LOCK_FILE (not imported: this module sits below it)
 FORMAT = 1
-#: an atomic write's temporary file (``tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")``) or a
-#: cached folder's (``.NAME.tmp-PID-HEX``): left behind only by a process killed mid-write
-TEMPORARY = re.compile(r"^\..+\.([a-z0-9_]{8}\.tmp|tmp-\d+(-[0-9a-f]+)?)$")
+#: an atomic write's temporary file (``tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")``, or
+#: ``.NAME.tmp-PID``): left behind only by a process killed mid-write
+TEMPORARY = re.compile(r"^\..+\.([a-z0-9_]{8}\.tmp|tmp-\d+)$")
 
 # what older opdf versions wrote (their folders have no marker): only these names are adopted
 _MODEL_FILES = frozenset({
@@ -97,8 +96,16 @@ def contents(folder: Path) -> list[str]:
     return sorted(out)
 
 
-def _is_temporary(rel: str) -> bool:
-    return bool(TEMPORARY.match(rel.rsplit("/", 1)[-1]))
+#: where opdf's atomic writes put their temporary files: the folder itself and checkpoints/
+TEMPORARY_PLACES = ("", "checkpoints")
+
+
+def _is_temporary(folder: Path, rel: str) -> bool:
+    """A file a killed atomic write left (a plain file with such a name where opdf writes)."""
+    parent, _, name = rel.rpartition("/")
+    path = folder / rel
+    return (parent in TEMPORARY_PLACES and bool(TEMPORARY.match(name)) and path.is_file()
+            and not path.is_symlink())  # fmt: skip
 
 
 def foreign(folder: Path, marker: dict | None = None) -> list[str]:
@@ -107,7 +114,7 @@ def foreign(folder: Path, marker: dict | None = None) -> list[str]:
     folder = Path(folder)
     marker = marker if marker is not None else read(folder) or {"paths": []}
     owned = set(marker["paths"])
-    alien = [p for p in contents(folder) if p not in owned and not _is_temporary(p)]
+    alien = [p for p in contents(folder) if p not in owned and not _is_temporary(folder, p)]
     alien = [p for p in alien if not (folder / p).is_dir() or (folder / p).is_symlink()
              or not any(q.startswith(p + "/") for q in owned)]  # fmt: skip
     top = []
@@ -207,7 +214,7 @@ def record(folder: Path, *paths: str | Path) -> None:
         _write(folder, marker)
 
 
-def remove_temporaries(folder: Path, subfolders: Iterable[str] = ("", "checkpoints")) -> list[str]:
+def remove_temporaries(folder: Path, subfolders: Iterable[str] = TEMPORARY_PLACES) -> list[str]:
     """Delete what writes killed mid-way left in an opdf folder (``.last.pt.x8e2k1qz.tmp``);
     returns their names. Only in a folder that is opdf's (marker or provable older folder)."""
     folder = Path(folder)
@@ -219,11 +226,8 @@ def remove_temporaries(folder: Path, subfolders: Iterable[str] = ("", "checkpoin
         if not d.is_dir() or d.is_symlink():
             continue
         for f in d.iterdir():
-            if _is_temporary(f.name) and not f.is_symlink():
-                if f.is_dir():
-                    shutil.rmtree(f, ignore_errors=True)
-                else:
-                    f.unlink(missing_ok=True)
+            if _is_temporary(folder, _rel(folder, f)):
+                f.unlink(missing_ok=True)
                 gone.append(_rel(folder, f))
     return gone
 
@@ -245,7 +249,7 @@ def remove_owned(folder: Path, under: str = "", *, check: bool = True, what: str
                 f"{what} {str(folder)!r} holds {describe(alien)}, which opdf did not write; "
                 "nothing was deleted: move it away, or choose a new folder"
             )
-    remove_temporaries(folder, [under])
+    remove_temporaries(folder, [under] if under in TEMPORARY_PLACES else [])
     owned = set(marker["paths"])
     mine = [p for p in owned if not under or p == under or p.startswith(under + "/")]
     for p in sorted(mine, key=lambda s: s.count("/"), reverse=True):  # deepest first
