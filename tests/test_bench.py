@@ -379,10 +379,15 @@ def test_stopping_the_suite_stops_its_cells_and_remembers_them(tmp_path):
 
 
 def _writes_summary_and_checkpoint(p):
+    """A cell run as opdf writes one (its ownership marker first), plus a file of the user's."""
+    listed = ["checkpoints", "checkpoints/last.pt", "summary.json"]
+    marker = json.dumps({"format": 1, "kind": "distill", "id": "x", "paths": listed})
     code = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
             "(p / 'checkpoints').mkdir(parents=True); "
+            f"(p / '.opdf-owner.json').write_text({marker!r}); "
             "(p / 'checkpoints' / 'last.pt').write_text('x'); "
-            "(p / 'summary.json').write_text('{}')")  # fmt: skip
+            "(p / 'summary.json').write_text('{}'); "
+            "(p / 'checkpoints' / 'mine.txt').write_text('the user wrote this')")  # fmt: skip
     return [sys.executable, "-c", code, str(p.folder)]
 
 
@@ -398,6 +403,7 @@ def test_a_finished_cell_drops_its_checkpoints_unless_kept(tmp_path, keep):
     for p in planned:
         assert (p.folder / "summary.json").is_file()
         assert (p.folder / "checkpoints" / "last.pt").is_file() == keep
+        assert (p.folder / "checkpoints" / "mine.txt").read_text() == "the user wrote this"
 
 
 def test_keep_checkpoints_is_a_suite_key(tmp_path):
@@ -426,3 +432,22 @@ def test_a_full_disk_starts_no_new_cell(tmp_path):
     assert list(results) == [planned[0].cell.id]  # the second cell never started
     assert any("the disk is full: 1 cell(s) not started" in x for x in lines)
     assert not planned[1].folder.exists()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "benchmarks/suites").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_committed_suite_has_a_tiny_check_that_plans(path, tmp_path, capsys):
+    """The README's `opdf bench <suite> --tiny` works for every committed suite (on main
+    rt-polarity-kd's exited 2: no `tiny:` section)."""
+    assert load_suite(path).tiny, f"{path.name} has no tiny: section"
+    code = main(["bench", str(path), "--tiny", "--dry-run", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "next: python -m opdf distill" in out, out
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_the_readme_lists_every_committed_suite():
+    readme = (ROOT / "README.md").read_text()
+    for path in (ROOT / "benchmarks/suites").glob("*.yaml"):
+        assert f"| `{path.stem}` |" in readme, path.stem

@@ -100,3 +100,16 @@ def test_an_internal_error_is_not_reported_as_a_user_error(monkeypatch, tmp_path
     monkeypatch.undo()
     assert main(["report", str(tmp_path)]) == 2  # no summary.json: the user's fault
     assert "opdf report: error: no summary.json" in capsys.readouterr().err
+
+
+def test_merge_of_a_bench_cell_without_checkpoints_points_to_its_student(tmp_path, capsys):
+    """A finished bench cell keeps no checkpoints: on main merge said the folder "is not an opdf
+    run folder"."""
+    cell = tmp_path / "cell"
+    (cell / "student").mkdir(parents=True)
+    (cell / "config.yaml").write_text("method: kd\n")
+    (cell / "summary.json").write_text("{}")
+    assert main(["merge", str(cell)]) == 2
+    err = capsys.readouterr().err
+    assert f"merged student is already in {cell / 'student'}" in err
+    assert "not an opdf run folder" not in err

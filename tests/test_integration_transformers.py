@@ -335,3 +335,43 @@ def test_under_torchrun_two_processes_train_the_one_process_model(parts, tmp_pat
     a, b = weights(tmp_path / "one" / "merged"), weights(tmp_path / "two" / "merged")
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
+
+
+def _tiny_bert(num_labels: int, seed: int):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, num_labels=num_labels, **NO_DROPOUT)  # fmt: skip
+    return BertForSequenceClassification(config)
+
+
+def test_a_regression_model_gets_the_kd_methods_mse_toward_its_teacher(tmp_path):
+    """num_labels=1: on main the KD term was a softmax KL over one logit, always 0 (the model
+    trained on a tenth of its label loss); it is the CLI `kd` method's MSE, on the same batch."""
+    import copy
+
+    from opdf.distill.kd import KD
+
+    teacher, student = _tiny_bert(1, seed=0), _tiny_bert(1, seed=1)
+    reference = copy.deepcopy(student)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
+    trainer = OpdfTrainer(model=student, args=args, teacher=teacher, scheme="none", kd_alpha=0.9)
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 60, (4, 7), generator=g),
+             "attention_mask": torch.ones(4, 7, dtype=torch.long),
+             "labels": torch.randn(4, generator=g)}  # fmt: skip
+    student.train()
+    trainer.compute_loss(student, batch)
+    kd = trainer._terms["kd"]
+    kd_method = KD(reference.train(), teacher, KD.Options(alpha=0.9), num_labels=1)
+    _, cli = kd_method.forward_train(batch)
+    assert float(kd) > 1e-6  # exactly 0 on main
+    assert torch.allclose(kd, cli["kd"].detach().float(), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(trainer._terms["task"], cli["ce"].detach().float(), rtol=1e-5)
+
+
+def test_a_teacher_with_other_labels_is_refused_when_the_trainer_is_built(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
+    with pytest.raises(OpdfError, match="student has 1 output.* teacher 2"):
+        OpdfTrainer(model=_tiny_bert(1, 0), args=args, teacher=_tiny_bert(2, 1), scheme="none")

@@ -196,6 +196,33 @@ def test_accumulate_matches_plain_accumulation():
     assert all(p.override is None for _, _, p in mpo_modules(acc_model))
 
 
+def test_a_step_inside_accumulate_is_an_error_and_no_gradient_leaks_out():
+    """On main the step moved every parameter but the cores (their grads were still None) and
+    the gradients arriving at the exit leaked into the next step after a zero_grad in the block."""
+    model = opdf.overparameterize(tiny_bert(), unit_modes=1)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    refused = pytest.raises(OpdfError, match=r"optimizer.step\(\) inside .* after the block")
+    with refused, opdf.accumulate(model):
+        model(**batch(n=2)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing moved
+    assert all(p.grad is None for _, module, _ in mpo_modules(model)
+               for p in module.parametrizations.weight.parameters())  # fmt: skip
+    # outside the block, and for optimizers of other models inside it, step works as always
+    other = torch.nn.Linear(2, 2)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    with opdf.accumulate(model):
+        model(**batch(n=2)).loss.backward()
+        other(torch.ones(1, 2)).sum().backward()
+        other_opt.step()
+    opt.step()
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters()
+               if "parametrizations" in n)
+
+
 def test_accumulate_contracts_once(monkeypatch):
     model = opdf.overparameterize(tiny_bert(), unit_modes=1)
     import opdf.overparam as op
@@ -357,6 +384,20 @@ def test_inspect_cli_dry_run(capsys):
     assert "bert.encoder.layer.5.output.dense" in out and "[32, 24]" in out
     assert cli_main(["inspect", "bert-base-6", "--unit-modes", "3"]) == 0
     assert "162,508,034" in capsys.readouterr().out
+
+
+def test_inspect_refuses_unit_modes_with_the_svd_scheme(capsys):
+    """On main `--scheme svd --unit-modes 3` printed unit_modes=3 over an SVD plan."""
+    assert cli_main(["inspect", "bert-base-6", "--scheme", "svd", "--unit-modes", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--scheme svd contradicts --unit-modes 3" in err and len(err.splitlines()) == 1
+
+
+def test_empty_targets_say_so():
+    """On main `targets=[]` said "the default targets found none"."""
+    with pytest.raises(OpdfError, match=r"targets=\[\] names no module") as e:
+        opdf.overparameterize(tiny_bert(), targets=[])
+    assert "default targets found none" not in str(e.value)
 
 
 def test_inspect_cli_reports_bad_input_without_traceback(capsys):

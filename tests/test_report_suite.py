@@ -460,3 +460,61 @@ def test_report_reads_identical_cells_of_a_reuse_suite(tmp_path, capsys):
     assert "1 of them read from the identical cells of `reuse` suites" in report.markdown()
     dest = export(report, tmp_path / "x")
     assert (dest / first / "summary.json").is_file() and (dest / f"{first}.log").is_file()
+
+
+def _run(folder: Path, seed: int, steps: int, test: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({
+        "method": "kd", "overparam": "none", "seed": seed, "main_metric": "accuracy",
+        "dev": {"accuracy": test}, "test": {"accuracy": test}, "steps": steps,
+    }))  # fmt: skip
+    (folder / "config.yaml").write_text(yaml.safe_dump(
+        {"method": "kd", "seed": seed, "max_steps": steps, "output_dir": str(folder),
+         "threads": 2, "teacher": {"cache_outputs": seed % 2 == 0}}))  # fmt: skip
+
+
+def test_group_pools_runs_of_one_config_only_and_says_when_seeds_repeat(tmp_path, capsys):
+    """On main --group averaged 24- and 400-step runs ("seed 0,0,0,0")."""
+    for i, (seed, steps, test) in enumerate([(0, 24, 0.5), (0, 24, 0.6), (0, 400, 0.9),
+                                              (1, 400, 0.8)]):  # fmt: skip
+        _run(tmp_path / "runs" / f"r{i}", seed, steps, test)
+    assert main(["report", str(tmp_path / "runs"), "--group"]) == 0
+    out = capsys.readouterr().out
+    rows = [x for x in out.splitlines() if x.startswith("| 2 run(s)")]
+    assert len(rows) == 2, out
+    by_steps = {("max_steps=24" in x): x for x in rows}
+    assert "| 0,0 " in by_steps[True] and "55.00" in by_steps[True]
+    assert "| 0,1 " in by_steps[False] and "85.00" in by_steps[False]
+    notes = [x for x in out.splitlines() if x.startswith("note:")]
+    assert len(notes) == 1 and "max_steps=24" in notes[0] and "seed 0 repeats" in notes[0]
+
+
+def test_the_report_of_a_tiny_run_counts_the_tiny_grid(tmp_path, capsys):
+    folder = make_suite(tmp_path / "fixture-tiny")
+    data = yaml.safe_load((folder / "suite.yaml").read_text())
+    data["tiny"] = {"grid": {"lr": ["1e-4"], "seed": [1]}}
+    from opdf.bench.suite import TINY_HEADER
+
+    (folder / "suite.yaml").write_text(f"{TINY_HEADER}x.yaml\n" + yaml.safe_dump(data))
+    for cell in folder.iterdir():
+        if cell.is_dir() and cell.name.split("__")[1:] != ["lr=1e-4", "seed=1"]:
+            for f in cell.rglob("*"):
+                if f.is_file():
+                    f.unlink()
+    assert main(["report", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 cells finished" in out, out.splitlines()[:3]
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_report_quietly(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = make_suite(tmp_path / "s")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "opdf", "report", str(folder)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    proc.stdout.close()  # `| head -0`: nobody reads
+    err = proc.stderr.read().decode()
+    assert proc.wait() in (0, 141) and err == "", err

@@ -53,7 +53,7 @@ def test_real_configs_all_valid():
     "overrides, message",
     [
         (["overparam=mpoo"], "valid choices: none, svd, mpo"),
-        (["lrr=3"], "did you mean 'lr'"),
+        (["lrr=3"], "did you mean lr?"),
         (["data.max_lenght=3"], "valid keys in data"),
         (["max_steps=-1"], "must be > 0"),
         (["batch_size=abc"], "is not an integer"),
@@ -202,3 +202,19 @@ def test_a_variant_override_replaces_the_files_own_variant_keys(tmp_path):
 def test_a_variant_contradicted_by_an_explicit_key_is_an_error(config, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(config, overrides)
+
+
+def test_a_variant_without_unit_modes_refuses_explicit_unit_modes():
+    """On main `variant=svd unit_modes=3` ran an SVD student while config.yaml said 3."""
+    for variant in ("svd", "base"):
+        with pytest.raises(ConfigError, match=f"variant '{variant}' contradicts .* is 3"):
+            load_config("configs/smoke-kd.yaml", [f"variant={variant}", "unit_modes=3"])
+    assert load_config("configs/smoke-kd.yaml", ["variant=svd"]).overparam == "svd"
+    assert load_config("configs/smoke-kd.yaml", ["variant=mpo", "unit_modes=2"]).unit_modes == 2
+
+
+def test_an_unknown_key_is_named_as_written_with_a_suggestion():
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/smoke-kd.yaml", ["kd.temprature=2"])
+    assert "unknown config key kd.temprature (did you mean kd.temperature?)" in str(e.value)
+    assert "'" not in str(e.value).split(";")[0]

@@ -81,7 +81,7 @@ def test_existing_output_dir_is_never_overwritten_silently(tmp_path):
     out.mkdir()
     (out / "summary.json").write_text("{}")
     cfg = load_config("configs/smoke-kd.yaml", [f"output_dir={out}", "max_steps=2"])
-    with pytest.raises(OpdfError, match="already exists"):
+    with pytest.raises(OpdfError, match="opdf did not write"):
         run_distill(cfg, progress=False)
     assert (out / "summary.json").read_text() == "{}"
 
@@ -96,12 +96,16 @@ def test_foreign_folders_are_never_deleted(tmp_path):
     project.mkdir()
     (project / "thesis.tex").write_text("months of work")
     for overwrite in (False, True):
-        with pytest.raises(OpdfError, match="not empty|not an opdf run folder"):
+        with pytest.raises(OpdfError, match="holds thesis.tex, which opdf did not write"):
             prepare_output_dir(project, resume=False, overwrite=overwrite, cfg=cfg)
         assert (project / "thesis.tex").read_text() == "months of work"
-    # a failed start (only opdf's start-up files) may be reused
+    # a failed start (only opdf's start-up files, listed in its marker) may be reused
+    from opdf.run import owner
+
     failed = tmp_path / "failed"
-    (failed / "checkpoints").mkdir(parents=True)
-    (failed / "config.yaml").write_text("method: kd\n")
     assert prepare_output_dir(failed, resume=False, overwrite=False, cfg=cfg) is False
-    assert failed.is_dir() and not any(failed.iterdir())
+    (failed / "checkpoints").mkdir()
+    (failed / "config.yaml").write_text("method: kd\n")
+    owner.record(failed, "checkpoints", "config.yaml")
+    assert prepare_output_dir(failed, resume=False, overwrite=False, cfg=cfg) is False
+    assert [p.name for p in failed.iterdir()] == [owner.MARKER]

@@ -4,7 +4,8 @@ Each verb module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. Us
 (:class:`opdf.errors.OpdfError` and its :class:`~opdf.errors.ConfigError`, raised wherever the
 user's input is at fault; ``OSError`` such as a missing file or a broken ``config.json``; a
 damaged YAML or pickle file) are printed as one line and exit with code 2, never as a traceback;
-``OPDF_DEBUG=1`` shows the traceback. A run that diverged (:class:`opdf.errors.DivergedError`: a
+``OPDF_DEBUG=1`` shows the traceback. A reader that closes the pipe early (``| head``) ends the
+command quietly (exit 141, no message). A run that diverged (:class:`opdf.errors.DivergedError`: a
 NaN/inf loss or gradient) exits with code 3, its message naming the step and the loss terms.
 Anything else (a plain ``ValueError``, ``KeyError``, ...) is a bug in opdf and shows its
 traceback.
@@ -13,6 +14,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pickle
@@ -72,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _pipe_closed()
     except USER_ERRORS as exc:
         if os.environ.get("OPDF_DEBUG"):
             raise
@@ -82,6 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"opdf {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a tool that stopped this way
+
+
+def _pipe_closed() -> int:
+    """The reader of our output went away (``opdf report ... | head -1``): normal for a pipe, so
+    stop quietly. stdout is pointed at /dev/null, so that the interpreter's last flush of the
+    unwritten rest does not print an error either."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -323,6 +323,12 @@ def plan(
         return []
     entries = []
     names = _select(model, targets)
+    if not names and targets is not None and not isinstance(targets, str) and not list(targets):
+        raise OpdfError(
+            "targets=[] names no module to over-parameterize: pass targets=None for the default "
+            "ones (every nn.Linear of the encoder blocks), or name the modules, e.g. "
+            "targets=['query', 'value']; to train the plain model use scheme='none'"
+        )
     if not names:
         raise OpdfError(
             "no nn.Linear/nn.Conv2d weights to over-parameterize in this model (the default "
@@ -474,6 +480,7 @@ class Accumulation:
         self._held = held
         self._carried = False
         self._ran: list[bool] = []  # appended to by _Carry.backward
+        self._misused = False  # optimizer.step() was called inside the block
 
     def carry(self) -> torch.Tensor:
         """Call just before the last micro-batch's forward; add the result to its loss.
@@ -508,6 +515,25 @@ class Accumulation:
         return _Carry.apply(tuple(grads), self._ran, *weights)
 
 
+def _refuse_step_inside(model: nn.Module, acc: Accumulation):
+    """A global optimizer pre-step hook (removed at the block's exit) that refuses a step of any
+    optimizer holding one of ``model``'s parameters."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    ids = {id(p) for p in model.parameters()}
+
+    def hook(optimizer, args, kwargs):
+        if any(id(p) in ids for g in optimizer.param_groups for p in g["params"]):
+            acc._misused = True
+            raise OpdfError(
+                "optimizer.step() inside `with opdf.accumulate(model):` would move every "
+                "parameter but the MPO cores, whose gradients arrive when the block ends: call "
+                "optimizer.step() (and optimizer.zero_grad()) after the block"
+            )
+
+    return register_optimizer_step_pre_hook(hook)
+
+
 @contextlib.contextmanager
 def accumulate(model: nn.Module) -> Iterator[Accumulation]:
     """Gradient accumulation with one contraction per optimizer step.
@@ -525,6 +551,11 @@ def accumulate(model: nn.Module) -> Iterator[Accumulation]:
 
     Under DistributedDataParallel use :meth:`Accumulation.carry` instead, so that the cores'
     gradients arrive in the last micro-batch's (synced) backward rather than after it.
+
+    ``optimizer.step()`` inside the block is an error (:class:`~opdf.errors.OpdfError`) for an
+    optimizer holding any of ``model``'s parameters: the cores' gradients are not there yet, so
+    it would move every parameter but the cores. Such a block delivers no gradient at its exit
+    (none to leak into the next step).
     """
     held = []
     for _name, module, param in mpo_modules(model):
@@ -535,14 +566,17 @@ def accumulate(model: nn.Module) -> Iterator[Accumulation]:
         param.override = leaf
         held.append((param, weight, leaf))
     acc = Accumulation(model, held)
+    refuse = _refuse_step_inside(model, acc) if held else None
     try:
         yield acc
     finally:
+        if refuse is not None:
+            refuse.remove()
         # Like plain accumulation, micro-batches finished before an exception keep their gradient
-        # (also when carry() was taken but its backward never ran).
+        # (also when carry() was taken but its backward never ran); not after a misplaced step.
         for param, _weight, _leaf in held:
             param.override = None
-        if not acc._ran:
+        if not acc._ran and not acc._misused:
             pairs = [
                 (w, leaf.grad) for _, w, leaf in held if w.requires_grad and leaf.grad is not None
             ]

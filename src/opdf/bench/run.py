@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -431,7 +430,12 @@ def run_cells(
                                  if dev is not None and test is not None else "")  # fmt: skip
                         say(f"[{done}/{total}] done {p.cell.id}{score} ({secs:.0f} s)")
                         if not keep_checkpoints:
-                            shutil.rmtree(p.folder / "checkpoints", ignore_errors=True)
+                            from opdf.run import owner
+
+                            # only the files the cell's run wrote (opdf.run.owner)
+                            with contextlib.suppress(owner.NotOwnedError):
+                                owner.remove_owned(p.folder, "checkpoints", check=False,
+                                                   what="bench cell")  # fmt: skip
                     else:
                         results[p.cell.id] = code or 1
                         last = _last_line(p.log)

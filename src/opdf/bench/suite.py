@@ -102,6 +102,10 @@ def override_text(key: str, value: Any) -> str:
     return f"{key}={dumped}"
 
 
+#: the first line ``opdf bench --tiny`` writes into the results folder's copy of the suite file
+#: (``opdf report`` then counts the tiny grid's cells)
+TINY_HEADER = "# copied by opdf bench --tiny from "
+
 @dataclass(frozen=True)
 class Cell:
     """One run of a suite: its id, base config and overrides (without ``output_dir``)."""

@@ -70,7 +70,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from opdf.bench import run as bench
-    from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, load_suite
+    from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, TINY_HEADER, load_suite
     from opdf.errors import OpdfError
 
     if args.jobs < 1:
@@ -154,8 +154,8 @@ def run(args) -> int:
     runnable = len(planned) - len(blocked)
     with bench.suite_lock(out):
         copy = out / "suite.yaml"
-        copy.write_text(f"# copied by opdf bench from {args.suite}\n"
-                        + Path(args.suite).read_text())  # fmt: skip
+        header = TINY_HEADER if args.tiny else "# copied by opdf bench from "
+        copy.write_text(f"{header}{args.suite}\n" + Path(args.suite).read_text())
         bench.link_reused(planned, out)
         if pending and args.jobs > 1:
             bench.prepare_teachers(pending, out, _say)

@@ -19,11 +19,12 @@ loadable with stock transformers; for image data model.safetensors + architectur
 with opdf.models.load_vision_model).
 
 Safety: a lock keeps a second run out of OUTPUT_DIR while this one lives (also with --resume or
---overwrite; a killed run's lock blocks nothing). Checkpoints are checksummed (manifest.json) and
-read without running code; --resume falls back to checkpoints/previous.pt when last.pt is
-damaged. A NaN/inf loss or gradient stops the run (exit code 3, the message names the step and
-the loss terms; on_nonfinite=skip skips such steps instead, counted in summary.json). Exit code
-2: a user error (config, data, files), printed as one line.
+--overwrite; a killed run's lock blocks nothing). opdf deletes only what it wrote (listed in
+OUTPUT_DIR/.opdf-owner.json): --overwrite refuses a folder holding anything else, naming it.
+Checkpoints are checksummed (manifest.json) and read without running code; --resume falls back to
+checkpoints/previous.pt when last.pt is damaged. A NaN/inf loss or gradient stops the run (exit
+code 3, the message names the step and the loss terms; on_nonfinite=skip skips such steps instead,
+counted in summary.json). Exit code 2: a user error (config, data, files), printed as one line.
 
 Data parallel: launch the same command with torchrun (DistributedDataParallel; gloo on CPU,
 nccl on GPU, one process per GPU). batch_size stays the global batch of an optimizer step, split

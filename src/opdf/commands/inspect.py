@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "or a folder saved by opdf with an architecture.json",
     )
     p.add_argument("--scheme", default="mpo", choices=SCHEMES)
-    p.add_argument("--unit-modes", type=int, default=3, help="unit modes L (scheme mpo)")
+    p.add_argument("--unit-modes", type=int, default=None,
+                   help="unit modes L (scheme mpo; default 3); svd has none")  # fmt: skip
     p.add_argument("--num-labels", type=int, default=2, help="classifier size (default 2)")
     p.add_argument("--in-channels", type=int, default=3,
                    help="vision models: input channels (default 3; Fashion-MNIST 1)")  # fmt: skip
@@ -163,6 +164,13 @@ def parse_cores(text: str) -> str | list[int]:
 def run(args: argparse.Namespace) -> int:
     from opdf.overparam import ParamReport, plan
 
+    if args.scheme != "mpo" and args.unit_modes not in (None, 0):
+        raise OpdfError(
+            f"--scheme {args.scheme} contradicts --unit-modes {args.unit_modes}: only the mpo "
+            "scheme has unit modes; drop --unit-modes, or use --scheme mpo"
+        )
+    if args.unit_modes is None:
+        args.unit_modes = 3 if args.scheme == "mpo" else 0
     layer_map, cores = parse_layer_map(args.layer_map), parse_cores(args.cores)
     if args.init and not args.teacher:
         raise OpdfError("--init needs --teacher: presets resolve against the teacher's depth")

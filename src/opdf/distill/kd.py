@@ -29,6 +29,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl * temperature**2
 
 
+def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+              num_labels: int) -> torch.Tensor:  # fmt: skip
+    """KD's term toward the teacher: :func:`kd_loss` for classes, MSE to the teacher's prediction
+    for regression (``num_labels == 1``, where a softmax over one logit is always 0)."""
+    if num_labels == 1:
+        return F.mse_loss(student_logits.view(-1), teacher_logits.view(-1))
+    return kd_loss(student_logits, teacher_logits, temperature)
+
+
 @register_method("kd")
 class KD(Distiller):
     """Hinton KD: (1-alpha)*CE + alpha*T^2*KL(teacher || student), frozen teacher."""
@@ -63,10 +72,7 @@ class KD(Distiller):
         with torch.no_grad():
             t_logits = self.teacher_logits(batch)
         ce_w, kd_w = self.options.weights()
-        if self.num_labels == 1:
-            soft = F.mse_loss(logits.view(-1), t_logits.view(-1))
-        else:
-            soft = kd_loss(logits, t_logits, self.options.temperature)
+        soft = soft_loss(logits, t_logits, self.options.temperature, self.num_labels)
         losses = {}
         if ce_w:
             losses["ce"] = ce_w * task_loss(logits, batch["labels"], self.num_labels)

@@ -18,7 +18,9 @@ checkpoint rotation are the Trainer's own):
 - ``__init__`` over-parameterizes ``model`` in place (:func:`opdf.overparameterize`) before the
   Trainer sees it, so the optimizer it builds trains the cores; the teacher is frozen.
 - ``compute_loss`` (training only) is ``(1 - kd_alpha) * task + kd_alpha * T^2 KL(teacher ||
-  student) + align_weight * L_Aux``; evaluation keeps the model's own loss. The terms are logged
+  student) + align_weight * L_Aux`` (a one-output regression model: MSE to the teacher's
+  prediction in place of the KL, as the ``kd`` method; :func:`opdf.distill.kd.soft_loss`);
+  evaluation keeps the model's own loss. The terms are logged
   as ``opdf_task``, ``opdf_kd``, ``opdf_align``.
 - Gradient accumulation contracts each weight once per optimizer step (:func:`opdf.accumulate`
   with :meth:`~opdf.overparam.Accumulation.carry`, which composes with DDP's ``no_sync``: the
@@ -46,7 +48,7 @@ from transformers.trainer_pt_utils import nested_gather
 
 import opdf
 from opdf.choices import LR_SCALINGS
-from opdf.distill.kd import kd_loss
+from opdf.distill.kd import soft_loss
 from opdf.errors import OpdfError
 from opdf.lr_scaling import core_rates
 from opdf.overparam import mpo_modules
@@ -145,6 +147,10 @@ class OpdfTrainer(Trainer):
             opdf.overparameterize(model, scheme=scheme, unit_modes=unit_modes, targets=targets,
                                   shapes=shapes, freeze_central=freeze_central)  # fmt: skip
         if teacher is not None:
+            labels = [getattr(getattr(m, "config", None), "num_labels", None)
+                      for m in (model, teacher)]  # fmt: skip
+            if None not in labels and labels[0] != labels[1]:
+                raise OpdfError(_label_mismatch(*labels))
             teacher.eval()
             teacher.requires_grad_(False)
         self.teacher = teacher
@@ -329,7 +335,11 @@ class OpdfTrainer(Trainer):
             with torch.no_grad(), self.accelerator.autocast():
                 t_logits = self.teacher(**teacher_inputs).logits
             logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-            soft = kd_loss(logits.float(), t_logits.float(), self.kd_temperature)
+            if logits.shape[-1] != t_logits.shape[-1]:  # models without a config to check
+                raise OpdfError(_label_mismatch(logits.shape[-1], t_logits.shape[-1]))
+            # the CLI's `kd` term: KL for classes, MSE for a one-output (regression) model
+            soft = soft_loss(logits.float(), t_logits.float(), self.kd_temperature,
+                             num_labels=logits.shape[-1])  # fmt: skip
             terms["kd"] = self.kd_alpha * soft
         if self.align is not None:
             terms["align"] = self.align()
@@ -371,6 +381,13 @@ class OpdfTrainer(Trainer):
                     f"(e.g. {missing[0]}): it was not written by an OpdfTrainer with the same "
                     "scheme, unit_modes and targets"
                 )
+
+
+def _label_mismatch(student: int, teacher: int) -> str:
+    return (
+        f"the student has {student} output(s) (num_labels) and the teacher {teacher}: KD needs "
+        "the same labels; build both with the task's num_labels"
+    )
 
 
 def _core_names(model: nn.Module) -> list[str]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from opdf.bench.suite import Cell, Suite, format_value, load_suite
+from opdf.bench.suite import TINY_HEADER, Cell, Suite, format_value, load_suite
 from opdf.errors import OpdfError
 
 BOOTSTRAP_SAMPLES = 10_000
@@ -466,10 +466,11 @@ class SuiteReport:
     chosen: list[Group]
     comparisons: list[Comparison]
     transfer: list = field(default_factory=list)  # opdf.report.transfer.TransferRow
+    tiny: bool = False  # the folder holds the suite's --tiny grid
 
     def markdown(self) -> str:
         s = self.suite
-        total = len(s.cells())
+        total = len(s.cells(tiny=self.tiny))
         notes = sorted({r.summary["subsample"] for r in self.results if r.summary.get("subsample")})
         parts = [
             f"# Suite {s.name}",
@@ -562,7 +563,18 @@ def build_report(suite: Suite, out: Path) -> SuiteReport:
     from opdf.report.transfer import transfer_rows
 
     transfer = transfer_rows(suite, groups, chosen)
-    return SuiteReport(suite, out, results, groups, chosen, comparisons, transfer)
+    tiny = suite.tiny is not None and ran_tiny(suite, out)
+    return SuiteReport(suite, out, results, groups, chosen, comparisons, transfer, tiny)
+
+
+def ran_tiny(suite: Suite, out: Path) -> bool:
+    """Whether ``out`` holds the suite's ``--tiny`` grid: its copy of the suite file says so
+    (folders written before it did: the default name ``<name>-tiny``)."""
+    try:
+        first = (Path(out) / "suite.yaml").read_text().split("\n", 1)[0]
+    except OSError:
+        first = ""
+    return first.startswith(TINY_HEADER) or Path(out).name == f"{suite.name}-tiny"
 
 
 def open_suite(path: Path, out: str | Path | None = None) -> tuple[Suite, Path]:

@@ -84,6 +84,44 @@ def row(summary: dict, path: Path | None = None) -> dict:
     }
 
 
+#: config keys that do not make runs different settings: the seed they repeat over, where they
+#: are written, how many threads computed them (opdf.choices.NEUTRAL_KEYS: nor what is cached)
+SAME_SETTING_KEYS = ("seed", "output_dir", "threads")
+
+
+def setting(config: dict | None, summary: dict) -> dict:
+    """What makes runs one setting, flattened to dotted keys: the run's config.yaml without its
+    seed (and keys that change nothing measured); from the summary for a run without one."""
+    from opdf.choices import NEUTRAL_KEYS
+
+    if not isinstance(config, dict):
+        keys = ("method", "overparam", "unit_modes", "align", "steps", "batch_size", "data",
+                "method_options", "student_model", "student_layers")  # fmt: skip
+        config = {k: summary.get(k) for k in keys}
+    flat = _flatten(config)
+    skip = (*SAME_SETTING_KEYS, *NEUTRAL_KEYS)
+    return {k: v for k, v in flat.items() if k not in skip and k.split(".")[0] not in skip}
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict) or not d:
+        return {prefix: d}
+    out: dict = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _read_config(summary_file: Path) -> dict | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load((summary_file.parent / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def load_rows(paths: Iterable[str | Path]) -> list[dict]:
     files = find_summaries(paths)
     if not files:
@@ -96,7 +134,7 @@ def load_rows(paths: Iterable[str | Path]) -> list[dict]:
             raise OpdfError(f"{f}: not valid JSON ({e})") from None
         if not isinstance(summary, dict):
             raise OpdfError(f"{f}: expected a JSON object (an opdf run summary)")
-        rows.append(row(summary, f))
+        rows.append({**row(summary, f), "setting": setting(_read_config(f), summary)})
     return rows
 
 
@@ -115,15 +153,35 @@ def _fmt(key: str, value) -> str:
 
 
 def group_rows(rows: list[dict]) -> list[dict]:
-    """Mean (and std over seeds) of dev/test per (method, variant)."""
+    """Mean (and std over seeds) of dev/test per setting: runs of one config but for its seed
+    (:func:`setting`). Settings of one (method, variant) are told apart in the run column by the
+    keys where they differ; a setting whose runs repeat a seed gets a note (its runs are not
+    independent samples)."""
     import numpy as np
+
+    def key(r: dict) -> tuple:
+        return (r["method"], r["variant"], json.dumps(r.get("setting") or {}, sort_keys=True,
+                                                      default=str))  # fmt: skip
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["variant"]), []).append(r)
+        groups.setdefault(key(r), []).append(r)
     out = []
-    for (_method, _var), rs in groups.items():
-        agg = dict(rs[0], run=f"{len(rs)} run(s)", seed=",".join(str(r["seed"]) for r in rs))
+    for (method, var, _), rs in groups.items():
+        others = [g[0].get("setting") or {} for k, g in groups.items() if k[:2] == (method, var)]
+        mine = rs[0].get("setting") or {}
+        differs = sorted(k for k in set().union(*others)
+                         if len({str(o.get(k)) for o in others}) > 1)  # fmt: skip
+        label = ", ".join(f"{k}={mine.get(k)}" for k in differs)
+        seeds = [r["seed"] for r in rs]
+        agg = dict(rs[0], run=f"{len(rs)} run(s)" + (f" ({label})" if label else ""),
+                   seed=",".join(str(x) for x in seeds))  # fmt: skip
+        repeated = sorted({str(x) for x in seeds if seeds.count(x) > 1})
+        if repeated:
+            agg["note"] = (
+                f"{method} {var}{f' ({label})' if label else ''}: seed {', '.join(repeated)} "
+                f"repeats in its {len(rs)} runs of one config: they are not independent samples"
+            )
         for k in ("dev", "test", "test_top5", "seconds_per_step", "wall_time"):
             vals = [r[k] for r in rs if r[k] is not None]
             agg[k] = float(np.mean(vals)) if vals else None
@@ -171,6 +229,7 @@ def format_table(rows: list[dict], fmt: str = "markdown") -> str:
         for line in cells
     ]
     notes = sorted({r["subsample"] for r in rows if r.get("subsample")})
+    notes += [r["note"] for r in rows if r.get("note")]
     if notes:
         lines.append("")
         lines += [f"note: {n}" for n in notes]

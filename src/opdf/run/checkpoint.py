@@ -47,7 +47,10 @@ import os
 import pickle
 import random
 import re
+import signal
 import tempfile
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,12 +126,60 @@ class Checkpoint:
         return cls(raw["step"], raw["modules"], **{k: raw[k] for k in fields if k in raw})
 
 
+_deferring = threading.local()
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then raise
+    it (``KeyboardInterrupt``, or whatever handler was installed). An interrupt inside
+    ``torch.save`` surfaces as torch's own ``RuntimeError`` (two chained tracebacks, exit 1)
+    instead of a clean stop; deferred, the file is finished and the run stops right after it,
+    resumable. Nested blocks defer to the outermost; outside the main thread, a no-op."""
+    main = threading.current_thread() is threading.main_thread()
+    if getattr(_deferring, "on", False) or not main:
+        yield
+        return
+    got: list[int] = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # pragma: no cover - no signal handling here (an embedded interpreter)
+        yield
+        return
+    _deferring.on = True
+    try:
+        yield
+    finally:
+        _deferring.on = False
+        signal.signal(signal.SIGINT, old)
+    if got:
+        if callable(old):
+            old(signal.SIGINT, None)
+        elif old != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+def _test_write_delay() -> float:
+    """``OPDF_TEST_WRITE_DELAY`` (seconds): tests pause inside each checkpoint's ``torch.save``
+    to interrupt or kill it there."""
+    try:
+        return float(os.environ.get("OPDF_TEST_WRITE_DELAY", "0"))
+    except ValueError:
+        return 0.0
+
+
 def save(checkpoint: Checkpoint, path: Path, *, keep_previous: bool = False) -> None:
-    """Write ``checkpoint`` atomically, then record its checksum in the folder's manifest.
+    """Write ``checkpoint`` atomically, then record its checksum in the folder's manifest; a
+    Ctrl-C meanwhile stops the run once both are written (:func:`interrupts_deferred`).
 
     ``keep_previous``: the file ``path`` replaces is kept as ``previous.pt`` (``last.pt``'s
     fallback). A failed write raises :class:`CheckpointWriteError` and changes nothing.
     """
+    with interrupts_deferred():
+        _save(checkpoint, path, keep_previous=keep_previous)
+
+
+def _save(checkpoint: Checkpoint, path: Path, *, keep_previous: bool) -> None:
     path = Path(path)
     obj = checkpoint.to_dict()
     _check_plain(obj, path.name)
@@ -183,6 +234,8 @@ class _HashingWriter:
         self.error: OSError | None = None
 
     def write(self, data) -> int:
+        if self.size == 0 and _test_write_delay():
+            time.sleep(_test_write_delay())  # inside torch.save (tests only)
         self.sha.update(data)
         self.size += len(data)
         try:
@@ -361,7 +414,11 @@ def _check_plain(obj, where: str) -> None:
 def atomic_write_bytes(path: Path, write, before_rename=None) -> None:
     """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it onto ``path``
     (``before_rename()`` runs once the temp file is complete, just before)."""
-    path = Path(path)
+    with interrupts_deferred():
+        _atomic_write_bytes(Path(path), write, before_rename)
+
+
+def _atomic_write_bytes(path: Path, write, before_rename) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

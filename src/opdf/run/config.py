@@ -408,8 +408,10 @@ def build(cls, data: dict, where: str = ""):
     if unknown:
         k = unknown[0]
         prefix = f"{where}." if where else ""
+        close = difflib.get_close_matches(str(k), list(fields), n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
         raise ConfigError(
-            f"unknown config key {prefix}{k!r}{_suggest(k, fields)}; valid keys"
+            f"unknown config key {prefix}{k}{hint}; valid keys"
             f"{' in ' + where if where else ''}: {', '.join(fields)}"
         )
     kwargs = {}
@@ -534,6 +536,12 @@ def apply_variant(raw: dict) -> None:
             f"config key 'variant': {name!r} is not valid{_suggest(name, VARIANTS)}; valid "
             f"choices: {', '.join(VARIANTS)} (or leave it out and set overparam / unit_modes / "
             "align yourself)"
+        )
+    if "unit_modes" not in VARIANTS[name] and raw.get("unit_modes") not in (None, 0):
+        raise ConfigError(
+            f"variant {name!r} contradicts a key set in the config or an override: unit_modes "
+            f"is {raw['unit_modes']!r}, but a {name} student has no unit modes. Remove "
+            "unit_modes, or choose the variant that means it (mpo, opdf)"
         )
     for key, value in VARIANTS[name].items():
         if _is_set(raw, key):

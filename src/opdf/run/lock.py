@@ -80,7 +80,13 @@ class RunLock:
         if self._fd is not None:
             return self
         self._created = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # the folder, or a parent, is a file
+            raise OpdfError(
+                f"output_dir {str(self.folder)!r} is a file, not a folder (or lies under a file);"
+                " set output_dir=... to a folder, new or an opdf run's"
+            ) from None
         for _ in range(100):  # retried only when a holder removed the file as we opened it
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             if not _try_lock(fd):

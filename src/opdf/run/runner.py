@@ -9,6 +9,8 @@ Output folder of a run::
                                 before, --resume's fallback), best.pt (best on dev),
                                 manifest.json (their checksums; see opdf.run.checkpoint)
     OUTPUT_DIR/.opdf.lock       held while the run lives (opdf.run.lock)
+    OUTPUT_DIR/.opdf-owner.json written first: the run's identity and every path opdf wrote
+                                here, the only ones it ever deletes (opdf.run.owner)
     OUTPUT_DIR/student/         the merged student (save_pretrained) and its tokenizer; for
                                 image data model.safetensors + architecture.json
                                 (opdf.models.load_vision_model)
@@ -29,7 +31,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -40,7 +41,7 @@ import yaml
 from opdf.distill.finetune import FineTune  # also importable from here, as before
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import checkpoint as ckpt
-from opdf.run import distributed
+from opdf.run import distributed, owner
 from opdf.run.config import (
     FinetuneConfig,
     RunConfig,
@@ -237,8 +238,10 @@ def finetune_teacher(
             "(machines that do not share OPDF_CACHE): run `opdf finetune CONFIG` once on every "
             "machine first, or put OPDF_CACHE on a shared file system"
         )
-    if force and final.exists() and dist.is_main:
-        shutil.rmtree(final)
+    if dist.is_main and final.exists() and (force or not (final / FINETUNE_MARK).is_file()):
+        # --force, or a folder that is no finished teacher: opdf's own files go, anything else
+        # stops the fine-tune before it starts (named; nothing deleted)
+        owner.remove_folder(final, "finetune", what="cached teacher folder")
     ft: FinetuneConfig = cfg.teacher.finetune
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -272,9 +275,12 @@ def finetune_teacher(
 
     if dist.is_main:
         with atomic_dir(final) as tmp:
+            owner.claim(tmp, "finetune")  # the marker first; then all the folder holds is opdf's
             summary = train(tmp)
-            shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # the model is in student/
+            owner.record(tmp, *(p.name for p in tmp.iterdir() if p.name != owner.MARKER))
+            owner.remove_owned(tmp, "checkpoints")  # the model is in student/
             ckpt.atomic_write_json(tmp / FINETUNE_MARK, summary)
+            owner.record(tmp, FINETUNE_MARK)
     else:
         train(final)  # writes nothing: rank 0 does
     distributed.barrier(dist)
@@ -318,24 +324,10 @@ def teacher_summary(cfg: RunConfig) -> dict | None:
 # ---------------------------------------------------------------------------------- the run
 
 
-# what a run writes before its first checkpoint (a failed start leaves only these)
-STARTUP_FILES = frozenset({"config.yaml", "metrics.jsonl", "checkpoints"})
-
-
 def _entries(out: Path) -> set[str]:
-    """What ``out`` holds, besides the lock of the run now starting."""
-    return {p.name for p in out.iterdir()} - {LOCK_FILE} if out.is_dir() else set()
-
-
-def _clear(out: Path) -> None:
-    """Delete a run folder's contents, keeping the lock file that the run now starting holds."""
-    for p in out.iterdir():
-        if p.name == LOCK_FILE:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+    """What ``out`` holds, besides the lock of the run now starting and opdf's ownership marker."""
+    skip = {LOCK_FILE, owner.MARKER}
+    return {p.name for p in out.iterdir()} - skip if out.is_dir() else set()
 
 
 def _with_defaults(old: dict, defaults: dict) -> dict:
@@ -350,60 +342,65 @@ def _with_defaults(old: dict, defaults: dict) -> dict:
     return out
 
 
+def _check_resume(out: Path, cfg: RunConfig) -> None:
+    saved = out / CONFIG_FILE
+    if saved.is_file():
+        new = drop_neutral(cfg.to_dict())
+        options = type(cfg.method_options)()
+        defaults = RunConfig(method=cfg.method, method_options=options).to_dict()
+        raw = yaml.safe_load(saved.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise OpdfError(f"--resume: {saved} is not an opdf run config (not a mapping)")
+        old = drop_neutral(with_legacy_start(_with_defaults(raw, defaults)))
+        diff = sorted(k for k in set(old) | set(new)
+                      if k != "output_dir" and old.get(k) != new.get(k))  # fmt: skip
+        if diff:
+            raise ConfigError(
+                f"--resume: the config differs from the one in {saved} in {', '.join(diff)}; "
+                "resume with the same config, or start a new output_dir"
+            )
+    if (out / "summary.json").is_file():
+        raise OpdfError(
+            f"{out} holds a finished run (summary.json); nothing to resume. Use --overwrite to "
+            "run it again, or another output_dir"
+        )
+
+
 def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConfig) -> bool:
-    """Create ``out``; refuse to reuse a non-empty one unless resuming (same config) or told to
-    overwrite. Returns True when a checkpoint to resume from exists. The caller holds the
-    folder's :class:`~opdf.run.lock.RunLock`."""
+    """Create ``out`` with opdf's ownership marker (:mod:`opdf.run.owner`) before anything else;
+    refuse to reuse a non-empty one unless resuming (same config) or told to overwrite, and then
+    delete only what opdf wrote there (a folder holding anything else is refused, naming it).
+    Returns True when a checkpoint to resume from exists. The caller holds the folder's
+    :class:`~opdf.run.lock.RunLock`."""
+    if out.exists() and not out.is_dir():
+        raise OpdfError(
+            f"output_dir {str(out)!r} is a file, not a folder; set output_dir=... to a folder "
+            "(new or an opdf run's)"
+        )
     ckpts = out / "checkpoints"
-    # A run that failed while starting leaves only opdf's own start-up files (no checkpoint,
-    # summary or student): that folder may be reused. Anything else in it is never deleted
-    # without --overwrite, and --overwrite only deletes folders that are opdf runs.
-    holds_results = out.exists() and (
-        ckpt.resumable(ckpts) or any(p.exists() for p in (out / "summary.json", out / "student"))
-    )
-    entries = _entries(out)
-    only_startup = entries <= STARTUP_FILES
-    if entries and only_startup and not holds_results and not resume:
-        _clear(out)
+    if resume:
+        if not _entries(out) or (owner.read(out) is None and owner.legacy_paths(out) is None):
+            raise OpdfError(f"--resume: {out} has no run to resume (no checkpoints/{ckpt.LAST})")
+        owner.claim(out, "distill")
+        owner.remove_temporaries(out)  # what a kill during a write left
+        _check_resume(out, cfg)
+        return ckpt.resumable(ckpts)
+    owner.claim(out, "distill")  # a folder that is not opdf's is refused here, naming its files
+    owner.remove_temporaries(out)
     if _entries(out):
-        if resume:
-            saved = out / CONFIG_FILE
-            if saved.is_file():
-                new = drop_neutral(cfg.to_dict())
-                options = type(cfg.method_options)()
-                defaults = RunConfig(method=cfg.method, method_options=options).to_dict()
-                old = drop_neutral(with_legacy_start(
-                    _with_defaults(yaml.safe_load(saved.read_text()) or {}, defaults)
-                ))  # fmt: skip
-                diff = sorted(k for k in set(old) | set(new)
-                              if k != "output_dir" and old.get(k) != new.get(k))  # fmt: skip
-                if diff:
-                    raise ConfigError(
-                        f"--resume: the config differs from the one in {saved} in "
-                        f"{', '.join(diff)}; resume with the same config, or start a new "
-                        "output_dir"
-                    )
-            if (out / "summary.json").is_file():
-                raise OpdfError(
-                    f"{out} holds a finished run (summary.json); nothing to resume. Use "
-                    "--overwrite to run it again, or another output_dir"
-                )
-            return ckpt.resumable(ckpts)
-        if not overwrite:
+        # a run that failed while starting left only opdf's start-up files (no checkpoint,
+        # summary or student): reused without --overwrite
+        holds_results = ckpt.resumable(ckpts) or any(
+            p.exists() for p in (out / "summary.json", out / "student")
+        )
+        if holds_results and not overwrite:
             raise OpdfError(
                 f"output_dir {str(out)!r} already exists and is not empty; pass --resume to "
                 f"continue that run, --overwrite to replace it, or set output_dir=... to a new "
                 "folder"
             )
-        if not (out / CONFIG_FILE).is_file():
-            raise OpdfError(
-                f"refusing to --overwrite {str(out)!r}: it is not an opdf run folder (no "
-                f"{CONFIG_FILE}); choose a new output_dir"
-            )
-        _clear(out)
-    elif resume:
-        raise OpdfError(f"--resume: {out} has no run to resume (no checkpoints/{ckpt.LAST})")
-    out.mkdir(parents=True, exist_ok=True)
+        owner.remove_owned(out)  # refuses, deleting nothing, when anything else is there
+    owner.renew(out, "distill")
     return False
 
 
@@ -580,6 +577,12 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     image = (arch / ARCHITECTURE_FILE).is_file()
     for need in (cfg_file, arch / (ARCHITECTURE_FILE if image else "config.json"), state_file):
         if not need.exists():
+            if (run_dir / "summary.json").is_file() and (run_dir / "student").is_dir():
+                raise OpdfError(
+                    f"{run_dir} is a finished run whose checkpoints were removed ({need} is "
+                    f"missing; opdf bench keeps none unless keep_checkpoints: true): its merged "
+                    f"student is already in {run_dir / 'student'}; load that folder instead"
+                )
             raise OpdfError(
                 f"{run_dir} is not an opdf run folder with a {which} checkpoint: {need} is missing"
             )
@@ -608,7 +611,14 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     with quiet_transformers():
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
+    _own_merged(run_dir, out)
     return out
+
+
+def _own_merged(run_dir: Path, out: Path) -> None:
+    """A merged model written inside the run folder is opdf's, like the rest of the run."""
+    if out.resolve().is_relative_to(run_dir.resolve()):
+        owner.record(run_dir, out.resolve().relative_to(run_dir.resolve()))
 
 
 def _merge_vision(arch: Path, state: dict, scheme: str, unit_modes: int, out: Path) -> Path:
@@ -621,6 +631,7 @@ def _merge_vision(arch: Path, state: dict, scheme: str, unit_modes: int, out: Pa
     model.load_state_dict(state)
     merge(model)
     save_vision_model(model, out)
+    _own_merged(arch.parents[1], out)
     return out
 
 
@@ -674,8 +685,10 @@ def _run_locked(cfg: RunConfig, out: Path, env: DistEnv, device: torch.device, *
         if not has_ckpt:
             # a run killed before its first checkpoint restarts from scratch
             for stale in ("metrics.jsonl", "summary.json"):
-                (out / stale).unlink(missing_ok=True)
+                if (out / stale).exists():
+                    owner.remove_owned(out, stale)
         ckpt.atomic_write_text(out / CONFIG_FILE, dump_config(cfg))
+        owner.record(out, CONFIG_FILE, "metrics.jsonl")  # the log is appended to from now on
         return has_ckpt
 
     has_ckpt = distributed.on_main(prepare, env)
@@ -685,6 +698,7 @@ def _run_locked(cfg: RunConfig, out: Path, env: DistEnv, device: torch.device, *
     if env.is_main:
         save_architecture(distiller.export_student(), tokenizer, out / "checkpoints" / ARCH_DIR,
                           dataset)  # fmt: skip
+        owner.record(out, f"checkpoints/{ARCH_DIR}")
     trainer = Trainer(
         distiller, dataset, tokenizer, settings_from(cfg), out, align=align,
         device=device, run_info=info, progress=progress, dist=env,

@@ -41,7 +41,7 @@ from opdf.distill.base import Distiller, TrainContext
 from opdf.errors import DivergedError, OpdfError
 from opdf.lr_scaling import NO_DECAY, CoreRate, core_rates
 from opdf.run import checkpoint as ckpt
-from opdf.run import distributed
+from opdf.run import distributed, owner
 from opdf.run.distributed import SINGLE, DistEnv
 
 # This many optimizer steps in a row without a gradient, none of them declared expected by the
@@ -272,6 +272,11 @@ class Trainer:
         if self.s.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _own(self, *paths: str) -> None:
+        """List files just written in the output folder as opdf's (:mod:`opdf.run.owner`): the
+        only ones a later ``--overwrite`` may delete."""
+        owner.record(self.out, *paths)
 
     def _log(self, record: dict) -> None:
         if not self.dist.is_main:
@@ -713,6 +718,7 @@ class Trainer:
             if self.dist.is_main:
                 saved = ckpt.Checkpoint(state.step, self.module_states(), score=score, dev=dev)
                 ckpt.save(saved, self.ckpt_dir / ckpt.BEST)
+                self._own(f"checkpoints/{ckpt.BEST}", f"checkpoints/{ckpt.MANIFEST}")
         self._log({"step": state.step, "split": "dev", **dev, "best": improved})
         if bar is not None:
             bar.set_postfix(dev=f"{score:.4f}", best=f"{state.best:.4f}")
@@ -732,6 +738,8 @@ class Trainer:
             saved = self.checkpoint_state(state)
             saved.rank_rngs = rngs[1:]
             ckpt.save(saved, self.ckpt_dir / ckpt.LAST, keep_previous=True)
+            self._own("metrics.jsonl",
+                      *(f"checkpoints/{n}" for n in (ckpt.LAST, ckpt.PREVIOUS, ckpt.MANIFEST)))
         distributed.barrier(env)  # the file is complete before any rank goes on (or is killed)
         state.saved_step = state.step
 
@@ -763,8 +771,10 @@ class Trainer:
         if self.dist.is_main:
             with ckpt.writing(self.out / "student", "merged student"):
                 self._save_student(student)
+            self._own("student")
             with ckpt.writing(self.out / "summary.json", "run summary"):
                 ckpt.atomic_write_json(self.out / "summary.json", summary)
+            self._own("summary.json", "metrics.jsonl")
         distributed.barrier(self.dist)
         return summary
 
