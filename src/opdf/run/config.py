@@ -31,6 +31,7 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     eval_every: 100
     checkpoint_every: 100
     on_nonfinite: stop              # a NaN/inf loss or gradient: stop (exit 3) | skip the step
+    log_to: [jsonl]                 # + tensorboard: the same scalars in OUTPUT_DIR/tb ('opdf[tb]')
 
 ``variant`` names one of the paper's four columns and presets ``overparam``, ``unit_modes`` and
 ``align.weight``: ``base`` (none, weight 0), ``svd`` (svd, 0), ``mpo`` (mpo, L = 3, 0), ``opdf``
@@ -56,7 +57,15 @@ from typing import Any, Union
 
 import yaml
 
-from opdf.choices import LR_SCALINGS, NEUTRAL_KEYS, SCHEMES, TRAIN_CORES, check_core_selection
+from opdf.choices import (
+    DEFAULT_LOG_TO,
+    LOG_TARGETS,
+    LR_SCALINGS,
+    NEUTRAL_KEYS,
+    SCHEMES,
+    TRAIN_CORES,
+    check_core_selection,
+)
 from opdf.errors import ConfigError, OpdfError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -198,6 +207,8 @@ class RunConfig:
     precision: str = choice(*PRECISIONS, default="fp32")
     threads: int | None = positive(None)
     on_nonfinite: str = choice("stop", "skip", default="stop")
+    # where the metric records go: metrics.jsonl and/or TensorBoard scalars (OUTPUT_DIR/tb)
+    log_to: list[str] = field(default_factory=lambda: list(DEFAULT_LOG_TO))
     # method options: the section named after the method (validated by the method's Options)
     method_options: Any = None
 
@@ -206,10 +217,12 @@ class RunConfig:
         opts = d.pop("method_options")
         if d["variant"] is None:  # configs without the key keep their form (and hash)
             del d["variant"]
+        if tuple(d["log_to"]) == DEFAULT_LOG_TO:  # the same: configs from before the key
+            del d["log_to"]
         d[self.method] = opts
         return d
 
-    def hash(self, exclude: tuple[str, ...] = ("output_dir",)) -> str:
+    def hash(self, exclude: tuple[str, ...] = ("output_dir", "log_to")) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -501,6 +514,20 @@ def check_variant(cfg: RunConfig) -> None:
         )
 
 
+def _check_log_to(log_to: list[str]) -> None:
+    bad = [t for t in log_to if t not in LOG_TARGETS]
+    if bad:
+        raise ConfigError(
+            f"config key 'log_to': {bad[0]!r} is not valid{_suggest(bad[0], LOG_TARGETS)}; "
+            f"valid choices: {', '.join(LOG_TARGETS)} (a list, e.g. [jsonl, tensorboard])"
+        )
+    if not log_to or len(set(log_to)) != len(log_to):
+        raise ConfigError(
+            f"config key 'log_to': {log_to!r} must name each of {', '.join(LOG_TARGETS)} at most "
+            "once, and at least one of them"
+        )
+
+
 def _resolve_paths(cfg: RunConfig, base_dir: Path | None) -> None:
     """Relative data/model paths are taken relative to the config file when they exist there,
     else relative to the working directory (``output_dir`` is always relative to the latter)."""
@@ -557,6 +584,7 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError("config key 'student.layers': give at least one teacher layer, or null")
     if cfg.student.model is not None and cfg.student.layers is not None:
         raise ConfigError("student.model and student.layers are exclusive: set one of them")
+    _check_log_to(cfg.log_to)
     _check_sources(cfg)
     validate = getattr(cfg.method_options, "validate", None)
     if validate is not None:

@@ -4,7 +4,8 @@ cached), student, over-parameterization, alignment loss, method, :class:`Trainer
 Output folder of a run::
 
     OUTPUT_DIR/config.yaml      the resolved config (every default written out)
-    OUTPUT_DIR/metrics.jsonl    one JSON record per log / evaluation
+    OUTPUT_DIR/metrics.jsonl    one JSON record per log / evaluation (log_to: jsonl)
+    OUTPUT_DIR/tb/              the same numbers as TensorBoard scalars (log_to: tensorboard)
     OUTPUT_DIR/checkpoints/     last.pt (periodic, atomic, for --resume), previous.pt (the one
                                 before, --resume's fallback), best.pt (best on dev),
                                 manifest.json (their checksums; see opdf.run.checkpoint)
@@ -44,6 +45,7 @@ from opdf.run import distributed
 from opdf.run.config import FinetuneConfig, RunConfig, data_kind, drop_neutral, dump_config
 from opdf.run.distributed import SINGLE, DistEnv
 from opdf.run.lock import LOCK_FILE, RunLock
+from opdf.run.tblog import TB_DIR, require_tensorboard
 from opdf.run.trainer import Trainer, TrainSettings, resolve_device
 
 CONFIG_FILE = "config.yaml"
@@ -311,7 +313,7 @@ def teacher_summary(cfg: RunConfig) -> dict | None:
 
 
 # what a run writes before its first checkpoint (a failed start leaves only these)
-STARTUP_FILES = frozenset({"config.yaml", "metrics.jsonl", "checkpoints"})
+STARTUP_FILES = frozenset({"config.yaml", "metrics.jsonl", "checkpoints", TB_DIR})
 
 
 def _entries(out: Path) -> set[str]:
@@ -591,6 +593,8 @@ def run_distill(
     Under torchrun each process calls this; they form one data-parallel run."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if "tensorboard" in cfg.log_to:
+        require_tensorboard()  # before a teacher's fine-tune, not after it
     env, device = distributed.setup(resolve_device(cfg.device))
     with distributed.group(env):
         return _run_distill(cfg, env, device, resume=resume, overwrite=overwrite,
@@ -622,6 +626,7 @@ def _run_locked(cfg: RunConfig, out: Path, env: DistEnv, device: torch.device, *
             # a run killed before its first checkpoint restarts from scratch
             for stale in ("metrics.jsonl", "summary.json"):
                 (out / stale).unlink(missing_ok=True)
+            shutil.rmtree(out / TB_DIR, ignore_errors=True)
         ckpt.atomic_write_text(out / CONFIG_FILE, dump_config(cfg))
         return has_ckpt
 
