@@ -253,7 +253,11 @@ class AlignmentLoss(nn.Module):
         Align only same-shaped cores instead of raising on a mismatch (e.g. teacher width 768,
         student 384); ``.skipped`` lists the modules left out.
 
-    Call it with no arguments: ``loss = task_loss + align()``.
+    Call it with no arguments: ``loss = task_loss + align()``. Each call also leaves
+    ``last_by_group``: the loss per module group (the role: ``query``, ``ffn-in``, ... as in
+    :data:`ROLE_ALIASES`; a module outside the encoder's layers is a group of its own), as floats
+    with the same weight, for logging. ``groups[n]`` is pair ``n``'s group; the total is the mean
+    of the groups weighted by their pair counts.
     """
 
     def __init__(
@@ -296,6 +300,13 @@ class AlignmentLoss(nn.Module):
         self.pairs = [
             (_core_name(p.student, p.index), _core_name(p.teacher, p.index)) for p in found
         ]
+        prefix, _ = _layers(student)
+        self.groups = [_locate(p.student, prefix)[1] for p in found]
+        names = list(dict.fromkeys(self.groups))  # first-seen order
+        self._group_names = names
+        self._group_index = torch.tensor([names.index(g) for g in self.groups])
+        self._group_sizes = torch.bincount(self._group_index, minlength=len(names))
+        self.last_by_group: dict[str, float] = {}
         self._frozen: dict[tuple[str, int], str] = {}
         if not teacher_live:
             trainable = sorted(
@@ -347,7 +358,17 @@ class AlignmentLoss(nn.Module):
             if self.normalize == "teacher":  # the scale only: no gradient into a live teacher
                 term = term / t.detach().pow(2).mean().clamp_min(torch.finfo(t.dtype).tiny)
             terms.append(term)
-        return self.weight * torch.stack(terms).mean()
+        stacked = torch.stack(terms)
+        self._remember_groups(stacked.detach())
+        return self.weight * stacked.mean()
+
+    def _remember_groups(self, terms: torch.Tensor) -> None:
+        """``last_by_group`` from the pairs' MSEs (one transfer to the host)."""
+        index = self._group_index.to(terms.device)
+        sums = torch.zeros(len(self._group_names), dtype=terms.dtype, device=terms.device)
+        sums.index_add_(0, index, terms)
+        means = (sums / self._group_sizes.to(terms.device)).float() * self.weight
+        self.last_by_group = dict(zip(self._group_names, means.tolist(), strict=True))
 
     def extra_repr(self) -> str:
         return (f"pairs={len(self.pairs)}, skipped={len(self.skipped)}, weight={self.weight}, "

@@ -14,7 +14,12 @@ SCHEMES = ("none", "svd", "mpo")
 LR_SCALINGS = ("none", "auto")
 #: dotted config keys that do not change what a run computes: a resumed run, or a suite's
 #: finished cell, may differ in them (``teacher.cache_outputs`` reads what it would compute)
-NEUTRAL_KEYS = ("teacher.cache_outputs",)
+#: (``log_to`` only changes where the same numbers are written)
+NEUTRAL_KEYS = ("teacher.cache_outputs", "log_to")
+#: where a run's metric records go (config key ``log_to``): ``metrics.jsonl`` and/or TensorBoard
+#: scalars in ``OUTPUT_DIR/tb`` (:mod:`opdf.run.tblog`, ``pip install 'opdf[tb]'``)
+LOG_TARGETS = ("jsonl", "tensorboard")
+DEFAULT_LOG_TO = ("jsonl",)
 #: which MPO cores train (config key ``train_cores``): every one, the central core only
 #: (``overparameterize(train_only_central=True)``, MPOP-style) or the auxiliary ones only
 TRAIN_CORES = ("all", "central", "auxiliary")

@@ -26,7 +26,7 @@ import yaml
 from opdf.errors import DivergedError, OpdfError
 
 # Verb name -> module under opdf.commands. Order is the order of `opdf --help`.
-VERBS = ["inspect", "finetune", "distill", "merge", "bench", "report", "methods"]
+VERBS = ["inspect", "finetune", "distill", "merge", "export", "bench", "report", "methods"]
 # What the user can fix: printed as one line (exit code 2). ConfigError is an OpdfError.
 USER_ERRORS = (OpdfError, OSError, yaml.YAMLError, pickle.UnpicklingError)
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3

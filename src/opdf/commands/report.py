@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 DESCRIPTION = """\
 Runs: collect summary.json files (run folders, files, or folders searched recursively) and print
@@ -22,7 +23,8 @@ report.md, cells.csv, groups.csv, chosen.csv, paired.csv, transfer.csv and PNG p
 vs learning rate, vs scale, variant bars, dev-chosen learning rate vs scale) into
 DIR/<suite name>/, with every cell's config.yaml, summary.json, metrics.jsonl and log (small
 files only), ready to commit. --baseline VARIANT compares every variant with another one than
-the suite's baseline (printed only: an export keeps the suite's)."""
+the suite's baseline (printed only: an export keeps the suite's). Cells run with log_to:
+[jsonl, tensorboard] add a last line: the tensorboard --logdir command that shows their scalars."""
 
 EPILOG = """\
 examples:
@@ -102,10 +104,15 @@ def run_suite(args, path) -> int:
     if args.baseline is not None:
         suite = with_baseline(suite, args.baseline, export=bool(args.export))
     report = build_report(suite, out)
+    hint = report.tensorboard_hint()
     if args.format == "csv":
         print(report.csv_files()["groups.csv"], end="")
+        if hint:
+            print(hint, file=sys.stderr)  # stdout stays one CSV table
     else:
         print(report.markdown())
+        if hint:
+            print(f"\n{hint}")
     if args.export:
         dest = export(report, export_dir(args.export, suite))
         print(f"exported {len(report.results)} cells, tables and plots to {dest}")

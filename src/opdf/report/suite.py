@@ -468,6 +468,30 @@ class SuiteReport:
     transfer: list = field(default_factory=list)  # opdf.report.transfer.TransferRow
     tiny: bool = False  # the folder holds the suite's --tiny grid
 
+    def tensorboard_dirs(self) -> list[Path]:
+        """The finished cells' TensorBoard folders (run with ``log_to: [..., tensorboard]``)."""
+        from opdf.run.tblog import TB_DIR
+
+        dirs = [(r.folder or r.cell.folder(self.out)) / TB_DIR for r in self.results]
+        return [d for d in dirs if d.is_dir()]
+
+    def tensorboard_hint(self) -> str | None:
+        """One line: the command that shows every cell's scalars in TensorBoard (None if no cell
+        logged any). Not part of :meth:`markdown`: the folders are this machine's."""
+        dirs = self.tensorboard_dirs()
+        if not dirs:
+            return None
+        runs = [d.parent for d in dirs]
+        if all(r.parent == self.out for r in runs):  # one folder holds every cell: run = cell
+            command = f"tensorboard --logdir {self.out}"
+        else:  # cells reused from other suites' folders
+            spec = ",".join(f"{d.parent.name}:{d}" for d in dirs)
+            command = f"tensorboard --logdir_spec {spec}"
+        return (
+            f"TensorBoard scalars of {len(dirs)} of {len(self.results)} finished cells "
+            f"(their tb/ folders): {command}"
+        )
+
     def markdown(self) -> str:
         s = self.suite
         total = len(s.cells(tiny=self.tiny))

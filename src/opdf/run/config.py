@@ -35,6 +35,7 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     eval_every: 100
     checkpoint_every: 100
     on_nonfinite: stop              # a NaN/inf loss or gradient: stop (exit 3) | skip the step
+    log_to: [jsonl]                 # + tensorboard: the same scalars in OUTPUT_DIR/tb ('opdf[tb]')
 
 ``variant`` names one of the paper's four columns and presets ``overparam``, ``unit_modes`` and
 ``align.weight``: ``base`` (none, weight 0), ``svd`` (svd, 0), ``mpo`` (mpo, L = 3, 0), ``opdf``
@@ -62,6 +63,8 @@ import yaml
 
 from opdf.choices import (
     ALIGN_NORMALIZATIONS,
+    DEFAULT_LOG_TO,
+    LOG_TARGETS,
     LR_SCALINGS,
     NEUTRAL_KEYS,
     SCHEMES,
@@ -268,6 +271,8 @@ class RunConfig:
     precision: str = choice(*PRECISIONS, default="fp32")
     threads: int | None = positive(None)
     on_nonfinite: str = choice("stop", "skip", default="stop")
+    # where the metric records go: metrics.jsonl and/or TensorBoard scalars (OUTPUT_DIR/tb)
+    log_to: list[str] = field(default_factory=lambda: list(DEFAULT_LOG_TO))
     # method options: the section named after the method (validated by the method's Options)
     method_options: Any = None
 
@@ -276,10 +281,12 @@ class RunConfig:
         opts = d.pop("method_options")
         if d["variant"] is None:  # configs without the key keep their form (and hash)
             del d["variant"]
+        if tuple(d["log_to"]) == DEFAULT_LOG_TO:  # the same: configs from before the key
+            del d["log_to"]
         d[self.method] = opts
         return d
 
-    def hash(self, exclude: tuple[str, ...] = ("output_dir",)) -> str:
+    def hash(self, exclude: tuple[str, ...] = ("output_dir", "log_to")) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
         if isinstance(d.get("student"), dict):  # the start every run had before the keys
             d["student"] = _without_legacy_start(d["student"])
@@ -581,6 +588,20 @@ def check_variant(cfg: RunConfig) -> None:
         )
 
 
+def _check_log_to(log_to: list[str]) -> None:
+    bad = [t for t in log_to if t not in LOG_TARGETS]
+    if bad:
+        raise ConfigError(
+            f"config key 'log_to': {bad[0]!r} is not valid{_suggest(bad[0], LOG_TARGETS)}; "
+            f"valid choices: {', '.join(LOG_TARGETS)} (a list, e.g. [jsonl, tensorboard])"
+        )
+    if not log_to or len(set(log_to)) != len(log_to):
+        raise ConfigError(
+            f"config key 'log_to': {log_to!r} must name each of {', '.join(LOG_TARGETS)} at most "
+            "once, and at least one of them"
+        )
+
+
 def _resolve_paths(cfg: RunConfig, base_dir: Path | None) -> None:
     """Relative data/model paths are taken relative to the config file when they exist there,
     else relative to the working directory (``output_dir`` is always relative to the latter)."""
@@ -637,6 +658,7 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError("config key 'student.layers': give at least one teacher layer, or null")
     if cfg.student.model is not None and cfg.student.layers is not None:
         raise ConfigError("student.model and student.layers are exclusive: set one of them")
+    _check_log_to(cfg.log_to)
     _check_sources(cfg)
     resolve_student_start(cfg)
     _resolve_student_init(cfg)

@@ -4,7 +4,8 @@ cached), student, over-parameterization, alignment loss, method, :class:`Trainer
 Output folder of a run::
 
     OUTPUT_DIR/config.yaml      the resolved config (every default written out)
-    OUTPUT_DIR/metrics.jsonl    one JSON record per log / evaluation
+    OUTPUT_DIR/metrics.jsonl    one JSON record per log / evaluation (log_to: jsonl)
+    OUTPUT_DIR/tb/              the same numbers as TensorBoard scalars (log_to: tensorboard)
     OUTPUT_DIR/checkpoints/     last.pt (periodic, atomic, for --resume), previous.pt (the one
                                 before, --resume's fallback), best.pt (best on dev),
                                 manifest.json (their checksums; see opdf.run.checkpoint)
@@ -53,6 +54,7 @@ from opdf.run.config import (
 )
 from opdf.run.distributed import SINGLE, DistEnv
 from opdf.run.lock import LOCK_FILE, RunLock
+from opdf.run.tblog import TB_DIR, require_tensorboard
 from opdf.run.trainer import Trainer, TrainSettings, resolve_device
 
 CONFIG_FILE = "config.yaml"
@@ -655,6 +657,8 @@ def run_distill(
     Under torchrun each process calls this; they form one data-parallel run."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if "tensorboard" in cfg.log_to:
+        require_tensorboard()  # before a teacher's fine-tune, not after it
     env, device = distributed.setup(resolve_device(cfg.device))
     with distributed.group(env):
         return _run_distill(cfg, env, device, resume=resume, overwrite=overwrite,
@@ -687,6 +691,8 @@ def _run_locked(cfg: RunConfig, out: Path, env: DistEnv, device: torch.device, *
             for stale in ("metrics.jsonl", "summary.json"):
                 if (out / stale).exists():
                     owner.remove_owned(out, stale)
+            if (out / TB_DIR).exists():
+                owner.remove_owned(out, TB_DIR)
         ckpt.atomic_write_text(out / CONFIG_FILE, dump_config(cfg))
         owner.record(out, CONFIG_FILE, "metrics.jsonl")  # the log is appended to from now on
         return has_ckpt

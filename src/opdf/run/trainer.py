@@ -5,9 +5,11 @@ tokenizer, or images) and owns: deterministic batching (one seeded permutation p
 resumed run sees the same batches; image batches are augmented per image from the seed and the
 epoch), the optimizers the method configures (AdamW, fused where the parameters allow, with a
 linear warmup/decay schedule), gradient accumulation (one MPO contraction per optimizer step through
-:func:`opdf.accumulate`), the alignment loss when on, clipping, tqdm progress, ``metrics.jsonl``,
-best-on-dev selection, atomic periodic checkpoints and exact resume, and at the end the merge of
-the best student, its evaluation on dev and test, ``student/`` and ``summary.json``.
+:func:`opdf.accumulate`), the alignment loss when on (logged in total and per module group),
+clipping, tqdm progress, ``metrics.jsonl`` and, with ``log_to`` naming it, the same numbers as
+TensorBoard scalars (:mod:`opdf.run.tblog`), best-on-dev selection, atomic periodic checkpoints
+and exact resume, and at the end the merge of the best student, its evaluation on dev and test
+(logged too), ``student/`` and ``summary.json``.
 
 :meth:`Trainer.fit` is a short loop over named steps that share a :class:`TrainState`:
 :meth:`~Trainer.train_step` (which calls :meth:`~Trainer.forward_backward`),
@@ -43,6 +45,7 @@ from opdf.lr_scaling import NO_DECAY, CoreRate, core_rates
 from opdf.run import checkpoint as ckpt
 from opdf.run import distributed, owner
 from opdf.run.distributed import SINGLE, DistEnv
+from opdf.run.tblog import TB_DIR
 
 # This many optimizer steps in a row without a gradient, none of them declared expected by the
 # method (Distiller.no_gradient_expected), means the method trains nothing.
@@ -72,6 +75,7 @@ class TrainSettings:
     # a step whose loss or gradient is NaN/inf: "stop" the run (DivergedError) or "skip" it
     on_nonfinite: str = "stop"
     precision: str = "fp32"  # or "bf16": forwards under torch.autocast
+    log_to: tuple[str, ...] | list[str] = ("jsonl",)  # + "tensorboard": OUTPUT_DIR/tb
     channels_last: bool = False  # image batches in channels_last memory format
 
 
@@ -265,6 +269,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.metrics_path = self.out / "metrics.jsonl"
         self.step_module: torch.nn.Module = TrainStep(distiller, align)  # DDP-wrapped in _start
+        self.tb = None  # a TensorBoardLog while fit runs with log_to naming tensorboard
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
@@ -281,8 +286,29 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.dist.is_main:
             return
+        if self.tb is not None:
+            self.tb.write(record)
+        if "jsonl" not in self.s.log_to:
+            return
         with ckpt.writing(self.metrics_path, "metrics log"), open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _open_tensorboard(self, state: TrainState) -> None:
+        """The TensorBoard writer of this session (rank 0); a resumed session purges the killed
+        one's events after the checkpoint's step."""
+        if "tensorboard" not in self.s.log_to or not self.dist.is_main:
+            return
+        from opdf.run.tblog import TensorBoardLog
+
+        purge = state.step + 1 if state.step else None
+        self.tb = TensorBoardLog(self.out / TB_DIR, purge_step=purge)
+        self._own(TB_DIR)  # the session's event file exists from here on
+
+    def _close_tensorboard(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+            self._own(TB_DIR)
 
     def _truncate_metrics(self, step: int) -> None:
         if not self.dist.is_main or not self.metrics_path.exists():
@@ -293,7 +319,10 @@ class Trainer:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by the kill: written after the
                 continue  # last checkpoint, so it is dropped with the rest
-            if isinstance(record, dict) and record.get("step", 0) <= step:
+            # a test record is written after the last checkpoint, by a session that finished
+            if isinstance(record, dict) and record.get("step", 0) <= step and (
+                record.get("split") != "test"
+            ):
                 keep.append(line)
         ckpt.atomic_write_text(self.metrics_path, "".join(k + "\n" for k in keep))
 
@@ -504,8 +533,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, stop_after_step: int | None = None) -> dict | None:
         """Train; returns the summary (None when stopped early by ``stop_after_step``)."""
+        if "tensorboard" in self.s.log_to:
+            from opdf.run.tblog import require_tensorboard
+
+            require_tensorboard()  # before the method's start hook (which may train a teacher)
         state = self._start(resume)
         total = self.total_steps
+        self._open_tensorboard(state)
         bar = tqdm(total=total, initial=state.step, desc=self.desc, dynamic_ncols=True,
                    disable=self.progress is False, leave=False)  # fmt: skip
         try:
@@ -520,9 +554,10 @@ class Trainer:
                     self.save_checkpoint(state)
                     if stop_after_step is not None and stop_after_step <= done < total:
                         return None
+            return self.finish(state)
         finally:
             bar.close()
-        return self.finish(state)
+            self._close_tensorboard()
 
     def _checkpoint_due(self, done: int) -> bool:
         every = self.s.checkpoint_every
@@ -530,8 +565,9 @@ class Trainer:
 
     def train_step(self, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
         """One optimizer step of the ``"main"`` optimizer, after the method's ``before_step``
-        (a trainable teacher's step); returns the step's loss terms (with their sum as ``loss``)
-        and the scalars the method's ``before_step`` and ``on_step_end`` returned."""
+        (a trainable teacher's step); returns the step's loss terms (with their sum as ``loss``,
+        and ``L_Aux`` per module group as ``align/<group>``) and the scalars the method's
+        ``before_step`` and ``on_step_end`` returned."""
         t = time.perf_counter()
         d, step = self.distiller, state.step
         d.step = step
@@ -540,7 +576,7 @@ class Trainer:
         batch, size, weight = self.shard(step)
         with self.autocast():  # a trainable teacher's step (LGTM), before the student's
             before = d.before_step(_to(batch, self.device), step)
-        terms, has_gradient = self.forward_backward(batch, size, weight)
+        terms, has_gradient, groups = self.forward_backward(batch, size, weight)
         state.no_grad_run = 0 if has_gradient else state.no_grad_run + 1
         if state.no_grad_run >= MAX_STEPS_WITHOUT_GRADIENT:
             raise OpdfError(
@@ -563,6 +599,7 @@ class Trainer:
         state.train_seconds += time.perf_counter() - t
         state.step += 1
         terms["loss"] = sum(terms.values())
+        terms.update(groups)  # after the sum: shares of the align term, averaged like it
         return terms, extra
 
     def _clip_gradients(self) -> float:
@@ -632,12 +669,13 @@ class Trainer:
 
     def forward_backward(
         self, batch: dict, global_size: int | None = None, weight: float = 1.0
-    ) -> tuple[dict[str, float], bool]:
+    ) -> tuple[dict[str, float], bool, dict[str, float]]:
         """Losses and gradients of one (rank's share of a) batch, in micro-batches of
         ``batch_size / (grad_accum * world_size)``, with one MPO contraction for all of them.
         Returns this rank's share of the batch-weighted loss terms (the ranks' shares add up to
-        the global batch's) and whether the step has a gradient, or needs none by the method's
-        own account."""
+        the global batch's), whether the step has a gradient, or needs none by the method's
+        own account, and the same share of ``L_Aux`` per module group (``align/<group>``,
+        :attr:`opdf.AlignmentLoss.last_by_group`; empty without the alignment loss)."""
         d, n = self.distiller, len(batch["labels"])
         total = global_size or n
         world = self.dist.world_size
@@ -648,6 +686,7 @@ class Trainer:
         no_sync = getattr(module, "no_sync", None)  # a DDP-wrapped module
         acc_block = _accumulate(d.export_student()) if len(micro) > 1 else contextlib.nullcontext()
         terms: dict[str, float] = {}
+        groups: dict[str, float] = {}
         stepped = expected = False
         with acc_block as acc:
             for j, mb in enumerate(micro):
@@ -674,7 +713,10 @@ class Trainer:
                         objective.backward()
                 for k, v in losses.items():
                     terms[k] = terms.get(k, 0.0) + float(v.detach()) * share
-        return terms, stepped or expected
+                if self.align is not None:
+                    for g, v in self.align.last_by_group.items():
+                        groups[f"align/{g}"] = groups.get(f"align/{g}", 0.0) + v * share
+        return terms, stepped or expected, groups
 
     def _record(self, state: TrainState, terms: dict, extra: dict, bar) -> None:
         """Add a step's losses to the log window; write the window's mean every ``log_every``
@@ -767,6 +809,7 @@ class Trainer:
         # metrics are known exactly; a merged one is scored again (a check of the merge)
         known = best.dev if best is not None and not report.modules else None
         dev, test = known or self.evaluate("dev"), self.evaluate("test")
+        self._log({"step": state.step, "split": "test", **test})  # the merged best student's
         summary = self._summary(state, report, dev, test)
         if self.dist.is_main:
             with ckpt.writing(self.out / "student", "merged student"):
