@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from opdf.distill.base import Distiller, TrainContext
 from opdf.errors import DivergedError, OpdfError
 from opdf.lr_scaling import NO_DECAY, CoreRate, core_rates
+from opdf.progress import progress_bar
 from opdf.run import checkpoint as ckpt
 from opdf.run import distributed
 from opdf.run.distributed import SINGLE, DistEnv
@@ -501,8 +501,8 @@ class Trainer:
         """Train; returns the summary (None when stopped early by ``stop_after_step``)."""
         state = self._start(resume)
         total = self.total_steps
-        bar = tqdm(total=total, initial=state.step, desc=self.desc, dynamic_ncols=True,
-                   disable=self.progress is False, leave=False)  # fmt: skip
+        bar = progress_bar(total=total, initial=state.step, desc=self.desc, dynamic_ncols=True,
+                           enabled=self.progress, leave=False)  # fmt: skip
         try:
             while state.step < total:
                 terms, extra = self.train_step(state)
