@@ -57,7 +57,7 @@ fashion-mnist:
 test: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(MAKE) --no-print-directory docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict: a warning (a broken link, an API
 # reference to a name that is gone) fails the build, and so `make test`.
