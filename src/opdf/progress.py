@@ -64,8 +64,10 @@ class LogProgress(_tqdm_std):
         tqdm clearing or redrawing the bar in place, which a log has no use for."""
         if msg is not None or self.disable:
             return False
-        if self._line_n is None or self.n >= self._next_n or (
-            self.n != self._line_n and _now() - self._line_t >= self._every_seconds
+        if (
+            self._line_n is None
+            or self.n >= self._next_n
+            or (self.n != self._line_n and _now() - self._line_t >= self._every_seconds)
         ):
             self._write_line()
         return True
