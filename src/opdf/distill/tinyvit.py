@@ -126,7 +126,7 @@ class TopKStore:
         """Run ``teacher`` (eval mode) over every image of ``view`` (the training split as the
         trainer batches it, :class:`opdf.data.views.ImageView`) in index order, each epoch with
         that epoch's augmentation."""
-        from tqdm.auto import tqdm
+        from opdf.progress import progress_bar
 
         device = device or torch.device("cpu")
         n = len(view)
@@ -135,8 +135,8 @@ class TopKStore:
         was = teacher.training
         teacher.eval()
         steps = epochs * math.ceil(n / batch_size)
-        bar = tqdm(total=steps, desc="tinyvit: teacher top-k", disable=progress is False,
-                   leave=False, dynamic_ncols=True)  # fmt: skip
+        bar = progress_bar(total=steps, desc="tinyvit: teacher top-k", enabled=progress,
+                           leave=False, dynamic_ncols=True)  # fmt: skip
         try:
             for e in range(epochs):
                 for start in range(0, n, batch_size):

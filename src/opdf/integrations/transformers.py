@@ -50,8 +50,12 @@ import opdf
 from opdf.choices import LR_SCALINGS
 from opdf.distill.kd import soft_loss
 from opdf.errors import OpdfError
+from opdf.extras import require
 from opdf.lr_scaling import core_rates
 from opdf.overparam import mpo_modules
+
+# transformers.Trainer imports without accelerate but cannot be built without it: say so now
+require("accelerate", "opdf.integrations.transformers (transformers.Trainer)")
 
 __all__ = ["AUTO_OPTIMS", "OpdfTrainer"]
 

@@ -27,8 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _pyplot():
-    import matplotlib
+    from opdf.extras import require
 
+    matplotlib = require("matplotlib", "opdf report's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

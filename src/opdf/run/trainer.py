@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from opdf.distill.base import Distiller, TrainContext
 from opdf.errors import DivergedError, OpdfError
 from opdf.lr_scaling import NO_DECAY, CoreRate, core_rates
+from opdf.progress import progress_bar
 from opdf.run import checkpoint as ckpt
 from opdf.run import distributed, owner
 from opdf.run.distributed import SINGLE, DistEnv
@@ -540,8 +540,8 @@ class Trainer:
         state = self._start(resume)
         total = self.total_steps
         self._open_tensorboard(state)
-        bar = tqdm(total=total, initial=state.step, desc=self.desc, dynamic_ncols=True,
-                   disable=self.progress is False, leave=False)  # fmt: skip
+        bar = progress_bar(total=total, initial=state.step, desc=self.desc, dynamic_ncols=True,
+                           enabled=self.progress, leave=False)  # fmt: skip
         try:
             while state.step < total:
                 terms, extra = self.train_step(state)
