@@ -178,3 +178,20 @@ def test_run_folders_finished_or_not(tmp_path, capsys, monkeypatch):
     run_distill(cfg, resume=True, progress=False)
     assert student_folder(run) == (run / "student", run / "onnx", None)
     assert student_folder(run / "student")[:2] == (run / "student", run / "student-onnx")
+
+
+def test_the_default_output_inside_a_run_is_opdfs_and_dot_works(tmp_path, capsys, monkeypatch):
+    """RUN_DIR/onnx is listed in the run's ownership marker (a later --overwrite of the run may
+    remove it), and `opdf export .` inside a merged student folder names OUT from the folder."""
+    from opdf.run import load_config, owner, run_distill
+
+    run = tmp_path / "run"
+    cfg = load_config("configs/smoke-kd.yaml", [f"output_dir={run}", "max_steps=2",
+                                                "eval_every=2", "checkpoint_every=2"])  # fmt: skip
+    run_distill(cfg, progress=False)
+    assert main(["export", str(run)]) == 0
+    assert (run / "onnx" / "model.onnx").is_file() and not owner.foreign(run)
+    monkeypatch.chdir(run / "student")
+    assert main(["export", "."]) == 0
+    assert (run / "student-onnx" / "model.onnx").is_file()
+    capsys.readouterr()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,21 @@ def test_opdf_never_removes_a_path_it_did_not_create(tmp_path_factory, ours, the
     if marker_text is not None:
         assert (folder / owner.MARKER).read_text() == marker_text
 
+
+
+def test_a_listed_folder_replaced_by_a_link_is_not_followed(tmp_path):
+    """A user who replaces opdf's student/ with a link to their own folder keeps that folder's
+    files: deleting goes through no link."""
+    from opdf.run import owner
+
+    run, mine = tmp_path / "run", tmp_path / "mine"
+    owner.claim(run, "distill")
+    (run / "student").mkdir()
+    (run / "student" / "model.safetensors").write_text("opdf's")
+    owner.record(run, "student")
+    shutil.rmtree(run / "student")
+    mine.mkdir()
+    (mine / "model.safetensors").write_text("the user's")
+    (run / "student").symlink_to(mine, target_is_directory=True)
+    owner.remove_owned(run)
+    assert (mine / "model.safetensors").read_text() == "the user's"

@@ -191,3 +191,69 @@ def test_inspect_shows_the_init_beside_the_alignment_map(capsys):
     assert main(["inspect", "bert-base-6", "--init", "uniform"]) == 2
     assert "--init needs --teacher" in capsys.readouterr().err
     assert main(["inspect", "bert-base-6", "--teacher", "bert-base", "--init", "0,x"]) == 2
+
+
+def test_a_reused_cell_is_not_stale_next_time_and_a_rerun_never_writes_through_its_link(tmp_path):
+    """A cell reused by resolved config is a link to the other suite's folder: the next plan
+    sees it done (student.init says how, not what), and --rerun-stale of a reused cell that did
+    turn stale removes the link and runs here, leaving the other suite's files alone."""
+    path = tmp_path / "init.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "init", "config": str(SMOKE),
+        "set": {"max_steps": 8, "threads": 1, "student.layers": None},
+        "variants": {"base": {"overparam": "none", "align.weight": 0}},
+        "grid": {"student.init": ["bottom"], "lr": ["1e-3"], "seed": [1]},
+        "reuse": ["earlier"],
+    }, sort_keys=False))  # fmt: skip
+    suite = load_suite(path)
+    (cell,) = suite.cells()
+    out = tmp_path / "runs" / "init"
+    out.mkdir(parents=True)
+    # written by today's opdf: layers [0, 1] with init null
+    earlier = load_config(SMOKE, ["overparam=none", "align.weight=0", "max_steps=8", "lr=1e-3",
+                                  "seed=1"])  # fmt: skip
+    folder = tmp_path / "runs" / "earlier" / "base__lr=1e-3__seed=1"
+    _write_cell(folder, earlier)
+    bench.link_reused(bench.plan(suite, [cell], out, threads=None), out)
+    assert cell.folder(out).is_symlink()
+    assert bench.plan(suite, [cell], out, threads=None)[0].status == "done"
+    # the other suite's cell changes: stale here; --rerun-stale runs it in this suite
+    changed = load_config(SMOKE, ["overparam=none", "align.weight=0", "max_steps=8", "lr=5e-4",
+                                  "seed=1"])  # fmt: skip
+    (folder / "config.yaml").write_text(dump_config(changed))
+    assert bench.plan(suite, [cell], out, threads=None)[0].status == "stale"
+    code = main(["bench", str(path), "--out", str(out), "--rerun-stale", "--dry-run"])
+    assert code == 0  # a dry run changes nothing
+    assert cell.folder(out).is_symlink()
+    before = (folder / "summary.json").read_text()
+    assert main(["bench", str(path), "--out", str(out), "--rerun-stale"]) == 0
+    assert not cell.folder(out).is_symlink() and (cell.folder(out) / "summary.json").is_file()
+    assert (folder / "summary.json").read_text() == before  # the other suite's cell untouched
+
+
+def test_configs_keep_the_hash_they_had_before_the_new_keys():
+    """student.init / num_layers at null and align.normalize at none leave config_hash as it was
+    (the hash of configs/rt-polarity-kd-opdf.yaml before the keys existed); set, they change it."""
+    cfg = load_config(ROOT / "configs" / "rt-polarity-kd-opdf.yaml")
+    assert cfg.hash() == "8ae349cb22d51eab"
+    assert load_config(ROOT / "configs" / "rt-polarity-kd-opdf.yaml",
+                       ["align.normalize=teacher"]).hash() != cfg.hash()  # fmt: skip
+    assert load_config(ROOT / "configs" / "rt-polarity-kd-opdf.yaml",
+                       ["student.init=bottom"]).hash() != cfg.hash()  # fmt: skip
+
+
+def test_an_explicit_init_list_is_checked_against_the_teacher_at_load():
+    for bad in ("[]", "[0,9]", "[-1,0]", "[0,0]"):
+        with pytest.raises(ConfigError, match="distinct teacher layers in 0..3"):
+            load_config(SMOKE, ["student.layers=null", f"student.init={bad}"])
+
+
+def test_a_config_made_in_code_gets_its_init_resolved_by_build(tmp_path):
+    """run_distill / build on a RunConfig never passed through load_config still starts from
+    the init's layers (no silent bottom-half default)."""
+    from opdf.run.runner import build
+
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}"])
+    cfg.student.layers, cfg.student.init = None, "uniform"
+    *_, info = build(cfg, progress=False)
+    assert info["student_layers"] == [1, 3] and info["student_init"] == "uniform"

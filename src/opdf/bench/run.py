@@ -85,6 +85,11 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+#: keys that say how a run was specified, not what it ran: ``student.layers`` holds the layers
+#: that ``student.init`` resolved to, so two cells with the same layers ran the same student
+SPEC_KEYS = ("student.init", "student.num_layers")
+
+
 def config_diff(saved: dict, expected: dict) -> list[str]:
     """Dotted keys whose values differ between a cell's saved ``config.yaml`` and the config it
     would run with now; keys only one side has (added by a later opdf) are not differences,
@@ -95,13 +100,9 @@ def config_diff(saved: dict, expected: dict) -> list[str]:
     a, b = _flatten(with_legacy_start(saved)), _flatten(with_legacy_start(expected))
     return sorted(
         k for k in set(a) & set(b)
-        if k not in IGNORED_KEYS and k.split(".")[0] not in IGNORED_KEYS and not _same(a[k], b[k])
+        if k not in IGNORED_KEYS and k.split(".")[0] not in IGNORED_KEYS and k not in SPEC_KEYS
+        and not _same(a[k], b[k])
     )  # fmt: skip
-
-
-#: keys that say how a run was specified, not what it ran: ``student.layers`` holds the layers
-#: that ``student.init`` resolved to, so two cells with the same layers ran the same student
-SPEC_KEYS = ("student.init", "student.num_layers")
 
 
 def same_run(saved: dict, expected: dict) -> bool:

@@ -134,6 +134,9 @@ def run(args) -> int:
     if stale:
         if args.rerun_stale:
             for p in stale:
+                for link in (p.folder, p.log):  # a reused cell: rerun here, not in the other suite
+                    if link.is_symlink():
+                        link.unlink()
                 p.status = NEW
         else:
             _say(f"warning: {len(stale)} finished cell(s) ran with another config "

@@ -54,13 +54,14 @@ def add_parser(subparsers) -> None:
 def student_folder(path):
     """``(merged student folder, default output folder, note)`` for a run folder or a merged
     student folder; an unfinished run's best checkpoint is merged into a temporary folder."""
+    import shutil
     import tempfile
     from pathlib import Path
 
     from opdf.errors import OpdfError
     from opdf.models.vision import ARCHITECTURE_FILE
 
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().resolve()  # `.` has no name to derive OUT from
     if not path.is_dir():
         raise OpdfError(f"{path} is not a folder: give a run folder or a merged student folder")
     if (path / ARCHITECTURE_FILE).is_file() or (path / "config.json").is_file():
@@ -71,7 +72,11 @@ def student_folder(path):
         from opdf.run.runner import merge_checkpoint
 
         tmp = Path(tempfile.mkdtemp(prefix="opdf-export-"))
-        merged = merge_checkpoint(path, tmp / "student", which="best")
+        try:
+            merged = merge_checkpoint(path, tmp / "student", which="best")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # no best.pt, a damaged one: leave nothing
+            raise
         return merged, path / "onnx", f"{path} is unfinished: exporting its best checkpoint"
     raise OpdfError(
         f"{path} is neither an opdf run folder (no student/ or checkpoints/) nor a merged "
@@ -84,16 +89,25 @@ def run(args) -> int:
     from pathlib import Path
 
     from opdf.models.onnx_export import export_student
+    from opdf.run import owner
 
     folder, default_out, note = student_folder(args.run_dir)
+    out = Path(args.output).expanduser() if args.output else default_out
+    run_dir = Path(args.run_dir).expanduser().resolve()
+    if out.resolve().parent == run_dir and owner.read(run_dir) is not None:
+        # inside an opdf run folder: listed as opdf's, so a later --overwrite of the run may
+        # remove it (listed before the write, as the trainer does)
+        owner.record(run_dir, out.name)
     if note:
         print(f"opdf export: {note}", file=sys.stderr)
     try:
-        result = export_student(folder, Path(args.output) if args.output else default_out,
-                                tolerance=args.tolerance, overwrite=args.overwrite)  # fmt: skip
+        result = export_student(folder, out, tolerance=args.tolerance,
+                                overwrite=args.overwrite)  # fmt: skip
     finally:
         if note:
             shutil.rmtree(folder.parent, ignore_errors=True)  # the temporary merge
+    if out.resolve().parent == run_dir and owner.read(run_dir) is not None:
+        owner.record(run_dir, out.name)  # and the files now in it
     print(f"exported {result.describe()}")
     print(f"onnxruntime vs PyTorch on {result.check}: max abs difference of the logits "
           f"{result.max_abs_diff:.2e} (tolerance {result.tolerance:g})")  # fmt: skip

@@ -186,6 +186,13 @@ class AlignConfig:
     normalize: str = choice(*ALIGN_NORMALIZATIONS, default="none")  # none | teacher (relative)
 
 
+#: keys added after configs were first hashed, left out of the hash at these values so that a
+#: config that runs what it ran before keeps its ``config_hash`` (``student.init`` says how the
+#: layers were chosen; ``student.layers`` holds them)
+UNHASHED_DEFAULTS = (("student", "init", None), ("student", "num_layers", None),
+                     ("align", "normalize", "none"))  # fmt: skip
+
+
 def legacy_start(student: dict) -> tuple[str, str]:
     """``(source, head)`` of a student section written before ``student.source`` and
     ``student.head`` existed: what every run then did (the fine-tuned teacher's layers with its
@@ -290,6 +297,9 @@ class RunConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
         if isinstance(d.get("student"), dict):  # the start every run had before the keys
             d["student"] = _without_legacy_start(d["student"])
+        for section, key, unset in UNHASHED_DEFAULTS:  # later keys at their defaults
+            if isinstance(d.get(section), dict) and d[section].get(key, unset) == unset:
+                d[section] = {k: v for k, v in d[section].items() if k != key}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -588,7 +598,7 @@ def check_variant(cfg: RunConfig) -> None:
         )
 
 
-def _check_log_to(log_to: list[str]) -> None:
+def check_log_to(log_to: list[str]) -> None:
     bad = [t for t in log_to if t not in LOG_TARGETS]
     if bad:
         raise ConfigError(
@@ -658,10 +668,10 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError("config key 'student.layers': give at least one teacher layer, or null")
     if cfg.student.model is not None and cfg.student.layers is not None:
         raise ConfigError("student.model and student.layers are exclusive: set one of them")
-    _check_log_to(cfg.log_to)
+    check_log_to(cfg.log_to)
     _check_sources(cfg)
     resolve_student_start(cfg)
-    _resolve_student_init(cfg)
+    resolve_student_init(cfg)
     validate = getattr(cfg.method_options, "validate", None)
     if validate is not None:
         validate(cfg)
@@ -723,7 +733,7 @@ def resolve_student_start(cfg: RunConfig) -> None:
     method.check_student_start(cfg)
 
 
-def _resolve_student_init(cfg: RunConfig) -> None:
+def resolve_student_init(cfg: RunConfig) -> None:
     """``student.init`` (a preset or a list) -> ``student.layers``, against the teacher's depth
     read from its config.json; so ``--print-config``, ``config.yaml`` and a suite's cells hold
     the layers a run starts from. A ``layers`` that disagrees with ``init`` is an error."""
@@ -746,7 +756,14 @@ def _resolve_student_init(cfg: RunConfig) -> None:
 
     try:
         if isinstance(s.init, list):
-            resolved = init_layers(s.init, 1, s.num_layers)  # a list needs no teacher depth
+            resolved = init_layers(s.init, 1, s.num_layers)
+            depth = model_depth(cfg.teacher.model)
+            bad = [i for i in resolved if not 0 <= i < depth]
+            if not resolved or bad or len(set(resolved)) != len(resolved):
+                raise OpdfError(
+                    f"{resolved} must name distinct teacher layers in 0..{depth - 1} (the "
+                    f"teacher has {depth}), at least one"
+                )
         else:
             n = s.num_layers if s.num_layers is not None else (len(s.layers) if s.layers else None)
             resolved = init_layers(s.init or "bottom", model_depth(cfg.teacher.model), n)

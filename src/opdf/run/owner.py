@@ -254,6 +254,8 @@ def remove_owned(folder: Path, under: str = "", *, check: bool = True, what: str
     mine = [p for p in owned if not under or p == under or p.startswith(under + "/")]
     for p in sorted(mine, key=lambda s: s.count("/"), reverse=True):  # deepest first
         path = folder / p
+        if _through_link(folder, p):
+            continue  # a listed folder replaced by a link: what it points to is not opdf's
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.is_dir():
@@ -264,6 +266,12 @@ def remove_owned(folder: Path, under: str = "", *, check: bool = True, what: str
         owned.discard(p)
     marker["paths"] = sorted(owned)
     _write(folder, marker)
+
+
+def _through_link(folder: Path, rel: str) -> bool:
+    """Whether a parent of ``folder/rel`` inside ``folder`` is a symbolic link."""
+    parts = rel.split("/")[:-1]
+    return any((folder / "/".join(parts[: i + 1])).is_symlink() for i in range(len(parts)))
 
 
 def renew(folder: Path, kind: str) -> dict:

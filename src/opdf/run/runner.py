@@ -46,9 +46,11 @@ from opdf.run import distributed, owner
 from opdf.run.config import (
     FinetuneConfig,
     RunConfig,
+    check_log_to,
     data_kind,
     drop_neutral,
     dump_config,
+    resolve_student_init,
     resolve_student_start,
     with_legacy_start,
 )
@@ -354,8 +356,9 @@ def _check_resume(out: Path, cfg: RunConfig) -> None:
         if not isinstance(raw, dict):
             raise OpdfError(f"--resume: {saved} is not an opdf run config (not a mapping)")
         old = drop_neutral(with_legacy_start(_with_defaults(raw, defaults)))
+        ignored = ("output_dir", "log_to")  # where the run writes and logs changes no result
         diff = sorted(k for k in set(old) | set(new)
-                      if k != "output_dir" and old.get(k) != new.get(k))  # fmt: skip
+                      if k not in ignored and old.get(k) != new.get(k))  # fmt: skip
         if diff:
             raise ConfigError(
                 f"--resume: the config differs from the one in {saved} in {', '.join(diff)}; "
@@ -456,6 +459,8 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
     from opdf.models import load_model, set_dropout
 
     method = get_method(cfg.method)
+    check_log_to(cfg.log_to)
+    resolve_student_init(cfg)  # idempotent: a RunConfig made in code gets its layers too
     resolve_student_start(cfg)  # a RunConfig made in code: its null source/head, checked
     if cfg.student.model is not None and not getattr(method, "accepts_student_model", True):
         # checked before the (minutes-long) teacher fine-tune

@@ -759,8 +759,10 @@ class Trainer:
             state.best, state.best_step = score, state.step
             if self.dist.is_main:
                 saved = ckpt.Checkpoint(state.step, self.module_states(), score=score, dev=dev)
-                ckpt.save(saved, self.ckpt_dir / ckpt.BEST)
+                # listed before the write: a kill or a deferred Ctrl-C right after it leaves
+                # nothing unlisted that --overwrite would then refuse
                 self._own(f"checkpoints/{ckpt.BEST}", f"checkpoints/{ckpt.MANIFEST}")
+                ckpt.save(saved, self.ckpt_dir / ckpt.BEST)
         self._log({"step": state.step, "split": "dev", **dev, "best": improved})
         if bar is not None:
             bar.set_postfix(dev=f"{score:.4f}", best=f"{state.best:.4f}")
@@ -779,9 +781,9 @@ class Trainer:
         if env.is_main:
             saved = self.checkpoint_state(state)
             saved.rank_rngs = rngs[1:]
-            ckpt.save(saved, self.ckpt_dir / ckpt.LAST, keep_previous=True)
-            self._own("metrics.jsonl",
+            self._own("metrics.jsonl",  # listed before the write (see evaluate_and_keep_best)
                       *(f"checkpoints/{n}" for n in (ckpt.LAST, ckpt.PREVIOUS, ckpt.MANIFEST)))
+            ckpt.save(saved, self.ckpt_dir / ckpt.LAST, keep_previous=True)
         distributed.barrier(env)  # the file is complete before any rank goes on (or is killed)
         state.saved_step = state.step
 
@@ -812,12 +814,12 @@ class Trainer:
         self._log({"step": state.step, "split": "test", **test})  # the merged best student's
         summary = self._summary(state, report, dev, test)
         if self.dist.is_main:
+            self._own("student", "summary.json", "metrics.jsonl")  # before the writes
             with ckpt.writing(self.out / "student", "merged student"):
                 self._save_student(student)
-            self._own("student")
+            self._own("student")  # and what the folder now holds
             with ckpt.writing(self.out / "summary.json", "run summary"):
                 ckpt.atomic_write_json(self.out / "summary.json", summary)
-            self._own("summary.json", "metrics.jsonl")
         distributed.barrier(self.dist)
         return summary
 
