@@ -1,0 +1,150 @@
+"""What each choice buys at a fixed inference cost: the student's start, the learning rate, OPDF.
+
+Reads the ``cells.csv`` of an exported suite with a ``student.init`` axis (``opdf report SUITE
+--export DIR``) and, per variant and init, chooses the learning rate on dev (mean over the
+seeds that have every cell of the variant), then compares on test, paired over those seeds:
+the tuned plain student started from each init against the bottom-started one (what the start
+buys), and every variant at its dev-chosen (init, lr) against the plain student at its own
+(what over-parameterization buys over the strongest plain student). Paired t-test, a 95%
+bootstrap CI of the mean difference, and Holm's adjustment over the printed comparisons.
+
+    python benchmarks/init_effect.py benchmarks/results/rt-polarity-init --baseline base \\
+        --out benchmarks/results/rt-polarity-init/init-effect.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics as st
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+
+def load(folder: Path) -> dict:
+    """``{variant: {(init, lr): {seed: (dev, test)}}}`` from ``cells.csv``."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    with open(folder / "cells.csv") as f:
+        for row in csv.DictReader(f):
+            key = (row["student.init"], row["lr"])
+            out[row["variant"]][key][int(row["seed"])] = (float(row["dev"]), float(row["test"]))
+    return out
+
+
+def complete_seeds(settings: dict) -> list[int]:
+    """Seeds present in every setting of a variant (a seed still running is left out)."""
+    sets = [set(s) for s in settings.values()]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def choose(settings: dict, seeds: list[int], init: str | None = None) -> tuple[str, str]:
+    """The (init, lr) with the best mean dev over ``seeds`` (within ``init`` when given)."""
+    keys = [k for k in settings if init is None or k[0] == init]
+    return max(keys, key=lambda k: st.mean(settings[k][s][0] for s in seeds))
+
+
+def paired(a: list[float], b: list[float], rng: np.random.Generator) -> dict:
+    d = np.array(a) - np.array(b)
+    boot = rng.choice(d, size=(10_000, len(d))).mean(axis=1)
+    p = float(stats.ttest_rel(a, b).pvalue) if len(d) > 1 and d.std() > 0 else float("nan")
+    return {"diff": 100 * d.mean(), "lo": 100 * np.percentile(boot, 2.5),
+            "hi": 100 * np.percentile(boot, 97.5), "p": p}  # fmt: skip
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment over the comparisons that have a p (n >= 2)."""
+    valid = [i for i, p in enumerate(ps) if p == p]
+    order = sorted(valid, key=lambda i: ps[i])
+    out, running = [float("nan")] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(valid) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def pval(p: float) -> str:
+    return "-" if p != p else f"{p:.3f}"
+
+
+def fmt(values: list[float]) -> str:
+    sd = st.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * st.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path, help="an exported suite folder (with cells.csv)")
+    ap.add_argument("--baseline", default="base", help="the plain student's variant name")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    cells = load(args.folder)
+    if args.baseline not in cells:
+        print(f"no variant {args.baseline!r} in {args.folder}/cells.csv", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(0)
+    base = cells[args.baseline]
+    seeds = complete_seeds(base)
+    rows, comps = [], []
+    inits = sorted({k[0] for k in base}, key=["bottom", "alternate", "uniform", "top"].index)
+    chosen = {}
+    for variant, settings in cells.items():
+        vs = complete_seeds(settings)
+        for init in inits:
+            if any(k[0] == init for k in settings) and vs:
+                k = choose(settings, vs, init)
+                rows.append([variant, init, k[1], " ".join(map(str, vs)),
+                             fmt([settings[k][s][0] for s in vs]),
+                             fmt([settings[k][s][1] for s in vs])])  # fmt: skip
+        if vs:
+            chosen[variant] = (choose(settings, vs), vs)
+    b_key, _ = chosen[args.baseline]
+    bottom = choose(base, seeds, "bottom")
+    for init in inits:
+        if init == "bottom":
+            continue
+        k = choose(base, seeds, init)
+        comps.append((f"{args.baseline} from {init} (lr {k[1]}) vs from bottom (lr {bottom[1]})",
+                      [base[k][s][1] for s in seeds], [base[bottom][s][1] for s in seeds],
+                      seeds))  # fmt: skip
+    for variant, (k, vs) in chosen.items():
+        if variant == args.baseline:
+            continue
+        common = [s for s in vs if s in seeds]
+        settings = cells[variant]
+        comps.append((f"{variant} at {k[0]}, lr {k[1]} vs {args.baseline} at {b_key[0]}, lr "
+                      f"{b_key[1]} (each chosen on dev)",
+                      [settings[k][s][1] for s in common], [base[b_key][s][1] for s in common],
+                      common))  # fmt: skip
+        if any(kk[0] == "bottom" for kk in settings):
+            kb = choose(settings, vs, "bottom")
+            comps.append((f"{variant} at bottom, lr {kb[1]} vs {args.baseline} at bottom, lr "
+                          f"{bottom[1]} (the earlier suites' comparison)",
+                          [settings[kb][s][1] for s in common],
+                          [base[bottom][s][1] for s in common], common))  # fmt: skip
+    results = [paired(a, b, rng) for _, a, b, _ in comps]
+    adjusted = holm([r["p"] for r in results])
+    lines = [f"# What the start, the learning rate and OPDF buy: `{args.folder}`", "",
+             f"`python benchmarks/init_effect.py {' '.join(argv if argv else sys.argv[1:])}`. "
+             "Test accuracy (%), mean ± std over the seeds that have every cell of the variant; "
+             "the lr chosen on dev within each init, then the init too.", "",
+             "| variant | student.init | lr chosen on dev | seeds | dev | test |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "| comparison (test, paired over seeds) | seeds | diff (points) | 95% CI | p | "
+              "p (Holm) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for (name, _, _, s), r, h in zip(comps, results, adjusted, strict=True):
+        lines.append(f"| {name} | {' '.join(map(str, s))} | {r['diff']:+.2f} | "
+                     f"[{r['lo']:+.2f}, {r['hi']:+.2f}] | {pval(r['p'])} | {pval(h)} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
