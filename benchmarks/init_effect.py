@@ -6,7 +6,8 @@ seeds that have every cell of the variant), then compares on test, paired over t
 the tuned plain student started from each init against the bottom-started one (what the start
 buys), and every variant at its dev-chosen (init, lr) against the plain student at its own
 (what over-parameterization buys over the strongest plain student). Paired t-test, a 95%
-bootstrap CI of the mean difference, and Holm's adjustment over the printed comparisons.
+bootstrap CI of the mean difference and Holm's adjustment over the printed comparisons (the
+suite report's own `paired_stats` and `holm`).
 
     python benchmarks/init_effect.py benchmarks/results/rt-polarity-init --baseline base \\
         --out benchmarks/results/rt-polarity-init/init-effect.md
@@ -21,8 +22,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
+from opdf.report.suite import holm, paired_stats
 
 
 def load(folder: Path) -> dict:
@@ -47,27 +47,8 @@ def choose(settings: dict, seeds: list[int], init: str | None = None) -> tuple[s
     return max(keys, key=lambda k: st.mean(settings[k][s][0] for s in seeds))
 
 
-def paired(a: list[float], b: list[float], rng: np.random.Generator) -> dict:
-    d = np.array(a) - np.array(b)
-    boot = rng.choice(d, size=(10_000, len(d))).mean(axis=1)
-    p = float(stats.ttest_rel(a, b).pvalue) if len(d) > 1 and d.std() > 0 else float("nan")
-    return {"diff": 100 * d.mean(), "lo": 100 * np.percentile(boot, 2.5),
-            "hi": 100 * np.percentile(boot, 97.5), "p": p}  # fmt: skip
-
-
-def holm(ps: list[float]) -> list[float]:
-    """Holm's step-down adjustment over the comparisons that have a p (n >= 2)."""
-    valid = [i for i, p in enumerate(ps) if p == p]
-    order = sorted(valid, key=lambda i: ps[i])
-    out, running = [float("nan")] * len(ps), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(valid) - rank) * ps[i]))
-        out[i] = running
-    return out
-
-
-def pval(p: float) -> str:
-    return "-" if p != p else f"{p:.3f}"
+def pval(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3f}"
 
 
 def fmt(values: list[float]) -> str:
@@ -85,7 +66,6 @@ def main(argv=None) -> int:
     if args.baseline not in cells:
         print(f"no variant {args.baseline!r} in {args.folder}/cells.csv", file=sys.stderr)
         return 2
-    rng = np.random.default_rng(0)
     base = cells[args.baseline]
     seeds = complete_seeds(base)
     rows, comps = [], []
@@ -125,7 +105,7 @@ def main(argv=None) -> int:
                           f"{bottom[1]} (the earlier suites' comparison)",
                           [settings[kb][s][1] for s in common],
                           [base[bottom][s][1] for s in common], common))  # fmt: skip
-    results = [paired(a, b, rng) for _, a, b, _ in comps]
+    results = [paired_stats(a, b) for _, a, b, _ in comps]  # the suite report's own test
     adjusted = holm([r["p"] for r in results])
     lines = [f"# What the start, the learning rate and OPDF buy: `{args.folder}`", "",
              f"`python benchmarks/init_effect.py {' '.join(argv if argv else sys.argv[1:])}`. "
@@ -137,8 +117,10 @@ def main(argv=None) -> int:
     lines += ["", "| comparison (test, paired over seeds) | seeds | diff (points) | 95% CI | p | "
               "p (Holm) |", "|---|---|---|---|---|---|"]  # fmt: skip
     for (name, _, _, s), r, h in zip(comps, results, adjusted, strict=True):
-        lines.append(f"| {name} | {' '.join(map(str, s))} | {r['diff']:+.2f} | "
-                     f"[{r['lo']:+.2f}, {r['hi']:+.2f}] | {pval(r['p'])} | {pval(h)} |")
+        lo, hi = r["ci_low"], r["ci_high"]
+        ci = "-" if lo is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        lines.append(f"| {name} | {' '.join(map(str, s))} | {100 * r['mean_diff']:+.2f} | "
+                     f"{ci} | {pval(r['p'])} | {pval(h)} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

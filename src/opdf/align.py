@@ -300,27 +300,34 @@ class AlignmentLoss(nn.Module):
         self.pairs = [
             (_core_name(p.student, p.index), _core_name(p.teacher, p.index)) for p in found
         ]
+        self._index_groups(student)
+        self._frozen: dict[tuple[str, int], str] = {}
+        if not teacher_live:
+            self._check_frozen(teacher)
+            self._decompose_teacher(teacher)
+
+    def _index_groups(self, student: nn.Module) -> None:
+        """Each pair's module role (``query``, ``ffn-in``, ...), for ``last_by_group``."""
         prefix, _ = _layers(student)
-        self.groups = [_locate(p.student, prefix)[1] for p in found]
+        self.groups = [_locate(p.student, prefix)[1] for p in self._pairs]
         names = list(dict.fromkeys(self.groups))  # first-seen order
         self._group_names = names
         self._group_index = torch.tensor([names.index(g) for g in self.groups])
         self._group_sizes = torch.bincount(self._group_index, minlength=len(names))
         self.last_by_group: dict[str, float] = {}
-        self._frozen: dict[tuple[str, int], str] = {}
-        if not teacher_live:
-            trainable = sorted(
-                {p.teacher for p in found if teacher.get_submodule(p.teacher).weight.requires_grad}
+
+    def _check_frozen(self, teacher: nn.Module) -> None:
+        """A plain teacher is decomposed once: its paired weights must not train."""
+        trainable = sorted({p.teacher for p in self._pairs
+                            if teacher.get_submodule(p.teacher).weight.requires_grad})  # fmt: skip
+        if trainable:
+            raise OpdfError(
+                f"the teacher is a plain model whose paired weights require grad (e.g. "
+                f"{trainable[0]}); a plain teacher is decomposed once into frozen cores, so "
+                "its later updates would be ignored. Freeze it (teacher.requires_grad_(False))"
+                " or, if it trains (as in LGTM), over-parameterize it with the same scheme so "
+                "its live cores are aligned."
             )
-            if trainable:
-                raise OpdfError(
-                    f"the teacher is a plain model whose paired weights require grad (e.g. "
-                    f"{trainable[0]}); a plain teacher is decomposed once into frozen cores, so "
-                    "its later updates would be ignored. Freeze it (teacher.requires_grad_(False))"
-                    " or, if it trains (as in LGTM), over-parameterize it with the same scheme so "
-                    "its live cores are aligned."
-                )
-            self._decompose_teacher(teacher)
 
     def _decompose_teacher(self, teacher: nn.Module) -> None:
         done: dict[tuple[str, tuple], list[torch.Tensor]] = {}

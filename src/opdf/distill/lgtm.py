@@ -405,16 +405,8 @@ class LGTM(Distiller):
         vector = gradients(q_loss, leaves)
         del theta, leaves, q_logits
         # 4. distillation influence, 5. the teacher's step
-        derived = self.options.influence_loss == "student"
-        if derived:  # through theta'_S = theta_S - eta_S g_S: the student's rates, per group
-            lr_of = {id(p): float(g["lr"]) for g in student_optimizer.param_groups
-                     for p in g["params"]}  # fmt: skip
-            vector = [v * lr_of[id(p)] for p, v in zip(s_params, vector, strict=True)]
-        implicit = self.influence_correction(batch, vector)
-        group_of = {id(p): g for g in teacher_optimizer.param_groups for p in g["params"]}
-        for p, g, ig in zip(t_params, g_t, implicit, strict=True):
-            eta = 1.0 if derived else float(group_of[id(p)]["lr"])
-            p.grad = g.sub_(ig, alpha=eta)
+        implicit = self._corrected_grads(batch, vector, s_params, t_params, g_t,
+                                         student_optimizer, teacher_optimizer)  # fmt: skip
         if max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(t_params, max_grad_norm)
         else:
@@ -434,6 +426,22 @@ class LGTM(Distiller):
             "quiz_loss": float(q_loss.detach()),
             "influence_norm": float(global_norm(implicit)),
         }
+
+    def _corrected_grads(self, batch, vector, s_params, t_params, g_t, student_optimizer,
+                         teacher_optimizer) -> list[torch.Tensor]:  # fmt: skip
+        """Set each teacher parameter's ``.grad`` to its gradient minus the distillation-influence
+        correction (step 4); returns the correction."""
+        derived = self.options.influence_loss == "student"
+        if derived:  # through theta'_S = theta_S - eta_S g_S: the student's rates, per group
+            lr_of = {id(p): float(g["lr"]) for g in student_optimizer.param_groups
+                     for p in g["params"]}  # fmt: skip
+            vector = [v * lr_of[id(p)] for p, v in zip(s_params, vector, strict=True)]
+        implicit = self.influence_correction(batch, vector)
+        group_of = {id(p): g for g in teacher_optimizer.param_groups for p in g["params"]}
+        for p, g, ig in zip(t_params, g_t, implicit, strict=True):
+            eta = 1.0 if derived else float(group_of[id(p)]["lr"])
+            p.grad = g.sub_(ig, alpha=eta)
+        return implicit
 
     # -- the student's step -------------------------------------------------------------------
     def train(self, mode: bool = True):
