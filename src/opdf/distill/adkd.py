@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opdf.distill.base import Distiller, model_inputs, register_method, task_loss
+from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.distill.registry import register_method
 from opdf.errors import ConfigError, OpdfError
 
 

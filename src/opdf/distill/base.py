@@ -1,6 +1,7 @@
-"""The :class:`Distiller` interface every method implements, and the method registry.
+"""The :class:`Distiller` interface every method implements.
 
-A method is one small class (mdistiller style), registered in :mod:`opdf.distill.registry`::
+A method is one small class (mdistiller style), registered with ``register_method`` from
+:mod:`opdf.distill.registry` (which imports this module, never the reverse)::
 
     @register_method("kd")
     class KD(Distiller):
@@ -53,13 +54,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# the registry's names, importable from here as before the registry became its own module
-from opdf.distill.registry import (  # noqa: F401
-    get_method,
-    method_names,
-    methods,
-    register_method,
-)
 from opdf.errors import ConfigError
 
 #: ``(optimizer, LR schedule or None)``, and what makes one: ``build(groups, lr=None)``

@@ -62,8 +62,9 @@ import torch.nn.functional as F
 from scipy.stats import norm
 
 from opdf.data.eda import INSERT_WORDS, OPERATIONS, perturbed_copies
-from opdf.distill.base import Distiller, model_inputs, register_method
+from opdf.distill.base import Distiller, model_inputs
 from opdf.distill.kd import kd_loss
+from opdf.distill.registry import register_method
 from opdf.distill.teacher_cache import digest_tensors
 from opdf.errors import ConfigError, OpdfError
 from opdf.progress import progress_bar
