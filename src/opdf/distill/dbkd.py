@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -68,6 +67,7 @@ from opdf.distill.registry import register_method
 from opdf.distill.teacher_cache import digest_tensors
 from opdf.errors import ConfigError, OpdfError
 from opdf.progress import progress_bar
+from opdf.storage import atomic_write_bytes, atomic_write_text, cache_dir
 
 QUADRATURE_NODES = 64  # Gauss-Hermite nodes: P(mu) to ~1e-16 for any gap (tested against quad)
 CACHE_VERSION = 1
@@ -173,11 +173,7 @@ def _digest_texts(split) -> str:
 
 def query_cache_dir(root: Path | None = None) -> Path:
     """``<root>/dbkd``; ``root`` defaults to the opdf cache (``OPDF_CACHE``, ~/.cache/opdf)."""
-    if root is None:
-        from opdf.models.cache import cache_dir
-
-        root = cache_dir()
-    return Path(root) / "dbkd"
+    return Path(cache_dir() if root is None else root) / "dbkd"
 
 
 @torch.no_grad()
@@ -207,19 +203,6 @@ def query_decisions(teacher, tokenizer, split, copies_a, copies_b, max_length: i
     finally:
         teacher.train(was)
     return out.reshape(n, n_copies)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary file next to ``path``, then rename it: concurrent runs
-    and kills never leave a half-written cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -358,12 +341,12 @@ class DBKD(Distiller):
             "original_agrees_with_label": float(np.mean(original == np.asarray(split.labels))),
         }
         try:
-            _atomic_write(path, lambda f: torch.save(
+            atomic_write_bytes(path, lambda f: torch.save(
                 {"spec": spec, "info": info, "decisions": torch.from_numpy(dec.astype(np.int16))},
                 f,
             ))  # fmt: skip
             text = json.dumps({"spec": spec, "info": info}, indent=2)  # for people: what is cached
-            _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode()))
+            atomic_write_text(path.with_suffix(".json"), text)
         except OSError as e:  # the decisions are in memory: train on, query again next time
             warnings.warn(
                 f"DBKD could not cache its teacher queries in {path} ({e}); this run goes on, "

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from torch import nn
 from opdf.distill.base import Distiller, model_logits
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError, OpdfError
+from opdf.storage import atomic_write_bytes
 
 STORE_VERSION = 1
 #: the default share of the classes whose probabilities are stored: TinyViT's ImageNet-1k ratio
@@ -153,17 +152,9 @@ class TopKStore:
         return cls(values, indices)
 
     def save(self, path: Path) -> None:
-        """Atomically (a temporary file in the same folder, then a rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save({"version": STORE_VERSION, "values": self.values,
-                        "indices": self.indices}, tmp)  # fmt: skip
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        """Atomically (:func:`opdf.storage.atomic_write_bytes`)."""
+        obj = {"version": STORE_VERSION, "values": self.values, "indices": self.indices}
+        atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
     @classmethod
     def load(cls, path: Path) -> TopKStore | None:
