@@ -250,5 +250,5 @@ def test_tinyvit_default_k_is_the_official_share_of_the_classes(tmp_path):
     explicit = cls(student, teacher, cls.Options(topk=3), num_labels=10)
     explicit.on_train_start(ctx)
     assert explicit.topk == 3 and explicit.store.k == 3
-    with pytest.raises(Exception, match="tinyvit.topk must be >= 1 or null"):
+    with pytest.raises(Exception, match="tinyvit.topk: 0 must be >= 1 or null"):
         cls.Options(topk=0).validate(None)

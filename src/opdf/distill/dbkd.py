@@ -52,7 +52,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import norm
 
+from opdf.choices import at_least, check_fields, choice, each_of, positive
 from opdf.data.eda import INSERT_WORDS, OPERATIONS, perturbed_copies
 from opdf.distill.base import Distiller, model_inputs
 from opdf.distill.kd import kd_loss
@@ -241,43 +242,32 @@ class DBKD(Distiller):
 
     @dataclass
     class Options:
-        kd_alpha: float = 0.7
-        ce_alpha: float = 1.0
-        temperature: float = 1.0
-        sigma: float = 1.0  # scale of the pseudo-logits in the KD target (the code's SIGMA)
-        noise_scale: float = 1.0  # std of the Gaussian logit noise model (the code's SCALE)
-        n_copies: int = 10  # N: N - 1 perturbed copies plus the original
-        strength: float = 0.1  # mean EDA strength (drawn per chunk)
-        operations: list[str] = field(default_factory=lambda: list(OPERATIONS))
-        insert_words: str = "sentence"  # WordNet stand-in: sentence | corpus
+        kd_alpha: float = positive(0.7, allow_zero=True)
+        ce_alpha: float = positive(1.0, allow_zero=True)
+        temperature: float = positive(1.0)
+        # scale of the pseudo-logits in the KD target (the code's SIGMA)
+        sigma: float = positive(1.0)
+        # std of the Gaussian logit noise model (the code's SCALE)
+        noise_scale: float = positive(1.0)
+        n_copies: int = at_least(10, 1)  # N: N - 1 perturbed copies plus the original
+        strength: float = positive(0.1)  # mean EDA strength (drawn per chunk)
+        operations: list[str] = each_of(
+            *OPERATIONS,
+            default_factory=lambda: list(OPERATIONS),
+            why="synonym replacement needs WordNet: not offered",
+        )
+        # WordNet stand-in: sentence | corpus
+        insert_words: str = choice(*INSERT_WORDS, default="sentence")
         clean: bool = True
-        chunk_size: int = 1000  # sentences per strength draw (datasets.map's batch)
+        # sentences per strength draw (datasets.map's batch)
+        chunk_size: int = at_least(1000, 1)
         perturb_seed: int = 0
-        solver_rounds: int = 20
-        solver_tol: float = 1e-3
-        query_batch_size: int = 128
+        solver_rounds: int = at_least(20, 1)
+        solver_tol: float = positive(1e-3)
+        query_batch_size: int = at_least(128, 1)
 
         def validate(self, cfg=None) -> None:
-            for key in ("temperature", "sigma", "noise_scale", "strength", "solver_tol"):
-                if getattr(self, key) <= 0:
-                    raise ConfigError(f"dbkd.{key} must be > 0, got {getattr(self, key)}")
-            for key in ("kd_alpha", "ce_alpha"):
-                if getattr(self, key) < 0:
-                    raise ConfigError(f"dbkd.{key} must be >= 0, got {getattr(self, key)}")
-            for key in ("n_copies", "chunk_size", "solver_rounds", "query_batch_size"):
-                if getattr(self, key) < 1:
-                    raise ConfigError(f"dbkd.{key} must be >= 1, got {getattr(self, key)}")
-            bad = [op for op in self.operations if op not in OPERATIONS]
-            if bad or not self.operations:
-                raise ConfigError(
-                    f"dbkd.operations: {self.operations!r} is not valid; give a non-empty list "
-                    f"of {', '.join(OPERATIONS)} (synonym replacement needs WordNet: not offered)"
-                )
-            if self.insert_words not in INSERT_WORDS:
-                raise ConfigError(
-                    f"dbkd.insert_words: {self.insert_words!r} is not valid; valid choices: "
-                    f"{', '.join(INSERT_WORDS)}"
-                )
+            check_fields(self, "dbkd")
 
         def perturbation(self) -> dict:
             """The settings that decide the teacher's decisions (part of the cache key)."""

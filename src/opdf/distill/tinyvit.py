@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opdf.choices import at_least, check_fields
 from opdf.distill.base import Distiller, model_logits
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError, OpdfError
@@ -190,12 +191,12 @@ class TinyViTDistill(Distiller):
 
     @dataclass
     class Options:
-        topk: int | None = None  # null: default_topk(classes), 1% of them, at least 1
+        # null: default_topk(classes), 1% of them, at least 1
+        topk: int | None = at_least(None, 1, allow_none=True)
         cache: bool = True
 
-        def validate(self, cfg) -> None:
-            if self.topk is not None and self.topk < 1:
-                raise ConfigError(f"tinyvit.topk must be >= 1 or null, got {self.topk}")
+        def validate(self, cfg=None) -> None:
+            check_fields(self, "tinyvit")
 
     @property
     def topk(self) -> int:
