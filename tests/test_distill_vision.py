@@ -127,7 +127,7 @@ def test_dkd_method_losses_and_warmup_in_training():
     torch.testing.assert_close(losses["nckd"], 0.5 * 8.0 * nckd)
     sum(losses.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
-    assert dkd.on_step_end(8) == {"dkd_warmup": 0.5}
+    assert dkd.on_step_end(7) == {"dkd_warmup": 0.5}  # the step just taken: dkd.step
 
 
 # ------------------------------------------------------------------------------------ TinyViT

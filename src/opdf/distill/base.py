@@ -256,12 +256,17 @@ class Distiller(nn.Module):
         """Called once before the first step (and again when a run resumes)."""
 
     def before_step(self, batch: dict, step: int) -> dict[str, float]:
-        """Called before optimizer step ``step`` (0-based) of the main optimizer, with its whole
-        batch on the device; returns scalars to log. Default: nothing."""
+        """Called before optimizer step ``step`` of the main optimizer, with its whole batch on
+        the device; returns scalars to log. Default: nothing.
+
+        Every hook counts steps the same way: ``step`` is 0-based, the number of optimizer
+        steps done before this one, the same as :attr:`step` while the step runs
+        (``before_step(batch, s)``, ``forward_train``, ``on_step_end(s)`` all see ``s``)."""
         return {}
 
     def on_step_end(self, step: int) -> dict[str, float]:
-        """Called after optimizer step ``step`` (1-based); returns scalars to log."""
+        """Called after optimizer step ``step`` (0-based: the step just taken, the same index
+        its ``before_step`` got); returns scalars to log."""
         return {}
 
     def extra_state(self) -> dict:

@@ -129,4 +129,4 @@ class DKD(Distiller):
         return logits, losses
 
     def on_step_end(self, step: int) -> dict[str, float]:
-        return {"dkd_warmup": warmup_factor(step - 1, self.steps_per_epoch, self.options.warmup)}
+        return {"dkd_warmup": warmup_factor(step, self.steps_per_epoch, self.options.warmup)}

@@ -206,4 +206,5 @@ class Theseus(Distiller):
         return logits, {"ce": task_loss(logits, batch["labels"], self.num_labels)}
 
     def on_step_end(self, step: int) -> dict[str, float]:
-        return {"replacing_rate": self.rate(step)}
+        """The replacement rate from the next step on (what the log shows after ``step``)."""
+        return {"replacing_rate": self.rate(step + 1)}
