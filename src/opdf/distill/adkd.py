@@ -57,12 +57,11 @@ from opdf.choices import at_least, check_fields, positive, unit_interval
 from opdf.distill.base import Distiller, model_inputs, task_loss
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError, OpdfError
+from opdf.models import base_model, resolve_model_dir
 
 
 def embedding_module(model: nn.Module) -> nn.Module:
     """The embeddings module of a transformers encoder (``model.bert.embeddings``, ...)."""
-    from opdf.models import base_model
-
     emb = getattr(base_model(model), "embeddings", None)
     if not isinstance(emb, nn.Module):
         raise ConfigError(
@@ -278,8 +277,6 @@ def _hidden_size(model: str | None) -> int | None:
     """The ``hidden_size`` in a text model's config.json; None where it cannot be read (the model
     load reports that case itself)."""
     import json
-
-    from opdf.models import resolve_model_dir
 
     if model is None:
         return None

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from opdf.errors import ConfigError
+from opdf.models import student_from_teacher
 
 #: ``(optimizer, LR schedule or None)``, and what makes one: ``build(groups, lr=None)``
 OptimizerAndSchedule = tuple[torch.optim.Optimizer, "torch.optim.lr_scheduler.LRScheduler | None"]
@@ -168,8 +169,6 @@ class Distiller(nn.Module):
     @classmethod
     def build_student(cls, teacher: nn.Module, layers=None) -> nn.Module:
         """The student before training: teacher ``layers`` (default: the bottom half)."""
-        from opdf.models import student_from_teacher
-
         return student_from_teacher(teacher, layers)
 
     @classmethod

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from scipy.stats import norm
 
 from opdf.choices import at_least, check_fields, choice, each_of, positive
+from opdf.data import PaddingCollator, TextSplit, TokenizedSplit
 from opdf.data.eda import INSERT_WORDS, OPERATIONS, perturbed_copies
 from opdf.distill.base import Distiller, model_inputs
 from opdf.distill.kd import kd_loss
@@ -181,8 +182,6 @@ def query_cache_dir(root: Path | None = None) -> Path:
 def query_decisions(teacher, tokenizer, split, copies_a, copies_b, max_length: int,
                     batch_size: int, progress: bool | None = None) -> np.ndarray:  # fmt: skip
     """The teacher's argmax on every copy: ``(len(split), N)`` class ids."""
-    from opdf.data import PaddingCollator, TextSplit, TokenizedSplit
-
     n, n_copies = len(copies_a), len(copies_a[0])
     flat_a = [c for row in copies_a for c in row]
     flat_b = None if copies_b is None else [c for row in copies_b for c in row]

@@ -41,6 +41,7 @@ from opdf.choices import check_fields, choice, in_range, positive, unit_interval
 from opdf.distill.base import Distiller, model_inputs, task_loss
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError
+from opdf.models import find_layer_list
 
 
 class ConstantReplacementScheduler:
@@ -137,8 +138,6 @@ class Theseus(Distiller):
 
     def __init__(self, student, teacher, options=None, *, num_labels=2):
         super().__init__(student, teacher, options, num_labels=num_labels)
-        from opdf.models import find_layer_list
-
         self.scheduler = self.options.make_scheduler()
         self._layers_name, successors = find_layer_list(student)
         _, predecessors = find_layer_list(teacher)

@@ -41,6 +41,7 @@ from opdf.choices import at_least, check_fields
 from opdf.distill.base import Distiller, model_logits
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError, OpdfError
+from opdf.progress import progress_bar
 from opdf.storage import atomic_write_bytes
 
 STORE_VERSION = 1
@@ -126,8 +127,6 @@ class TopKStore:
         """Run ``teacher`` (eval mode) over every image of ``view`` (the training split as the
         trainer batches it, :class:`opdf.data.views.ImageView`) in index order, each epoch with
         that epoch's augmentation."""
-        from opdf.progress import progress_bar
-
         device = device or torch.device("cpu")
         n = len(view)
         values = torch.empty(epochs, n, k, dtype=torch.float16)
