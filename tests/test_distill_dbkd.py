@@ -225,7 +225,7 @@ def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tiny, monkeypa
     def full_disk(path, write):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dbkd_mod, "_atomic_write", full_disk)
+    monkeypatch.setattr(dbkd_mod, "atomic_write_bytes", full_disk)
     d = DBKD(student, teacher, DBKD.Options(n_copies=3, perturb_seed=78))
     with pytest.warns(UserWarning, match="could not cache its teacher queries"):
         d.on_train_start(ctx)

@@ -132,7 +132,7 @@ def test_theseus_replacement_forward():
     assert not torch.allclose(t_logits, s_logits)
     # the swap is undone: the student is a plain 2-layer model again
     assert len(student.bert.encoder.layer) == 2
-    assert d.on_step_end(1) == {"replacing_rate": 0.5}
+    assert d.on_step_end(0) == {"replacing_rate": 0.5}  # after step 0: the rate of step 1
 
 
 def test_theseus_trains_only_successor_layers():

@@ -127,7 +127,7 @@ def test_dkd_method_losses_and_warmup_in_training():
     torch.testing.assert_close(losses["nckd"], 0.5 * 8.0 * nckd)
     sum(losses.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
-    assert dkd.on_step_end(8) == {"dkd_warmup": 0.5}
+    assert dkd.on_step_end(7) == {"dkd_warmup": 0.5}  # the step just taken: dkd.step
 
 
 # ------------------------------------------------------------------------------------ TinyViT
@@ -250,5 +250,5 @@ def test_tinyvit_default_k_is_the_official_share_of_the_classes(tmp_path):
     explicit = cls(student, teacher, cls.Options(topk=3), num_labels=10)
     explicit.on_train_start(ctx)
     assert explicit.topk == 3 and explicit.store.k == 3
-    with pytest.raises(Exception, match="tinyvit.topk must be >= 1 or null"):
+    with pytest.raises(Exception, match="tinyvit.topk: 0 must be >= 1 or null"):
         cls.Options(topk=0).validate(None)

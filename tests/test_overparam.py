@@ -455,3 +455,19 @@ def test_accumulate_keeps_finished_micro_batches_after_an_error():
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         assert p.grad is not None and torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), name
     assert all(p.override is None for _, _, p in mpo_modules(model))
+
+
+def test_core_names_are_spelled_in_one_place_and_read_back():
+    from opdf.overparam import core_index, core_param_name, module_cores
+
+    model = nn.Sequential(nn.Linear(24, 16), nn.Linear(16, 4))
+    opdf.overparameterize(model, scheme="mpo", targets=["0"], shapes={"0": ([4, 1, 4], [4, 1, 6])})
+    cores = [n for n, _ in model.named_parameters() if core_index(n) is not None]
+    assert cores == [core_param_name(k, "0") for k in range(3)]
+    assert core_param_name(2) == "parametrizations.weight.original2"
+    assert [core_index(n) for n in cores] == [0, 1, 2]
+    assert (
+        core_index("1.weight") is None and core_index("0.parametrizations.weight.original") is None
+    )
+    live = dict(model.named_parameters())
+    assert [id(c) for c in module_cores(model[0])] == [id(live[n]) for n in cores]

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from opdf import storage
 from opdf.cli import main
 from opdf.distill.kd import KD
 from opdf.errors import DivergedError, OpdfError
@@ -305,7 +306,7 @@ def test_a_read_only_folder_is_a_clear_error_for_every_checkpoint_file(tmp_path,
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(ckpt.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(storage.tempfile, "mkstemp", read_only)
     for name in (ckpt.BEST, ckpt.LAST):
         with pytest.raises(ckpt.CheckpointWriteError, match=f"{name}: Read-only file system"):
             ckpt.save(tiny(4), tmp_path / name, keep_previous=name == ckpt.LAST)
@@ -350,7 +351,7 @@ def test_a_disk_that_fills_inside_torch_save_is_the_same_clear_error(tmp_path, m
     """torch's zip writer swallows the file's OSError and fails later with 'unexpected pos'
     (what a full disk did to a suite cell): the error still names the full disk."""
     ckpt.save(tiny(2), tmp_path / ckpt.LAST)
-    real_fdopen = ckpt.os.fdopen
+    real_fdopen = storage.os.fdopen
 
     class FillsUp:
         def __init__(self, f):
@@ -371,7 +372,7 @@ def test_a_disk_that_fills_inside_torch_save_is_the_same_clear_error(tmp_path, m
         def __exit__(self, *exc):
             return self.f.__exit__(*exc)
 
-    monkeypatch.setattr(ckpt.os, "fdopen", lambda fd, mode: FillsUp(real_fdopen(fd, mode)))
+    monkeypatch.setattr(storage.os, "fdopen", lambda fd, mode: FillsUp(real_fdopen(fd, mode)))
     big = tiny(4)
     big.modules["student"] = {"w": torch.zeros(4096)}  # larger than what the disk takes
     with pytest.raises(ckpt.CheckpointWriteError, match="last.pt: No space left on device"):

@@ -118,3 +118,46 @@ def test_fingerprint_is_reused_only_for_files_not_just_written(tmp_path):
     settled = runner.fingerprint(data)
     assert settled == fresh and runner.fingerprint(data) == settled
     assert runner._digest.cache_info().hits == hits + 1
+
+
+def test_every_hook_sees_the_same_0_based_step_index(tmp_path):
+    """before_step(s), forward_train (self.step) and on_step_end(s) name one step by one index:
+    the optimizer steps done before it (0, 1, 2, ...)."""
+    seen: list[tuple[str, int]] = []
+
+    @register_method("test-step-index")
+    class Recording(Distiller):
+        """Plain CE, recording the step index each hook is given."""
+
+        @dataclass
+        class Options:
+            pass
+
+        def before_step(self, batch, step):
+            seen.append(("before", step))
+            return {}
+
+        def forward_train(self, batch):
+            seen.append(("forward", self.step))
+            logits = self.student(input_ids=batch["input_ids"]).logits
+            return logits, {"ce": F.cross_entropy(logits, batch["labels"])}
+
+        def on_step_end(self, step):
+            seen.append(("end", step))
+            return {}
+
+    try:
+        cfg = load_config(
+            "configs/smoke-kd.yaml",
+            [f"output_dir={tmp_path / 'run'}", "method=test-step-index", "kd=null",
+             "overparam=none", "align.weight=0", "max_steps=3", "eval_every=3"],
+        )  # fmt: skip
+        run_distill(cfg, progress=False)
+    finally:
+        from opdf.distill import unregister_method
+
+        unregister_method("test-step-index")
+    assert [x for x in seen if x[0] != "forward"] == [
+        ("before", 0), ("end", 0), ("before", 1), ("end", 1), ("before", 2), ("end", 2)
+    ]  # fmt: skip
+    assert sorted({s for hook, s in seen if hook == "forward"}) == [0, 1, 2]

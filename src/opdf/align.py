@@ -29,7 +29,7 @@ from opdf.choices import ALIGN_NORMALIZATIONS, check_core_selection
 from opdf.errors import OpdfError
 from opdf.mpo import decompose
 from opdf.mpo.shapes import bond_dims, central_index
-from opdf.overparam import cores, encoder_layers, mpo_modules, plan
+from opdf.overparam import core_param_name, cores, encoder_layers, mpo_modules, plan
 
 __all__ = ["AlignmentLoss", "uniform_layer_map", "pairing_plan"]
 
@@ -221,10 +221,6 @@ def _resolve_layer_map(student: nn.Module, teacher: nn.Module, layer_map) -> dic
     return resolved
 
 
-def _core_name(module: str, index: int) -> str:
-    return f"{module}.parametrizations.weight.original{index}"
-
-
 class AlignmentLoss(nn.Module):
     """``L_Aux`` between an over-parameterized student and a teacher.
 
@@ -298,7 +294,8 @@ class AlignmentLoss(nn.Module):
         self._teacher_live = teacher_live
         self._pairs = found
         self.pairs = [
-            (_core_name(p.student, p.index), _core_name(p.teacher, p.index)) for p in found
+            (core_param_name(p.index, p.student), core_param_name(p.index, p.teacher))
+            for p in found
         ]
         self._index_groups(student)
         self._frozen: dict[tuple[str, int], str] = {}
@@ -417,6 +414,7 @@ def pairing_plan(
         allow_partial,
     )
     rows = [
-        (_core_name(p.student, p.index), _core_name(p.teacher, p.index), p.shape) for p in found
+        (core_param_name(p.index, p.student), core_param_name(p.index, p.teacher), p.shape)
+        for p in found
     ]
     return rows, len(skipped)

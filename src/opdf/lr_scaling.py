@@ -75,7 +75,7 @@ from torch import nn
 from opdf.choices import LR_SCALINGS
 from opdf.errors import OpdfError
 from opdf.mpo import contract
-from opdf.overparam import MPOParametrization, mpo_modules
+from opdf.overparam import MPOParametrization, core_param_name, module_cores, mpo_modules
 
 __all__ = [
     "SCALINGS",
@@ -139,13 +139,11 @@ class _Chain:
 
 
 def _trainable(module: nn.Module, param: MPOParametrization) -> tuple[list[int], list[str], list]:
-    originals = module.parametrizations.weight
     idx, names, params = [], [], []
-    for k in range(len(param.row_modes)):
-        core = getattr(originals, f"original{k}")
+    for k, core in enumerate(module_cores(module)):
         if core.requires_grad:
             idx.append(k)
-            names.append(f"parametrizations.weight.original{k}")
+            names.append(core_param_name(k))
             params.append(core)
     return idx, names, params
 
@@ -225,8 +223,7 @@ def _probe(cores: list[torch.Tensor], indices: list[int]) -> tuple[list, list]:
 
 
 def _chain(name, module, param, indices, names, params) -> _Chain:
-    originals = module.parametrizations.weight
-    cores = [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
+    cores = module_cores(module)
     spectrum = _canonical_spectrum(cores)
     if spectrum is not None:
         contrib, corr = _closed_form(cores, spectrum, indices)

@@ -2,7 +2,8 @@
 
 ``overparameterize`` registers a :mod:`torch.nn.utils.parametrize` parametrization on each chosen
 ``weight``: the module keeps its class, ``forward`` and attribute names, while its trainable
-parameters become the cores (``<module>.parametrizations.weight.original0 .. original{n-1}``). No
+parameters become the cores (``<module>.parametrizations.weight.original0 .. original{n-1}``, the
+names :func:`core_param_name` spells and :func:`core_index` reads: nowhere else). No
 dense copy of the weight is stored; each forward contracts the cores once (cheapest order) and the
 module's own ``forward`` uses the result. ``merge`` contracts once more and puts a plain
 ``weight`` parameter back, so ``state_dict()`` keys and outputs equal the original model's.
@@ -35,6 +36,9 @@ __all__ = [
     "overparameterize",
     "merge",
     "cores",
+    "core_index",
+    "core_param_name",
+    "module_cores",
     "mpo_modules",
     "accumulate",
     "Accumulation",
@@ -48,6 +52,26 @@ __all__ = [
 
 Shapes = tuple[Sequence[int], Sequence[int]]
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+#: where torch's parametrize keeps core ``k`` of a weight, inside its module: ``CORE_PREFIX + k``
+CORE_PREFIX = "parametrizations.weight.original"
+_CORE_NAME = re.compile(r"(?:^|\.)parametrizations\.weight\.original(\d+)$")
+
+
+def core_param_name(k: int, module: str = "") -> str:
+    """The parameter name of core ``k``: ``parametrizations.weight.original{k}`` inside its
+    module, ``<module>.parametrizations.weight.original{k}`` in the model when ``module`` is
+    given (``named_parameters()`` and ``state_dict()`` keys)."""
+    name = f"{CORE_PREFIX}{k}"
+    return f"{module}.{name}" if module else name
+
+
+def core_index(name: str) -> int | None:
+    """The core number ``k`` in a parameter name that :func:`core_param_name` spells (with or
+    without the module in front), else None: ``core_index(n) is not None`` picks the cores out
+    of ``named_parameters()`` or a ``state_dict()``."""
+    found = _CORE_NAME.search(name)
+    return int(found.group(1)) if found else None
 
 
 def contract_weight(core_list: Sequence[torch.Tensor], weight_shape: Sequence[int]) -> torch.Tensor:
@@ -400,10 +424,8 @@ def overparameterize(
         _own_class(module)  # a parametrization elsewhere on it may live in a class shared by copies
         parametrize.register_parametrization(module, "weight", param, unsafe=True)
         _own_class(module)
-        originals = module.parametrizations.weight
         center = param.central_index
-        for k in range(len(entry.row_modes)):
-            core = getattr(originals, f"original{k}")
+        for k, core in enumerate(module_cores(module)):
             if train_only_central:
                 core.requires_grad_(trainable and k == center)
             elif freeze_central:
@@ -422,14 +444,15 @@ def mpo_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, MPOParametri
                 yield name, module, param
 
 
-def _core_list(module: nn.Module, param: MPOParametrization) -> list[nn.Parameter]:
-    originals = module.parametrizations.weight
-    return [getattr(originals, f"original{k}") for k in range(len(param.row_modes))]
+def module_cores(module: nn.Module) -> list[nn.Parameter]:
+    """The cores of one over-parameterized module, in order (live parameters)."""
+    param = module.parametrizations.weight[0]
+    return [module.get_parameter(core_param_name(k)) for k in range(len(param.row_modes))]
 
 
 def cores(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Module name -> its cores in order (live parameters)."""
-    return {name: _core_list(module, param) for name, module, param in mpo_modules(model)}
+    return {name: module_cores(module) for name, module, param in mpo_modules(model)}
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -439,7 +462,7 @@ def merge(model: nn.Module) -> nn.Module:
     ``state_dict()`` keys, same outputs, and ``save_pretrained`` needs no opdf to load.
     """
     for _name, module, param in list(mpo_modules(model)):
-        core_list = _core_list(module, param)
+        core_list = module_cores(module)
         trainable = any(c.requires_grad for c in core_list)
         with torch.no_grad():
             weight = contract_weight(core_list, param.weight_shape).clone()
@@ -561,7 +584,7 @@ def accumulate(model: nn.Module) -> Iterator[Accumulation]:
     for _name, module, param in mpo_modules(model):
         if param.override is not None:
             raise OpdfError("opdf.accumulate() blocks cannot be nested on the same model")
-        weight = contract_weight(_core_list(module, param), param.weight_shape)
+        weight = contract_weight(module_cores(module), param.weight_shape)
         leaf = weight.detach().requires_grad_(weight.requires_grad)
         param.override = leaf
         held.append((param, weight, leaf))

@@ -310,6 +310,48 @@ def _encode_labels(read: dict[str, _Raw], task: str, label_names):
     return out, max(n, 2), names_out
 
 
+def _split_files(path: Path) -> dict[str, Path]:
+    """The file of each split in ``path``: a folder's train/dev/test files, or one file (train)."""
+    if path.is_dir():
+        files = {
+            "train": _find(path, ["train"]),
+            "dev": _find(path, DEV_NAMES),
+            "test": _find(path, ["test"]),
+        }
+        if files["train"] is None:
+            raise FileNotFoundError(
+                f"{path}: no train file (expected train{{{','.join(EXTENSIONS)}}})"
+            )
+        return {k: v for k, v in files.items() if v is not None}
+    if path.is_file():
+        return {"train": path}
+    raise FileNotFoundError(f"data path {path} does not exist")
+
+
+def _complete_splits(splits: dict[str, TextSplit], dev_fraction: float, test_fraction: float,
+                     split_seed: int, regression: bool) -> str:  # fmt: skip
+    """Fill in a missing dev/test split in place: halve dev into dev and test, or carve them out
+    of train (stratified with ``split_seed``); returns how (``info["splits"]``)."""
+    if "test" not in splits and "dev" in splits:
+        dev = splits["dev"]
+        n_test = len(dev) // 2
+        splits["dev"], splits["test"] = (
+            dev.select(range(len(dev) - n_test)),
+            dev.select(range(len(dev) - n_test, len(dev))),
+        )
+        return "dev halves"
+    if "dev" not in splits:
+        full = splits["train"]
+        test_frac = 0.0 if "test" in splits else test_fraction
+        sizes = fraction_sizes(len(full), dev_fraction, test_frac)
+        parts = split_indices(full.labels, sizes, split_seed, regression)
+        splits["train"], splits["dev"] = full.select(parts[0]), full.select(parts[1])
+        if "test" not in splits:
+            splits["test"] = full.select(parts[2])
+        return f"split {sizes} (seed {split_seed})"
+    return "files"
+
+
 def load_file_dataset(
     path: str | Path,
     text_column: str = "text",
@@ -324,21 +366,7 @@ def load_file_dataset(
 ) -> TextDataset:
     """Load a generic CSV/TSV/JSONL dataset (one file or a folder); see the module docstring."""
     path = Path(path).expanduser()
-    if path.is_dir():
-        files = {
-            "train": _find(path, ["train"]),
-            "dev": _find(path, DEV_NAMES),
-            "test": _find(path, ["test"]),
-        }
-        if files["train"] is None:
-            raise FileNotFoundError(
-                f"{path}: no train file (expected train{{{','.join(EXTENSIONS)}}})"
-            )
-        files = {k: v for k, v in files.items() if v is not None}
-    elif path.is_file():
-        files = {"train": path}
-    else:
-        raise FileNotFoundError(f"data path {path} does not exist")
+    files = _split_files(path)
     if text_pair_column is not None and text_pair_column == text_column:
         raise OpdfError(f"text_pair_column and text_column are both {text_column!r}")
 
@@ -347,24 +375,7 @@ def load_file_dataset(
     encoded, num_labels, names = _encode_labels(read, task, label_names)
     splits = {k: TextSplit(read[k].texts, encoded[k], read[k].pairs) for k in read}
     regression = num_labels == 1
-    how = "files"
-    if "test" not in splits and "dev" in splits:
-        dev = splits["dev"]
-        n_test = len(dev) // 2
-        splits["dev"], splits["test"] = (
-            dev.select(range(len(dev) - n_test)),
-            dev.select(range(len(dev) - n_test, len(dev))),
-        )
-        how = "dev halves"
-    elif "dev" not in splits:
-        full = splits["train"]
-        test_frac = 0.0 if "test" in splits else test_fraction
-        sizes = fraction_sizes(len(full), dev_fraction, test_frac)
-        parts = split_indices(full.labels, sizes, split_seed, regression)
-        splits["train"], splits["dev"] = full.select(parts[0]), full.select(parts[1])
-        if "test" not in splits:
-            splits["test"] = full.select(parts[2])
-        how = f"split {sizes} (seed {split_seed})"
+    how = _complete_splits(splits, dev_fraction, test_fraction, split_seed, regression)
     fn, main = get_metric(metric or ("pearson_spearman" if regression else "accuracy"))
     return TextDataset(
         name=path.name,

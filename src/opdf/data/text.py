@@ -59,6 +59,30 @@ def _looks_like_path(name: str) -> bool:
     return is_data_file(name) or "/" in name or "\\" in name or name.startswith((".", "~"))
 
 
+def _load_source(name: str, options: dict) -> TextDataset:
+    """The whole dataset ``name`` names: a built-in, ``glue:<task>:<folder>`` or a file path."""
+    key = name.strip().lower()
+    if key in BUILTIN_DATASETS:
+        return _call(load_movie_reviews, name, key, **options)
+    if key == "glue" or key.startswith("glue:"):
+        parts = name.split(":", 2)
+        opt_task, opt_dir = options.pop("task", None), options.pop("data_dir", None)
+        task = parts[1] if len(parts) > 1 and parts[1] else opt_task
+        data_dir = parts[2] if len(parts) > 2 and parts[2] else opt_dir
+        if task is None or data_dir is None:
+            raise OpdfError(
+                f"GLUE needs a task and a folder: 'glue:<task>:<folder>' or data_dir=...; "
+                f"valid tasks: {', '.join(GLUE_TASKS)}"
+            )
+        return _call(load_glue, name, task, data_dir, **options)
+    if Path(name).expanduser().exists() or _looks_like_path(name):
+        return _call(load_file_dataset, name, Path(name), **options)
+    raise OpdfError(
+        f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}, "
+        "or a path to a CSV/TSV/JSONL/JSON file or folder"
+    )
+
+
 def load_text_dataset(
     name_or_path: str | Path,
     *,
@@ -96,28 +120,7 @@ def load_text_dataset(
         A missing file or folder, or the ``movie-reviews`` package not installed.
     """
     name = str(name_or_path)
-    key = name.strip().lower()
-    if key in BUILTIN_DATASETS:
-        ds = _call(load_movie_reviews, name, key, **options)
-    elif key == "glue" or key.startswith("glue:"):
-        parts = name.split(":", 2)
-        opt_task, opt_dir = options.pop("task", None), options.pop("data_dir", None)
-        task = parts[1] if len(parts) > 1 and parts[1] else opt_task
-        data_dir = parts[2] if len(parts) > 2 and parts[2] else opt_dir
-        if task is None or data_dir is None:
-            raise OpdfError(
-                f"GLUE needs a task and a folder: 'glue:<task>:<folder>' or data_dir=...; "
-                f"valid tasks: {', '.join(GLUE_TASKS)}"
-            )
-        ds = _call(load_glue, name, task, data_dir, **options)
-    elif Path(name).expanduser().exists() or _looks_like_path(name):
-        ds = _call(load_file_dataset, name, Path(name), **options)
-    else:
-        raise OpdfError(
-            f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}, "
-            "or a path to a CSV/TSV/JSONL/JSON file or folder"
-        )
-
+    ds = _load_source(name, options)
     reg = ds.is_regression
     ds.train = subsample(ds.train, max_train_samples, seed, reg)
     ds.dev = subsample(ds.dev, max_eval_samples, seed, reg)

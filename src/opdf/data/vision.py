@@ -499,6 +499,66 @@ VISION_OPTIONS = ("path", "dev_size", "test_size", "split_seed", "augment", "cro
                   "label_kind")  # fmt: skip
 
 
+def _vision_source(name: str, path: str | None) -> tuple[str, str | None]:
+    """``name`` -> (its base name, its folder): ``cifar10:<folder>`` carries its folder."""
+    key = str(name).strip()
+    base, _, inline = key.partition(":")
+    base = base.lower()
+    if base not in VISION_DATASETS or (inline and base not in ("cifar10", "cifar100")):
+        valid = ", ".join(VISION_DATASETS)
+        raise OpdfError(
+            f"unknown image dataset {name!r}; valid names: {valid}, cifar10:<folder>, "
+            "cifar100:<folder>"
+        )
+    return base, inline or path
+
+
+def _read_vision(base: str, path: str | None, label_kind: str):
+    """(all training images, the official test split or None, the label names or None)."""
+    if base == "fashion-mnist":
+        return load_fashion_mnist(path)
+    if base.startswith("cifar"):
+        if not path:
+            raise OpdfError(f"{base} needs its folder: data.options.path=<folder> or "
+                             f"data.name={base}:<folder>")  # fmt: skip
+        return load_cifar(path, 10 if base == "cifar10" else 100, label_kind)
+    full = load_mnist_5k() if base == "mnist-5k" else load_digits()
+    return full, None, [str(i) for i in range(10)]
+
+
+def _vision_splits(base: str, full, test, dev_size: int | None, test_size: int | None,
+                   split_seed: int):  # fmt: skip
+    """(train, dev, test): dev (and test, for a set without an official one) carved from
+    ``full``, stratified with ``split_seed``."""
+    defaults = _DEFAULTS[base]
+    dev_n = defaults["dev_size"] if dev_size is None else int(dev_size)
+    if test is None:
+        test_n = defaults["test_size"] if test_size is None else int(test_size)
+        if dev_n <= 0 or test_n <= 0 or dev_n + test_n >= len(full):
+            raise OpdfError(f"dev_size={dev_n} and test_size={test_n} must be > 0 and leave "
+                             f"training images out of {len(full)}")  # fmt: skip
+        parts = split_indices(full.labels, [len(full) - dev_n - test_n, dev_n, test_n], split_seed)
+        train, dev, test = (full.select(p) for p in parts)
+        return train, dev, test
+    if test_size is not None:
+        raise OpdfError(f"{base} has an official test split; test_size does not apply")
+    if not 0 < dev_n < len(full):
+        raise OpdfError(f"dev_size={dev_n} must be in 1..{len(full) - 1}")
+    tr, dv = split_indices(full.labels, [len(full) - dev_n, dev_n], split_seed)
+    return full.select(tr), full.select(dv), test
+
+
+def _augmentation(defaults: dict, crop_padding: int | None, hflip: bool | None) -> Augment:
+    """The training augmentation: the dataset's defaults, with what the config sets."""
+    aug = Augment(
+        crop_padding=int(defaults["crop_padding"] if crop_padding is None else crop_padding),
+        hflip=bool(defaults["hflip"] if hflip is None else hflip),
+    )
+    if aug.crop_padding < 0:
+        raise OpdfError(f"crop_padding must be >= 0, got {aug.crop_padding}")
+    return aug
+
+
 def load_vision_dataset(
     name: str,
     *,
@@ -533,53 +593,15 @@ def load_vision_dataset(
     label_kind
         CIFAR-100 only: ``fine`` (100 classes) or ``coarse`` (20).
     """
-    key = str(name).strip()
-    base, _, inline = key.partition(":")
-    base = base.lower()
-    if base not in VISION_DATASETS or (inline and base not in ("cifar10", "cifar100")):
-        valid = ", ".join(VISION_DATASETS)
-        raise OpdfError(
-            f"unknown image dataset {name!r}; valid names: {valid}, cifar10:<folder>, "
-            "cifar100:<folder>"
-        )
-    path = inline or path
+    base, path = _vision_source(name, path)
     defaults = _DEFAULTS[base]
-    test = None
-    if base == "fashion-mnist":
-        full, test, labels = load_fashion_mnist(path)
-    elif base.startswith("cifar"):
-        if not path:
-            raise OpdfError(f"{base} needs its folder: data.options.path=<folder> or "
-                             f"data.name={base}:<folder>")  # fmt: skip
-        full, test, labels = load_cifar(path, 10 if base == "cifar10" else 100, label_kind)
-    else:
-        full = load_mnist_5k() if base == "mnist-5k" else load_digits()
-        labels = [str(i) for i in range(10)]
-    dev_n = defaults["dev_size"] if dev_size is None else int(dev_size)
-    if test is None:
-        test_n = defaults["test_size"] if test_size is None else int(test_size)
-        if dev_n <= 0 or test_n <= 0 or dev_n + test_n >= len(full):
-            raise OpdfError(f"dev_size={dev_n} and test_size={test_n} must be > 0 and leave "
-                             f"training images out of {len(full)}")  # fmt: skip
-        parts = split_indices(full.labels, [len(full) - dev_n - test_n, dev_n, test_n], split_seed)
-        train, dev, test = (full.select(p) for p in parts)
-    else:
-        if test_size is not None:
-            raise OpdfError(f"{base} has an official test split; test_size does not apply")
-        if not 0 < dev_n < len(full):
-            raise OpdfError(f"dev_size={dev_n} must be in 1..{len(full) - 1}")
-        tr, dv = split_indices(full.labels, [len(full) - dev_n, dev_n], split_seed)
-        train, dev = full.select(tr), full.select(dv)
+    full, test, labels = _read_vision(base, path, label_kind)
+    train, dev, test = _vision_splits(base, full, test, dev_size, test_size, split_seed)
     num_labels = int(max(full.labels.max(), test.labels.max())) + 1
     if labels is not None and len(labels) != num_labels:
         labels = None
     mean, std = _stats(train.images)
-    aug = Augment(
-        crop_padding=int(defaults["crop_padding"] if crop_padding is None else crop_padding),
-        hflip=bool(defaults["hflip"] if hflip is None else hflip),
-    )
-    if aug.crop_padding < 0:
-        raise OpdfError(f"crop_padding must be >= 0, got {aug.crop_padding}")
+    aug = _augmentation(defaults, crop_padding, hflip)
     ds = ImageDataset(
         name=base,
         train=_stratified(train, max_train_samples, seed),

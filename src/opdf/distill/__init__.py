@@ -1,7 +1,8 @@
 """Distillation methods: one small file each, one registry (``@register_method``).
 
 Importing this package registers the built-in methods (each file registers itself, as
-torchdistill's ``losses/__init__.py`` does); :mod:`opdf.distill.registry` is a leaf module.
+torchdistill's ``losses/__init__.py`` does). Floors inside: ``base`` (the interface) <
+``registry`` < each method file < this package.
 
 >>> from opdf.distill import get_method, method_names
 >>> method_names()                                     # doctest: +SKIP

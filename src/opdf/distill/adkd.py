@@ -53,14 +53,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opdf.distill.base import Distiller, model_inputs, register_method, task_loss
+from opdf.choices import at_least, check_fields, positive, unit_interval
+from opdf.distill.base import Distiller, model_inputs, task_loss
+from opdf.distill.registry import register_method
 from opdf.errors import ConfigError, OpdfError
+from opdf.models import base_model, resolve_model_dir
 
 
 def embedding_module(model: nn.Module) -> nn.Module:
     """The embeddings module of a transformers encoder (``model.bert.embeddings``, ...)."""
-    from opdf.models import base_model
-
     emb = getattr(base_model(model), "embeddings", None)
     if not isinstance(emb, nn.Module):
         raise ConfigError(
@@ -130,25 +131,17 @@ class ADKD(Distiller):
 
     @dataclass
     class Options:
-        alpha: float = 0.8
-        temperature: float = 2.0
-        beta: float = 1.0  # the code's saliency_w
-        topk: int | None = None  # teacher dimensions per token; null: all
-        ig_steps: int = 1
+        alpha: float = unit_interval(0.8)
+        temperature: float = positive(2.0)
+        beta: float = positive(1.0, allow_zero=True)  # the code's saliency_w
+        # teacher dimensions per token; null: all
+        topk: int | None = at_least(None, 1, allow_none=True, why="null: all")
+        ig_steps: int = at_least(1, 1)
         multi_view: bool | None = None  # null: one view per class when there are > 2 classes
         anneal: bool = False  # kd_anneal: the temperature falls linearly to 1 over the epochs
 
         def validate(self, cfg=None) -> None:
-            if self.temperature <= 0:
-                raise ConfigError(f"adkd.temperature must be > 0, got {self.temperature}")
-            if not 0 <= self.alpha <= 1:
-                raise ConfigError(f"adkd.alpha must be in [0, 1], got {self.alpha}")
-            if self.beta < 0:
-                raise ConfigError(f"adkd.beta must be >= 0, got {self.beta}")
-            if self.ig_steps < 1:
-                raise ConfigError(f"adkd.ig_steps must be >= 1, got {self.ig_steps}")
-            if self.topk is not None and self.topk < 1:
-                raise ConfigError(f"adkd.topk must be >= 1 or null (all), got {self.topk}")
+            check_fields(self, "adkd")
 
     @classmethod
     def check_task(cls, num_labels: int, config) -> None:
@@ -284,8 +277,6 @@ def _hidden_size(model: str | None) -> int | None:
     """The ``hidden_size`` in a text model's config.json; None where it cannot be read (the model
     load reports that case itself)."""
     import json
-
-    from opdf.models import resolve_model_dir
 
     if model is None:
         return None

@@ -1,6 +1,7 @@
-"""The :class:`Distiller` interface every method implements, and the method registry.
+"""The :class:`Distiller` interface every method implements.
 
-A method is one small class (mdistiller style), registered in :mod:`opdf.distill.registry`::
+A method is one small class (mdistiller style), registered with ``register_method`` from
+:mod:`opdf.distill.registry` (which imports this module, never the reverse)::
 
     @register_method("kd")
     class KD(Distiller):
@@ -53,14 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# the registry's names, importable from here as before the registry became its own module
-from opdf.distill.registry import (  # noqa: F401
-    get_method,
-    method_names,
-    methods,
-    register_method,
-)
 from opdf.errors import ConfigError
+from opdf.models import student_from_teacher
 
 #: ``(optimizer, LR schedule or None)``, and what makes one: ``build(groups, lr=None)``
 OptimizerAndSchedule = tuple[torch.optim.Optimizer, "torch.optim.lr_scheduler.LRScheduler | None"]
@@ -174,8 +169,6 @@ class Distiller(nn.Module):
     @classmethod
     def build_student(cls, teacher: nn.Module, layers=None) -> nn.Module:
         """The student before training: teacher ``layers`` (default: the bottom half)."""
-        from opdf.models import student_from_teacher
-
         return student_from_teacher(teacher, layers)
 
     @classmethod
@@ -262,12 +255,17 @@ class Distiller(nn.Module):
         """Called once before the first step (and again when a run resumes)."""
 
     def before_step(self, batch: dict, step: int) -> dict[str, float]:
-        """Called before optimizer step ``step`` (0-based) of the main optimizer, with its whole
-        batch on the device; returns scalars to log. Default: nothing."""
+        """Called before optimizer step ``step`` of the main optimizer, with its whole batch on
+        the device; returns scalars to log. Default: nothing.
+
+        Every hook counts steps the same way: ``step`` is 0-based, the number of optimizer
+        steps done before this one, the same as :attr:`step` while the step runs
+        (``before_step(batch, s)``, ``forward_train``, ``on_step_end(s)`` all see ``s``)."""
         return {}
 
     def on_step_end(self, step: int) -> dict[str, float]:
-        """Called after optimizer step ``step`` (1-based); returns scalars to log."""
+        """Called after optimizer step ``step`` (0-based: the step just taken, the same index
+        its ``before_step`` got); returns scalars to log."""
         return {}
 
     def extra_state(self) -> dict:

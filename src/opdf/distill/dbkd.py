@@ -50,10 +50,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +60,16 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import norm
 
+from opdf.choices import at_least, check_fields, choice, each_of, positive
+from opdf.data import PaddingCollator, TextSplit, TokenizedSplit
 from opdf.data.eda import INSERT_WORDS, OPERATIONS, perturbed_copies
-from opdf.distill.base import Distiller, model_inputs, register_method
+from opdf.distill.base import Distiller, model_inputs
 from opdf.distill.kd import kd_loss
+from opdf.distill.registry import register_method
 from opdf.distill.teacher_cache import digest_tensors
 from opdf.errors import ConfigError, OpdfError
 from opdf.progress import progress_bar
+from opdf.storage import atomic_write_bytes, atomic_write_text, cache_dir
 
 QUADRATURE_NODES = 64  # Gauss-Hermite nodes: P(mu) to ~1e-16 for any gap (tested against quad)
 CACHE_VERSION = 1
@@ -172,19 +175,13 @@ def _digest_texts(split) -> str:
 
 def query_cache_dir(root: Path | None = None) -> Path:
     """``<root>/dbkd``; ``root`` defaults to the opdf cache (``OPDF_CACHE``, ~/.cache/opdf)."""
-    if root is None:
-        from opdf.models.cache import cache_dir
-
-        root = cache_dir()
-    return Path(root) / "dbkd"
+    return Path(cache_dir() if root is None else root) / "dbkd"
 
 
 @torch.no_grad()
 def query_decisions(teacher, tokenizer, split, copies_a, copies_b, max_length: int,
                     batch_size: int, progress: bool | None = None) -> np.ndarray:  # fmt: skip
     """The teacher's argmax on every copy: ``(len(split), N)`` class ids."""
-    from opdf.data import PaddingCollator, TextSplit, TokenizedSplit
-
     n, n_copies = len(copies_a), len(copies_a[0])
     flat_a = [c for row in copies_a for c in row]
     flat_b = None if copies_b is None else [c for row in copies_b for c in row]
@@ -206,19 +203,6 @@ def query_decisions(teacher, tokenizer, split, copies_a, copies_b, max_length: i
     finally:
         teacher.train(was)
     return out.reshape(n, n_copies)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary file next to ``path``, then rename it: concurrent runs
-    and kills never leave a half-written cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -257,43 +241,32 @@ class DBKD(Distiller):
 
     @dataclass
     class Options:
-        kd_alpha: float = 0.7
-        ce_alpha: float = 1.0
-        temperature: float = 1.0
-        sigma: float = 1.0  # scale of the pseudo-logits in the KD target (the code's SIGMA)
-        noise_scale: float = 1.0  # std of the Gaussian logit noise model (the code's SCALE)
-        n_copies: int = 10  # N: N - 1 perturbed copies plus the original
-        strength: float = 0.1  # mean EDA strength (drawn per chunk)
-        operations: list[str] = field(default_factory=lambda: list(OPERATIONS))
-        insert_words: str = "sentence"  # WordNet stand-in: sentence | corpus
+        kd_alpha: float = positive(0.7, allow_zero=True)
+        ce_alpha: float = positive(1.0, allow_zero=True)
+        temperature: float = positive(1.0)
+        # scale of the pseudo-logits in the KD target (the code's SIGMA)
+        sigma: float = positive(1.0)
+        # std of the Gaussian logit noise model (the code's SCALE)
+        noise_scale: float = positive(1.0)
+        n_copies: int = at_least(10, 1)  # N: N - 1 perturbed copies plus the original
+        strength: float = positive(0.1)  # mean EDA strength (drawn per chunk)
+        operations: list[str] = each_of(
+            *OPERATIONS,
+            default_factory=lambda: list(OPERATIONS),
+            why="synonym replacement needs WordNet: not offered",
+        )
+        # WordNet stand-in: sentence | corpus
+        insert_words: str = choice(*INSERT_WORDS, default="sentence")
         clean: bool = True
-        chunk_size: int = 1000  # sentences per strength draw (datasets.map's batch)
+        # sentences per strength draw (datasets.map's batch)
+        chunk_size: int = at_least(1000, 1)
         perturb_seed: int = 0
-        solver_rounds: int = 20
-        solver_tol: float = 1e-3
-        query_batch_size: int = 128
+        solver_rounds: int = at_least(20, 1)
+        solver_tol: float = positive(1e-3)
+        query_batch_size: int = at_least(128, 1)
 
         def validate(self, cfg=None) -> None:
-            for key in ("temperature", "sigma", "noise_scale", "strength", "solver_tol"):
-                if getattr(self, key) <= 0:
-                    raise ConfigError(f"dbkd.{key} must be > 0, got {getattr(self, key)}")
-            for key in ("kd_alpha", "ce_alpha"):
-                if getattr(self, key) < 0:
-                    raise ConfigError(f"dbkd.{key} must be >= 0, got {getattr(self, key)}")
-            for key in ("n_copies", "chunk_size", "solver_rounds", "query_batch_size"):
-                if getattr(self, key) < 1:
-                    raise ConfigError(f"dbkd.{key} must be >= 1, got {getattr(self, key)}")
-            bad = [op for op in self.operations if op not in OPERATIONS]
-            if bad or not self.operations:
-                raise ConfigError(
-                    f"dbkd.operations: {self.operations!r} is not valid; give a non-empty list "
-                    f"of {', '.join(OPERATIONS)} (synonym replacement needs WordNet: not offered)"
-                )
-            if self.insert_words not in INSERT_WORDS:
-                raise ConfigError(
-                    f"dbkd.insert_words: {self.insert_words!r} is not valid; valid choices: "
-                    f"{', '.join(INSERT_WORDS)}"
-                )
+            check_fields(self, "dbkd")
 
         def perturbation(self) -> dict:
             """The settings that decide the teacher's decisions (part of the cache key)."""
@@ -357,12 +330,12 @@ class DBKD(Distiller):
             "original_agrees_with_label": float(np.mean(original == np.asarray(split.labels))),
         }
         try:
-            _atomic_write(path, lambda f: torch.save(
+            atomic_write_bytes(path, lambda f: torch.save(
                 {"spec": spec, "info": info, "decisions": torch.from_numpy(dec.astype(np.int16))},
                 f,
             ))  # fmt: skip
             text = json.dumps({"spec": spec, "info": info}, indent=2)  # for people: what is cached
-            _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode()))
+            atomic_write_text(path.with_suffix(".json"), text)
         except OSError as e:  # the decisions are in memory: train on, query again next time
             warnings.warn(
                 f"DBKD could not cache its teacher queries in {path} ({e}); this run goes on, "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from opdf.choices import check_fields, positive
 from opdf.distill.base import Distiller, model_logits
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError
@@ -97,18 +98,14 @@ class DKD(Distiller):
 
     @dataclass
     class Options:
-        temperature: float = 4.0
-        alpha: float = 1.0
-        beta: float = 8.0
-        ce_weight: float = 1.0
-        warmup: float = 20.0
+        temperature: float = positive(4.0)
+        alpha: float = positive(1.0, allow_zero=True)
+        beta: float = positive(8.0, allow_zero=True)
+        ce_weight: float = positive(1.0, allow_zero=True)
+        warmup: float = positive(20.0, allow_zero=True)
 
-        def validate(self, cfg) -> None:
-            if self.temperature <= 0:
-                raise ConfigError(f"dkd.temperature must be > 0, got {self.temperature}")
-            for key in ("alpha", "beta", "ce_weight", "warmup"):
-                if getattr(self, key) < 0:
-                    raise ConfigError(f"dkd.{key} must be >= 0, got {getattr(self, key)}")
+        def validate(self, cfg=None) -> None:
+            check_fields(self, "dkd")
 
     steps_per_epoch: int = 1
 
@@ -132,4 +129,4 @@ class DKD(Distiller):
         return logits, losses
 
     def on_step_end(self, step: int) -> dict[str, float]:
-        return {"dkd_warmup": warmup_factor(step - 1, self.steps_per_epoch, self.options.warmup)}
+        return {"dkd_warmup": warmup_factor(step, self.steps_per_epoch, self.options.warmup)}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from opdf.choices import check_fields, positive, unit_interval
 from opdf.distill.base import Distiller, model_logits, task_loss
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError
@@ -46,16 +47,13 @@ class KD(Distiller):
 
     @dataclass
     class Options:
-        temperature: float = 4.0
-        alpha: float = 0.9
+        temperature: float = positive(4.0)
+        alpha: float = unit_interval(0.9)
         ce_weight: float | None = None
         kd_weight: float | None = None
 
-        def validate(self, cfg) -> None:
-            if self.temperature <= 0:
-                raise ConfigError(f"kd.temperature must be > 0, got {self.temperature}")
-            if not 0 <= self.alpha <= 1:
-                raise ConfigError(f"kd.alpha must be in [0, 1], got {self.alpha}")
+        def validate(self, cfg=None) -> None:
+            check_fields(self, "kd")
             if (self.ce_weight is None) != (self.kd_weight is None):
                 raise ConfigError(
                     "kd.ce_weight and kd.kd_weight go together (independent weights); "

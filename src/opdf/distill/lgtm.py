@@ -77,6 +77,7 @@ Where this deviates from the official script, and why:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -87,6 +88,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from opdf.choices import at_least, check_fields, choice, positive, unit_interval
 from opdf.distill.base import Distiller, model_inputs, task_loss
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError, DivergedError, OpdfError
@@ -186,47 +188,46 @@ class LGTM(Distiller):
 
     @dataclass
     class Options:
-        alpha_kd: float = 1.0  # student: alpha_kd * KL(p_T || p_S) + (1 - alpha_kd) * CE
-        temperature: float = 1.0
-        t_alpha_kd: float = 0.4  # teacher: t_alpha_kd * KL(p_S || p_T) + (1 - t_alpha_kd) * CE
-        t_lr: float = 3e-5  # the teacher's learning rate (same schedule as the student's)
-        fd_r: float = 0.01  # finite-difference radius: R = fd_r / ||v||
-        quiz_batch_size: int | None = None  # default: batch_size
-        influence_loss: str = "teacher"  # teacher (the official code) | student (derived)
+        # student: alpha_kd * KL(p_T || p_S) + (1 - alpha_kd) * CE
+        alpha_kd: float = unit_interval(1.0)
+        temperature: float = positive(1.0)
+        # teacher: t_alpha_kd * KL(p_S || p_T) + (1 - t_alpha_kd) * CE
+        t_alpha_kd: float = unit_interval(0.4)
+        # the teacher's learning rate (same schedule as the student's)
+        t_lr: float = positive(3e-5)
+        fd_r: float = positive(0.01)  # finite-difference radius: R = fd_r / ||v||
+        # default: batch_size
+        quiz_batch_size: int | None = at_least(None, 1, allow_none=True)
+        # teacher (the official code) | student (derived)
+        influence_loss: str = choice(*INFLUENCE_LOSSES, default="teacher")
         init_classifier_to_zero: bool | None = None  # null: when the teacher is not fine-tuned
         overparam_teacher: bool | None = None  # null: when the alignment loss is on
 
-        def validate(self, cfg) -> None:
-            for key in ("alpha_kd", "t_alpha_kd"):
-                if not 0 <= getattr(self, key) <= 1:
-                    raise ConfigError(f"lgtm.{key} must be in [0, 1], got {getattr(self, key)}")
-            for key in ("temperature", "t_lr", "fd_r"):
-                if getattr(self, key) <= 0:
-                    raise ConfigError(f"lgtm.{key} must be > 0, got {getattr(self, key)}")
-            if self.quiz_batch_size is not None and self.quiz_batch_size < 1:
-                raise ConfigError(f"lgtm.quiz_batch_size must be >= 1, got {self.quiz_batch_size}")
-            if self.influence_loss not in INFLUENCE_LOSSES:
-                raise ConfigError(
-                    f"lgtm.influence_loss: {self.influence_loss!r} is not valid; valid choices: "
-                    f"{', '.join(INFLUENCE_LOSSES)}"
-                )
+        def resolve(self, cfg) -> LGTM.Options:
+            """A copy with the run-dependent nulls filled: ``init_classifier_to_zero`` on when
+            the teacher is not fine-tuned, ``overparam_teacher`` on with the alignment loss."""
+            fill = {}
+            if self.init_classifier_to_zero is None:
+                fill["init_classifier_to_zero"] = cfg.teacher.finetune is None
+            if self.overparam_teacher is None:
+                fill["overparam_teacher"] = cfg.align.weight > 0
+            return dataclasses.replace(self, **fill)
+
+        def validate(self, cfg=None) -> None:
+            check_fields(self, "lgtm")
             if cfg is None:
                 return
             finetuned = cfg.teacher.finetune is not None
-            if self.init_classifier_to_zero is None:
-                self.init_classifier_to_zero = not finetuned
-            elif self.init_classifier_to_zero and finetuned:
+            if self.init_classifier_to_zero and finetuned:
                 raise ConfigError(
                     "lgtm.init_classifier_to_zero: true would erase the head of the fine-tuned "
                     "teacher (teacher.finetune is set). LGTM's paper starts from the pretrained "
                     "model: set teacher.finetune: null, or init_classifier_to_zero: false"
                 )
             aligned = cfg.align.weight > 0
-            if self.overparam_teacher is None:
-                self.overparam_teacher = aligned
             if self.overparam_teacher and cfg.overparam == "none":
                 raise ConfigError("lgtm.overparam_teacher needs overparam: svd or mpo")
-            if aligned and not self.overparam_teacher:
+            if aligned and self.overparam_teacher is False:
                 raise ConfigError(
                     "the alignment loss needs LGTM's trainable teacher over-parameterized (its "
                     "live cores are aligned): set lgtm.overparam_teacher: true or null"

@@ -1,7 +1,8 @@
 """The method registry: ``method: NAME`` in a config -> a :class:`~opdf.distill.Distiller` class.
 
-A leaf module (it imports no method and no base class at import time), so any method file can
-import it without a cycle; :mod:`opdf.distill` imports the built-in methods, which fills it::
+It sits one step above :mod:`opdf.distill.base` (it imports the base class; the base knows
+nothing of it) and below every method file, which imports ``register_method`` from here;
+:mod:`opdf.distill` imports the built-in methods, which fills it::
 
     from opdf.distill import Distiller, register_method
 
@@ -13,12 +14,9 @@ import it without a cycle; :mod:`opdf.distill` imports the built-in methods, whi
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
+from opdf.distill.base import Distiller
 from opdf.errors import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from opdf.distill.base import Distiller
 
 __all__ = ["get_method", "method_names", "methods", "register_method", "unregister_method"]
 
@@ -29,10 +27,6 @@ def register_method(name: str):
     """Class decorator: make a :class:`Distiller` subclass available as ``method: name``."""
 
     def deco(cls: type[Distiller]) -> type[Distiller]:
-        # imported here: the class being decorated already imported it, and the registry stays a
-        # leaf that base.py (or anything else) may import
-        from opdf.distill.base import Distiller
-
         if not (isinstance(cls, type) and issubclass(cls, Distiller)):
             raise TypeError(f"@register_method({name!r}) must decorate a Distiller subclass")
         if name in _METHODS and _METHODS[name] is not cls:

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from opdf.storage import atomic_write_bytes, cache_dir
+
 VERSION = 1
 
 
@@ -47,11 +49,7 @@ def digest_tensors(module: nn.Module) -> str:
 
 def teacher_outputs_dir(root: Path | None = None) -> Path:
     """``<root>/teacher-outputs``; ``root`` defaults to the opdf cache (``OPDF_CACHE``)."""
-    if root is None:
-        from opdf.models.cache import cache_dir
-
-        root = cache_dir()
-    return Path(root) / "teacher-outputs"
+    return Path(cache_dir() if root is None else root) / "teacher-outputs"
 
 
 def batch_key(kind: str, batch: dict) -> str:
@@ -117,8 +115,6 @@ class TeacherCache:
 
     def _write(self, path: Path, outputs: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save
-
-        from opdf.run.checkpoint import atomic_write_bytes
 
         data = save({k: v.detach().cpu().contiguous() for k, v in outputs.items()})
         try:  # atomic: a reader sees the old entry, the new one or none

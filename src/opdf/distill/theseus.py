@@ -37,9 +37,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from opdf.choices import check_fields, choice, in_range, positive, unit_interval
 from opdf.distill.base import Distiller, model_inputs, task_loss
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError
+from opdf.models import find_layer_list
 
 
 class ConstantReplacementScheduler:
@@ -110,35 +112,19 @@ class Theseus(Distiller):
 
     @dataclass
     class Options:
-        scheduler: str = "linear"
-        replacing_rate: float = 0.3
-        linear_k: float | None = None
-        replace_until: float = 0.5
+        scheduler: str = choice("constant", "linear", default="linear")
+        replacing_rate: float = unit_interval(0.3)
+        linear_k: float | None = positive(None, allow_none=True, why="so that p reaches 1")
+        replace_until: float = in_range(0.5, 0, 1, low_open=True)
         steps_for_replacing: int | None = None
 
-        def validate(self, cfg) -> None:
-            if self.scheduler not in ("constant", "linear"):
-                raise ConfigError(
-                    f"theseus.scheduler: {self.scheduler!r} is not valid; valid choices: "
-                    "constant, linear"
-                )
-            if not 0 <= self.replacing_rate <= 1:
-                raise ConfigError(
-                    f"theseus.replacing_rate must be in [0, 1], got {self.replacing_rate}"
-                )
+        def validate(self, cfg=None) -> None:
+            check_fields(self, "theseus")
             if self.scheduler == "constant" and not self.steps_for_replacing:
                 raise ConfigError(
                     "theseus.steps_for_replacing must be set (> 0) with the constant scheduler: "
                     "after that many steps p becomes 1 (successor fine-tuning); 0 would skip "
                     "replacement (the official code's default trap); the README uses 2500"
-                )
-            if not 0 < self.replace_until <= 1:
-                raise ConfigError(
-                    f"theseus.replace_until must be in (0, 1], got {self.replace_until}"
-                )
-            if self.scheduler == "linear" and self.linear_k is not None and self.linear_k <= 0:
-                raise ConfigError(
-                    f"theseus.linear_k must be > 0 so that p reaches 1, got {self.linear_k}"
                 )
 
         def make_scheduler(self, total_steps: int | None = None):
@@ -152,8 +138,6 @@ class Theseus(Distiller):
 
     def __init__(self, student, teacher, options=None, *, num_labels=2):
         super().__init__(student, teacher, options, num_labels=num_labels)
-        from opdf.models import find_layer_list
-
         self.scheduler = self.options.make_scheduler()
         self._layers_name, successors = find_layer_list(student)
         _, predecessors = find_layer_list(teacher)
@@ -221,4 +205,5 @@ class Theseus(Distiller):
         return logits, {"ce": task_loss(logits, batch["labels"], self.num_labels)}
 
     def on_step_end(self, step: int) -> dict[str, float]:
-        return {"replacing_rate": self.rate(step)}
+        """The replacement rate from the next step on (what the log shows after ``step``)."""
+        return {"replacing_rate": self.rate(step + 1)}

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opdf.choices import at_least, check_fields
 from opdf.distill.base import Distiller, model_logits
 from opdf.distill.registry import register_method
 from opdf.errors import ConfigError, OpdfError
+from opdf.progress import progress_bar
+from opdf.storage import atomic_write_bytes
 
 STORE_VERSION = 1
 #: the default share of the classes whose probabilities are stored: TinyViT's ImageNet-1k ratio
@@ -126,8 +127,6 @@ class TopKStore:
         """Run ``teacher`` (eval mode) over every image of ``view`` (the training split as the
         trainer batches it, :class:`opdf.data.views.ImageView`) in index order, each epoch with
         that epoch's augmentation."""
-        from opdf.progress import progress_bar
-
         device = device or torch.device("cpu")
         n = len(view)
         values = torch.empty(epochs, n, k, dtype=torch.float16)
@@ -153,17 +152,9 @@ class TopKStore:
         return cls(values, indices)
 
     def save(self, path: Path) -> None:
-        """Atomically (a temporary file in the same folder, then a rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save({"version": STORE_VERSION, "values": self.values,
-                        "indices": self.indices}, tmp)  # fmt: skip
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        """Atomically (:func:`opdf.storage.atomic_write_bytes`)."""
+        obj = {"version": STORE_VERSION, "values": self.values, "indices": self.indices}
+        atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
     @classmethod
     def load(cls, path: Path) -> TopKStore | None:
@@ -199,12 +190,12 @@ class TinyViTDistill(Distiller):
 
     @dataclass
     class Options:
-        topk: int | None = None  # null: default_topk(classes), 1% of them, at least 1
+        # null: default_topk(classes), 1% of them, at least 1
+        topk: int | None = at_least(None, 1, allow_none=True)
         cache: bool = True
 
-        def validate(self, cfg) -> None:
-            if self.topk is not None and self.topk < 1:
-                raise ConfigError(f"tinyvit.topk must be >= 1 or null, got {self.topk}")
+        def validate(self, cfg=None) -> None:
+            check_fields(self, "tinyvit")
 
     @property
     def topk(self) -> int:

@@ -52,7 +52,7 @@ from opdf.distill.kd import soft_loss
 from opdf.errors import OpdfError
 from opdf.extras import require
 from opdf.lr_scaling import core_rates
-from opdf.overparam import mpo_modules
+from opdf.overparam import core_index, mpo_modules
 
 # transformers.Trainer imports without accelerate but cannot be built without it: say so now
 require("accelerate", "opdf.integrations.transformers (transformers.Trainer)")
@@ -395,7 +395,7 @@ def _label_mismatch(student: int, teacher: int) -> str:
 
 
 def _core_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_parameters() if ".parametrizations.weight.original" in n]
+    return [n for n, _ in model.named_parameters() if core_index(n) is not None]
 
 
 def _checkpoint_keys(folder: str) -> set[str] | None:

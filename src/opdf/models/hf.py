@@ -71,6 +71,35 @@ def load_tokenizer(name_or_path: str | Path):
         raise OpdfError(f"{folder}: no usable tokenizer files ({e})") from None
 
 
+def _head_config(folder: Path, num_labels: int, overrides: dict):
+    """(the folder's config set up for a ``num_labels`` head with ``overrides`` applied, whether
+    the head is new: the folder's has another label count)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder), **SAFE)
+    new_head = config.num_labels != num_labels
+    if new_head:
+        # a fresh head: drop the folder's label names, they belong to the old head
+        config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+    config.num_labels = num_labels
+    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise OpdfError(f"{folder}: config has no attribute {key!r} to override")
+        setattr(config, key, value)
+    return config, new_head
+
+
+def _check_only_head_mismatched(model, info: dict, folder: Path) -> None:
+    """Only the head may be re-initialized for another shape, never the encoder."""
+    prefix = getattr(model, "base_model_prefix", "")
+    body = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    body = [k for k in body if prefix and k.startswith(prefix + ".")]
+    if body:
+        raise OpdfError(f"{folder}: encoder weights have the wrong shape: {', '.join(body)}")
+
+
 def load_model(
     name_or_path: str | Path,
     num_labels: int = 2,
@@ -98,24 +127,13 @@ def load_model(
     (model, tokenizer)
         An ``AutoModelForSequenceClassification`` in train mode and its ``AutoTokenizer``.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     if num_labels < 1:
         raise OpdfError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
     _offline()
     folder = resolve_model_dir(name_or_path)
-    config = AutoConfig.from_pretrained(str(folder), **SAFE)
-    new_head = config.num_labels != num_labels
-    if new_head:
-        # a fresh head: drop the folder's label names, they belong to the old head
-        config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
-        config.label2id = {v: k for k, v in config.id2label.items()}
-    config.num_labels = num_labels
-    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
-    for key, value in config_overrides.items():
-        if not hasattr(config, key):
-            raise OpdfError(f"{folder}: config has no attribute {key!r} to override")
-        setattr(config, key, value)
+    config, new_head = _head_config(folder, num_labels, config_overrides)
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng, quiet_transformers():
         if seed is not None:
@@ -131,11 +149,7 @@ def load_model(
             )
         except (ValueError, RuntimeError) as e:
             raise OpdfError(f"{folder}: cannot load a sequence classifier: {e}") from None
-    prefix = getattr(model, "base_model_prefix", "")
-    body = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
-    body = [k for k in body if prefix and k.startswith(prefix + ".")]
-    if body:  # only the head may be re-initialized, never the encoder
-        raise OpdfError(f"{folder}: encoder weights have the wrong shape: {', '.join(body)}")
+    _check_only_head_mismatched(model, info, folder)
     model.train()
     return model, load_tokenizer(folder)
 

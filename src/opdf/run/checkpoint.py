@@ -1,9 +1,9 @@
 """Checkpoints: their layout (defined here only), atomic writes, checksums and safe reading.
 
-Writes go to a temporary file in the same folder, are fsynced, then renamed: a run killed at any
-moment leaves either the previous checkpoint or the new one, never a torn file. A write that fails
-(disk full, read-only folder) is a :class:`CheckpointWriteError` and leaves every earlier file as
-it was.
+Writes go through :mod:`opdf.storage` (a temporary file in the same folder, fsynced, then
+renamed): a run killed at any moment leaves either the previous checkpoint or the new one, never a
+torn file. A write that fails (disk full, read-only folder) is a :class:`CheckpointWriteError`
+and leaves every earlier file as it was.
 
 A run folder's ``checkpoints/`` holds ``last.pt`` (periodic, for exact resume), ``previous.pt``
 (the ``last.pt`` before it: a resume falls back to it when ``last.pt`` is damaged), ``best.pt``
@@ -47,9 +47,6 @@ import os
 import pickle
 import random
 import re
-import signal
-import tempfile
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -59,6 +56,14 @@ import numpy as np
 import torch
 
 from opdf.errors import OpdfError
+
+# the atomic writes live on the ground floor (opdf.storage); their names stay importable here
+from opdf.storage import (  # noqa: F401
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    interrupts_deferred,
+)
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
@@ -124,39 +129,6 @@ class Checkpoint:
         fields = ("score", "dev", "optimizers", "schedulers", "method", "progress", "rng",
                   "world_size", "rank_rngs")  # fmt: skip
         return cls(raw["step"], raw["modules"], **{k: raw[k] for k in fields if k in raw})
-
-
-_deferring = threading.local()
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then raise
-    it (``KeyboardInterrupt``, or whatever handler was installed). An interrupt inside
-    ``torch.save`` surfaces as torch's own ``RuntimeError`` (two chained tracebacks, exit 1)
-    instead of a clean stop; deferred, the file is finished and the run stops right after it,
-    resumable. Nested blocks defer to the outermost; outside the main thread, a no-op."""
-    main = threading.current_thread() is threading.main_thread()
-    if getattr(_deferring, "on", False) or not main:
-        yield
-        return
-    got: list[int] = []
-    try:
-        old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
-    except ValueError:  # pragma: no cover - no signal handling here (an embedded interpreter)
-        yield
-        return
-    _deferring.on = True
-    try:
-        yield
-    finally:
-        _deferring.on = False
-        signal.signal(signal.SIGINT, old)
-    if got:
-        if callable(old):
-            old(signal.SIGINT, None)
-        elif old != signal.SIG_IGN:
-            raise KeyboardInterrupt
 
 
 def _test_write_delay() -> float:
@@ -411,41 +383,9 @@ def _check_plain(obj, where: str) -> None:
             )
 
 
-def atomic_write_bytes(path: Path, write, before_rename=None) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it onto ``path``
-    (``before_rename()`` runs once the temp file is complete, just before)."""
-    with interrupts_deferred():
-        _atomic_write_bytes(Path(path), write, before_rename)
-
-
-def _atomic_write_bytes(path: Path, write, before_rename) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` atomically."""
+    """``torch.save`` atomically (:func:`opdf.storage.atomic_write_bytes`)."""
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def rng_state() -> dict:

@@ -73,6 +73,10 @@ from opdf.choices import (
     STUDENT_SOURCES,
     TRAIN_CORES,
     check_core_selection,
+    check_field,
+    choice,
+    positive,
+    suggest,
 )
 from opdf.errors import ConfigError, OpdfError
 
@@ -90,17 +94,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mpo": {"overparam": "mpo", "unit_modes": 3, "align.weight": 0.0},
     "opdf": {"overparam": "mpo", "unit_modes": 3, "align.weight": 100.0},
 }
-
-
-def choice(*values, **kw):
-    return field(metadata={"choices": values}, **kw)
-
-
-def positive(default, *, allow_zero=False, allow_none=False):
-    return field(
-        default=default,
-        metadata={"min": 0, "strict": not allow_zero, "none": allow_none},
-    )
 
 
 @dataclass
@@ -307,10 +300,6 @@ class RunConfig:
 # generic validation of nested dataclasses
 
 
-def _suggest(key: str, valid) -> str:
-    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
 
 def _type_name(tp) -> str:
     if tp is type(None):
@@ -445,17 +434,7 @@ def build(cls, data: dict, where: str = ""):
             ) from None
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"config key {key!r}: {value!r} is not a finite number")
-        meta = f.metadata
-        if "choices" in meta and value not in meta["choices"]:
-            raise ConfigError(
-                f"config key {key!r}: {value!r} is not valid{_suggest(value, meta['choices'])}; "
-                f"valid choices: {', '.join(map(str, meta['choices']))}"
-            )
-        if "min" in meta and value is not None:
-            bad = value <= meta["min"] if meta["strict"] else value < meta["min"]
-            if bad:
-                rule = "> 0" if meta["strict"] else ">= 0"
-                raise ConfigError(f"config key {key!r}: {value!r} must be {rule}")
+        check_field(f"config key {key!r}", value, f.metadata)
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -512,7 +491,7 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> RunConfig:
     names = method_names()
     if method not in names:
         raise ConfigError(
-            f"config key 'method': {method!r} is not a registered method{_suggest(method, names)}; "
+            f"config key 'method': {method!r} is not a registered method{suggest(method, names)}; "
             f"valid choices: {', '.join(names)}"
         )
     sections = {n: raw.pop(n) for n in names if n in raw}
@@ -550,7 +529,7 @@ def apply_variant(raw: dict) -> None:
         return
     if name not in VARIANTS:
         raise ConfigError(
-            f"config key 'variant': {name!r} is not valid{_suggest(name, VARIANTS)}; valid "
+            f"config key 'variant': {name!r} is not valid{suggest(name, VARIANTS)}; valid "
             f"choices: {', '.join(VARIANTS)} (or leave it out and set overparam / unit_modes / "
             "align yourself)"
         )
@@ -602,7 +581,7 @@ def check_log_to(log_to: list[str]) -> None:
     bad = [t for t in log_to if t not in LOG_TARGETS]
     if bad:
         raise ConfigError(
-            f"config key 'log_to': {bad[0]!r} is not valid{_suggest(bad[0], LOG_TARGETS)}; "
+            f"config key 'log_to': {bad[0]!r} is not valid{suggest(bad[0], LOG_TARGETS)}; "
             f"valid choices: {', '.join(LOG_TARGETS)} (a list, e.g. [jsonl, tensorboard])"
         )
     if not log_to or len(set(log_to)) != len(log_to):
@@ -672,6 +651,9 @@ def check(cfg: RunConfig) -> None:
     _check_sources(cfg)
     resolve_student_start(cfg)
     resolve_student_init(cfg)
+    resolve = getattr(cfg.method_options, "resolve", None)
+    if resolve is not None:  # the method's run-dependent nulls, filled in a new options object
+        cfg.method_options = resolve(cfg)
     validate = getattr(cfg.method_options, "validate", None)
     if validate is not None:
         validate(cfg)
@@ -689,7 +671,7 @@ def resolve_student_start(cfg: RunConfig) -> None:
     for key, value, valid in choices:
         if value is not None and value not in valid:
             raise ConfigError(
-                f"config key 'student.{key}': {value!r} is not valid{_suggest(value, valid)}; "
+                f"config key 'student.{key}': {value!r} is not valid{suggest(value, valid)}; "
                 f"valid choices: {', '.join(valid)}"
             )
     if data_kind(cfg) == "image":
@@ -748,7 +730,7 @@ def resolve_student_init(cfg: RunConfig) -> None:
     if isinstance(s.init, str) and s.init not in STUDENT_INITS:
         raise ConfigError(
             f"config key 'student.init': {s.init!r} is not a preset"
-            f"{_suggest(s.init, STUDENT_INITS)}; valid: {', '.join(STUDENT_INITS)}, or a list of "
+            f"{suggest(s.init, STUDENT_INITS)}; valid: {', '.join(STUDENT_INITS)}, or a list of "
             "teacher layers"
         )
     from opdf.models.builtin import model_depth

@@ -595,7 +595,7 @@ class Trainer:
             optimizer.step()
         if "main" in self.schedulers:
             self.schedulers["main"].step()
-        extra = {**before, **d.on_step_end(step + 1)}
+        extra = {**before, **d.on_step_end(step)}
         state.train_seconds += time.perf_counter() - t
         state.step += 1
         terms["loss"] = sum(terms.values())
