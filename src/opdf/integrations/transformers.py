@@ -51,7 +51,7 @@ from opdf.choices import LR_SCALINGS
 from opdf.distill.kd import soft_loss
 from opdf.errors import OpdfError
 from opdf.extras import require
-from opdf.lr_scaling import core_rates
+from opdf.lr_scaling import core_rates, split_groups
 from opdf.overparam import mpo_modules
 
 # transformers.Trainer imports without accelerate but cannot be built without it: say so now
@@ -230,31 +230,25 @@ class OpdfTrainer(Trainer):
         return self.optimizer
 
     def _auto_groups(self, opt_model: nn.Module) -> list[dict]:
-        """Cores matched by identity, so a wrapped ``opt_model`` (DDP) finds the same ones."""
+        """:func:`opdf.lr_scaling.split_groups` with the Trainer's decay names; cores matched by
+        identity, so a wrapped ``opt_model`` (DDP) finds the same ones."""
         lr, wd = self.args.learning_rate, self.args.weight_decay
         decay_names = set(self.get_decay_parameter_names(opt_model))
-        rates = {id(r.param): r for r in core_rates(self.model)}
-        decay, no_decay, cores = [], [], []
-        for name, p in opt_model.named_parameters():
-            if not p.requires_grad:
-                continue
-            rate = rates.pop(id(p), None)
-            if rate is not None:
-                core_wd = wd * rate.weight_decay_factor if name in decay_names else 0.0
-                cores.append({"params": [p], "lr": lr * rate.lr_factor, "weight_decay": core_wd})
-            else:
-                (decay if name in decay_names else no_decay).append(p)
-        if rates:
+        rates = core_rates(self.model)
+        named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        held = {id(p) for _, p in named}
+        missing = [r for r in rates if id(r.param) not in held]
+        if missing:
             raise OpdfError(
                 "lr_scaling='auto': the optimizer's model does not hold the MPO cores as "
-                f"parameters (e.g. {next(iter(rates.values())).name}; FSDP flattens them); "
+                f"parameters (e.g. {missing[0].name}; FSDP flattens them); "
                 "use lr_scaling='none'"
             )
-        return [
-            {"params": decay, "lr": lr, "weight_decay": wd},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-            *cores,
-        ]
+        group = {"params": [p for _, p in named], "names": [n for n, _ in named], "lr": lr}
+        # both plain groups even when empty: the first is the rate the Trainer logs, and a
+        # checkpoint's optimizer state loads only into the layout it was saved from
+        return split_groups([group], wd, rates, no_decay=lambda n: n not in decay_names,
+                            keep_empty=True)  # fmt: skip
 
     # ------------------------------------------------------------------ training
     def train(self, *args, **kwargs):
