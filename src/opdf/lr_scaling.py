@@ -139,6 +139,12 @@ class _Chain:
 # ----------------------------------------------------------------------------- the analysis
 
 
+def _core_name(k: int) -> str:
+    """Core ``k``'s parameter name inside its module."""
+    # TODO(lead): use overparam's core name function
+    return f"parametrizations.weight.original{k}"
+
+
 def _trainable(module: nn.Module, param: MPOParametrization) -> tuple[list[int], list[str], list]:
     originals = module.parametrizations.weight
     idx, names, params = [], [], []
@@ -146,7 +152,7 @@ def _trainable(module: nn.Module, param: MPOParametrization) -> tuple[list[int],
         core = getattr(originals, f"original{k}")
         if core.requires_grad:
             idx.append(k)
-            names.append(f"parametrizations.weight.original{k}")
+            names.append(_core_name(k))
             params.append(core)
     return idx, names, params
 
