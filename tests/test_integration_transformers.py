@@ -375,3 +375,111 @@ def test_a_teacher_with_other_labels_is_refused_when_the_trainer_is_built(tmp_pa
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
     with pytest.raises(OpdfError, match="student has 1 output.* teacher 2"):
         OpdfTrainer(model=_tiny_bert(1, 0), args=args, teacher=_tiny_bert(2, 1), scheme="none")
+
+
+# ----------------------------------------------------------------------------- the distiller
+
+
+class Rows(torch.utils.data.Dataset):
+    """Random token rows with float labels: a regression task the test makes itself."""
+
+    def __init__(self, n: int = 16, length: int = 7, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, 60, (n, length), generator=g)
+        self.labels = torch.randn(n, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]),
+                "labels": self.labels[i]}  # fmt: skip
+
+
+def test_a_regression_student_trains_on_a_nonzero_kd_term_through_the_kd_distiller(tmp_path):
+    """num_labels=1, over-parameterized, two real Trainer steps: the logged KD term (the `kd`
+    method's MSE toward the teacher's prediction) is non-zero and the cores move."""
+    from opdf.distill.kd import KD
+
+    teacher, student = _tiny_bert(1, seed=0), _tiny_bert(1, seed=1)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=2,
+                             per_device_train_batch_size=8, logging_steps=1, learning_rate=1e-3,
+                             save_strategy="no", disable_tqdm=True)  # fmt: skip
+    trainer = OpdfTrainer(model=student, args=args, train_dataset=Rows(), teacher=teacher,
+                          scheme="mpo", unit_modes=1, merged_dir=False)  # fmt: skip
+    assert isinstance(trainer.distiller, KD) and trainer.distiller.num_labels == 1
+    assert (trainer.distiller.options.alpha, trainer.distiller.options.temperature) == (0.9, 4.0)
+    cores = {n: p.detach().clone() for n, p in student.named_parameters() if ".original" in n}
+    live = dict(student.named_parameters())
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "opdf_kd" in h]
+    assert len(logged) == 2 and all(h["opdf_kd"] > 1e-6 and h["opdf_task"] > 0 for h in logged)
+    assert cores and all(not torch.equal(cores[n], live[n]) for n in cores)
+
+
+def test_the_distiller_by_name_with_options_or_built_gives_the_methods_own_terms(tmp_path):
+    from opdf.distill.kd import KD
+
+    teacher, student = _tiny_bert(2, seed=0), _tiny_bert(2, seed=1)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 60, (4, 7), generator=g),
+             "attention_mask": torch.ones(4, 7, dtype=torch.long),
+             "labels": torch.tensor([0, 1, 1, 0])}  # fmt: skip
+    weights = {"ce_weight": 1.0, "kd_weight": 3.0, "temperature": 2.0}
+    by_name = OpdfTrainer(model=student, args=args, teacher=teacher, scheme="none",
+                          method_options=weights)  # fmt: skip
+    built = KD(student, teacher, KD.Options(**weights), num_labels=2)
+    by_instance = OpdfTrainer(model=student, args=args, distiller=built, scheme="none")
+    assert by_instance.teacher is teacher and by_instance.distiller is built
+    student.train()
+    _, want = built.forward_train(batch)
+    for trainer in (by_name, by_instance):
+        trainer.compute_loss(student, batch)
+        assert torch.allclose(trainer._terms["kd"], want["kd"].detach(), rtol=1e-6)
+        assert torch.allclose(trainer._terms["task"], want["ce"].detach(), rtol=1e-6)
+    # no labels: a clear error, unless KD alone (kd_alpha=1) needs none
+    unlabelled = {k: v for k, v in batch.items() if k != "labels"}
+    with pytest.raises(OpdfError, match="no labels, which kd's task term needs"):
+        by_name.compute_loss(student, unlabelled)
+    alone = OpdfTrainer(model=student, args=args, teacher=teacher, scheme="none", kd_alpha=1.0)
+    alone.compute_loss(student, unlabelled)
+    assert set(alone._terms) == {"kd"}
+    with pytest.raises(OpdfError, match="the batch has pixel_values"):
+        alone.compute_loss(student, {**unlabelled, "pixel_values": torch.zeros(4, 3)})
+
+
+def test_distillers_an_integration_cannot_run_are_refused_by_name(tmp_path):
+    teacher, student = _tiny_bert(2, seed=0), _tiny_bert(2, seed=1)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+
+    def build(**kw):
+        return OpdfTrainer(model=student, args=args, scheme="none", **kw)
+
+    with pytest.raises(OpdfError, match="method dkd needs on_train_start, on_step_end"):
+        build(teacher=teacher, distiller="dkd")
+    with pytest.raises(OpdfError, match="method lgtm needs .*`opdf distill`"):
+        build(teacher=teacher, distiller="lgtm")
+    with pytest.raises(OpdfError, match="unknown method 'nope'"):
+        build(teacher=teacher, distiller="nope")
+    with pytest.raises(OpdfError, match="unknown option.* alhpa for kd; valid: temperature"):
+        build(teacher=teacher, method_options={"alhpa": 0.5})
+    with pytest.raises(OpdfError, match=r"kd.alpha must be in \[0, 1\]"):
+        build(teacher=teacher, method_options={"alpha": 2.0})
+    with pytest.raises(OpdfError, match="kd_alpha=0.5 and method_options alpha=0.7: give one"):
+        build(teacher=teacher, kd_alpha=0.5, method_options={"alpha": 0.7})
+    with pytest.raises(OpdfError, match="kd_alpha and kd_temperature are the kd method's"):
+        build(teacher=teacher, distiller="adkd", kd_alpha=0.5)
+    with pytest.raises(OpdfError, match="need a teacher"):
+        build(distiller="adkd")
+    smoothing = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True,
+                                  label_smoothing_factor=0.1)  # fmt: skip
+    with pytest.raises(OpdfError, match="label_smoothing_factor is not applied"):
+        OpdfTrainer(model=student, args=smoothing, teacher=teacher, scheme="none")
+    other = _tiny_bert(2, seed=2)
+    from opdf.distill.kd import KD
+
+    with pytest.raises(OpdfError, match="the distiller's student is not the model"):
+        build(distiller=KD(other, teacher, num_labels=2))
+    with pytest.raises(OpdfError, match="teacher= is not the distiller's teacher"):
+        build(teacher=other, distiller=KD(student, teacher, num_labels=2))

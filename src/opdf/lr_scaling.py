@@ -66,7 +66,7 @@ rt-polarity suite ``benchmarks/suites/rt-polarity-lr-scaling.yaml``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +86,7 @@ __all__ = [
     "is_no_decay",
     "lr_groups",
     "predicted_step",
+    "split_groups",
 ]
 
 SCALINGS = LR_SCALINGS
@@ -332,37 +333,80 @@ def build_groups(
     """Groups for ``named`` parameters; cores listed in ``rates`` get their own groups.
 
     ``split_no_decay`` (default: only when ``weight_decay > 0``) puts biases and norm weights in a
-    group of their own at weight decay 0. Parameters that do not require grad are left out.
+    group of their own at weight decay 0. Parameters that do not require grad are left out. The
+    layout is :func:`split_groups`'s for one group of the named parameters at ``lr``.
     """
-    by_id = {id(r.param): r for r in rates}
     split = weight_decay > 0 if split_no_decay is None else split_no_decay
-    decay: list[nn.Parameter] = []
-    plain: list[nn.Parameter] = []
-    cores: list[dict] = []
+    params: list[nn.Parameter] = []
+    names: list[str] = []
     seen: set[int] = set()
     for name, p in named:
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+            names.append(name)
+    group = {"params": params, "names": names, "lr": lr}
+    return split_groups([group], weight_decay, rates, no_decay=is_no_decay if split else None)
+
+
+def split_groups(
+    groups: Iterable[Mapping],
+    weight_decay: float,
+    rates: Iterable[CoreRate] = (),
+    *,
+    lr: float | None = None,
+    no_decay: Callable[[str], bool] | None = is_no_decay,
+    keep_empty: bool = False,
+) -> list[dict]:
+    """The one optimizer-group layout of opdf: :func:`lr_groups`, the runner's optimizer
+    (:mod:`opdf.run.optim`) and ``OpdfTrainer(lr_scaling="auto")`` all build their groups here.
+
+    ``groups`` are ``param_groups``-style dicts: ``params``, optional ``names`` (one per
+    parameter, for the no-decay test), optional ``lr`` and ``weight_decay`` (default
+    ``weight_decay``), and any other keys, which are kept (e.g. a method's teacher group at its
+    own rate). Each group becomes its decayed parameters at the group's weight decay, then its
+    ``no_decay(name)`` ones (biases and norm weights by default, :func:`is_no_decay`) at 0
+    (``no_decay=None``: no split). An empty one is left out unless ``keep_empty`` (a saved
+    optimizer state loads only into the layout it was saved from).
+
+    After all of them comes one group per MPO core listed in ``rates`` (:func:`core_rates`), a
+    group's decayed cores first: its group's rate (``lr`` when the group has none) times the
+    core's ``lr_factor``, and the decay the core would otherwise have had times its
+    ``weight_decay_factor``. Parameters are taken as given (no ``requires_grad`` filter); the
+    layout depends on the model's structure only, never on the values.
+    """
+    by_id = {id(r.param): r for r in rates}
+    plain: list[dict] = []
+    cores: list[dict] = []
+    for g in groups:
+        extra = {k: v for k, v in g.items() if k not in ("params", "names", "weight_decay")}
+        wd = g.get("weight_decay", weight_decay)
+        names = g.get("names") or [""] * len(g["params"])
+        decayed: list[nn.Parameter] = []
+        undecayed: list[nn.Parameter] = []
+        for name, p in zip(names, g["params"], strict=True):
+            (undecayed if no_decay is not None and no_decay(name) else decayed).append(p)
+        parts = [(decayed, wd)] if no_decay is None else [(decayed, wd), (undecayed, 0.0)]
+        for params, part_wd in parts:
+            rest = [p for p in params if id(p) not in by_id]
+            if rest or keep_empty:
+                plain.append({**extra, "params": rest, "weight_decay": part_wd})
+            cores += _core_groups(params, by_id, extra, g.get("lr", lr), part_wd)
+    return plain + cores
+
+
+def _core_groups(params, by_id: dict, extra: dict, lr: float | None, wd: float) -> list[dict]:
+    """One group per core of ``params`` found in ``by_id``, at its factors of ``lr`` and ``wd``."""
+    out = []
+    for p in params:
         rate = by_id.get(id(p))
-        if rate is not None:
-            cores.append(
-                {
-                    "params": [p],
-                    "lr": lr * rate.lr_factor,
-                    "weight_decay": weight_decay * rate.weight_decay_factor,
-                }
-            )
-        elif split and is_no_decay(name):
-            plain.append(p)
-        else:
-            decay.append(p)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
-    if plain:
-        groups.append({"params": plain, "lr": lr, "weight_decay": 0.0})
-    return groups + cores
+        if rate is None:
+            continue
+        if lr is None:
+            raise OpdfError(f"core {rate.name}: its group has no lr; give split_groups an lr")
+        out.append({**extra, "params": [p], "lr": lr * rate.lr_factor,
+                    "weight_decay": wd * rate.weight_decay_factor})  # fmt: skip
+    return out
 
 
 def _is_number(value) -> bool:

@@ -17,11 +17,12 @@ checkpoint rotation are the Trainer's own):
 
 - ``__init__`` over-parameterizes ``model`` in place (:func:`opdf.overparameterize`) before the
   Trainer sees it, so the optimizer it builds trains the cores; the teacher is frozen.
-- ``compute_loss`` (training only) is ``(1 - kd_alpha) * task + kd_alpha * T^2 KL(teacher ||
-  student) + align_weight * L_Aux`` (a one-output regression model: MSE to the teacher's
-  prediction in place of the KL, as the ``kd`` method; :func:`opdf.distill.kd.soft_loss`);
-  evaluation keeps the model's own loss. The terms are logged
-  as ``opdf_task``, ``opdf_kd``, ``opdf_align``.
+- ``compute_loss`` (training only) is the distillation method's ``forward_train`` terms (the
+  ``kd`` method by default, the CLI's own: ``(1 - kd_alpha) * task + kd_alpha * T^2 KL(teacher ||
+  student)``, MSE to the teacher's prediction for a one-output regression model) ``+
+  align_weight * L_Aux``; without a teacher, the model's own loss ``+ L_Aux``; evaluation keeps
+  the model's own loss. The terms are logged as ``opdf_task``, ``opdf_kd``, ``opdf_align`` (and
+  any other term a method names).
 - Gradient accumulation contracts each weight once per optimizer step (:func:`opdf.accumulate`
   with :meth:`~opdf.overparam.Accumulation.carry`, which composes with DDP's ``no_sync``: the
   Trainer's last, synced micro-batch carries every core gradient into the one all-reduce).
@@ -37,6 +38,8 @@ checkpoint rotation are the Trainer's own):
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -48,16 +51,21 @@ from transformers.trainer_pt_utils import nested_gather
 
 import opdf
 from opdf.choices import LR_SCALINGS
-from opdf.distill.kd import soft_loss
+from opdf.distill import Distiller
+from opdf.distill.base import MODEL_INPUTS
 from opdf.errors import OpdfError
 from opdf.extras import require
-from opdf.lr_scaling import core_rates
+from opdf.integrations.methods import build_distiller, num_labels_of
+from opdf.lr_scaling import core_rates, split_groups
 from opdf.overparam import core_index, mpo_modules
 
 # transformers.Trainer imports without accelerate but cannot be built without it: say so now
 require("accelerate", "opdf.integrations.transformers (transformers.Trainer)")
 
 __all__ = ["AUTO_OPTIMS", "OpdfTrainer"]
+
+#: the runner's term names -> the names OpdfTrainer logs (``opdf_task``, as it always has)
+TERM_NAMES = {"ce": "task"}
 
 #: ``TrainingArguments.optim`` values that ``lr_scaling="auto"`` accepts: torch-style AdamW,
 #: whose per-entry, sign-like step is what the rule assumes (SGD, Adafactor, Lion, ... are not)
@@ -78,15 +86,23 @@ class OpdfTrainer(Trainer):
     Parameters (besides the Trainer's own, passed through)
     ------------------------------------------------------
     teacher
-        A frozen teacher (same inputs as the student): the KD target when ``kd_alpha > 0`` and,
+        A frozen teacher (same inputs as the student): the distiller's (KD's) target and,
         when ``align_weight > 0``, the model whose cores the student's are pulled toward.
     scheme, unit_modes, targets, shapes, freeze_central
         As in :func:`opdf.overparameterize` (``scheme="none"`` trains the plain model: KD only).
         A model that is over-parameterized already is used as it is.
     align_weight, align_cores, layer_map, allow_partial
         The alignment loss, :class:`opdf.AlignmentLoss` (0 switches it off).
+    distiller, method_options
+        The distillation method (with a teacher): a registered method's name (default ``"kd"``)
+        built over ``model`` and ``teacher`` with ``method_options`` (its ``Options`` fields,
+        e.g. ``{"alpha": 0.9, "temperature": 4.0}``, the config's ``kd:`` section), or a
+        :class:`opdf.distill.Distiller` built over ``model``. Only its ``forward_train`` runs:
+        methods that need the runner's other hooks (``dkd``, ``theseus``, ``lgtm``, ...) are
+        refused; train those with ``opdf distill``.
     kd_alpha, kd_temperature
-        KD weight (the task loss gets ``1 - kd_alpha``) and temperature; ignored without teacher.
+        The ``kd`` method's ``alpha`` and ``temperature`` (default 0.9 and 4.0; the task loss
+        gets ``1 - kd_alpha``); ignored without teacher.
     merged_dir
         Where the merged student goes when ``train`` ends (default ``OUTPUT_DIR/merged``);
         ``False``: merge in place but save nothing.
@@ -116,50 +132,36 @@ class OpdfTrainer(Trainer):
         align_cores: str | Sequence[int] = "auxiliary",
         layer_map: Mapping[int, int] | None = None,
         allow_partial: bool = False,
-        kd_alpha: float = 0.9,
-        kd_temperature: float = 4.0,
+        kd_alpha: float | None = None,
+        kd_temperature: float | None = None,
         merged_dir: str | os.PathLike | bool | None = None,
         one_contraction_per_step: bool = True,
         lr_scaling: str = "none",
+        distiller: str | Distiller = "kd",
+        method_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if model is None or kwargs.get("model_init") is not None:
-            raise OpdfError(
-                "OpdfTrainer needs model=...: it over-parameterizes that model once, before "
-                "training (model_init, which rebuilds the model per trial, is not supported)"
-            )
-        if not 0.0 <= kd_alpha <= 1.0:
-            raise OpdfError(f"kd_alpha must be in [0, 1], got {kd_alpha!r}")
-        if kd_temperature <= 0:
-            raise OpdfError(f"kd_temperature must be > 0, got {kd_temperature!r}")
-        if lr_scaling not in LR_SCALINGS:
-            raise OpdfError(
-                f"lr_scaling must be one of: {', '.join(LR_SCALINGS)}; got {lr_scaling!r}"
-            )
-        if align_weight < 0:
-            raise OpdfError(f"align_weight must be >= 0, got {align_weight!r}")
-        if align_weight > 0 and teacher is None:
-            raise OpdfError("align_weight > 0 needs a teacher= whose cores the student aligns to")
-        if align_weight > 0 and scheme == "none":
-            raise OpdfError("align_weight > 0 needs an over-parameterized student: scheme svd/mpo")
-        if not any(p.requires_grad for p in model.parameters()):
-            raise OpdfError(
-                "the model has no parameter that requires grad (a copy of a frozen teacher?); "
-                "call model.requires_grad_(True) before building the OpdfTrainer"
-            )
-        if not any(True for _ in mpo_modules(model)):
-            opdf.overparameterize(model, scheme=scheme, unit_modes=unit_modes, targets=targets,
-                                  shapes=shapes, freeze_central=freeze_central)  # fmt: skip
-        if teacher is not None:
-            labels = [getattr(getattr(m, "config", None), "num_labels", None)
-                      for m in (model, teacher)]  # fmt: skip
-            if None not in labels and labels[0] != labels[1]:
-                raise OpdfError(_label_mismatch(*labels))
-            teacher.eval()
-            teacher.requires_grad_(False)
+        _check_arguments(model, kwargs, teacher, scheme, align_weight, lr_scaling)
+        if (
+            teacher is None
+            and not isinstance(distiller, Distiller)
+            and (distiller != "kd" or method_options is not None)
+        ):
+            raise OpdfError(f"distiller={distiller!r} and method_options need a teacher=")
+        _prepare_student(model, scheme=scheme, unit_modes=unit_modes, targets=targets,
+                         shapes=shapes, freeze_central=freeze_central)  # fmt: skip
+        options = _kd_options(distiller, method_options, kd_alpha, kd_temperature)
+        if isinstance(distiller, Distiller):
+            teacher = _same_teacher(distiller, teacher)
+        _freeze_teacher(model, teacher)
         self.teacher = teacher
-        self.kd_alpha = float(kd_alpha) if teacher is not None else 0.0
-        self.kd_temperature = float(kd_temperature)
+        self.distiller = None  # no teacher: the model's own loss
+        if teacher is not None:
+            self.distiller = build_distiller(distiller, model, teacher, options)
+            _check_task_loss(model, kwargs, args)
+        opts = getattr(self.distiller, "options", None)
+        self.kd_alpha = float(getattr(opts, "alpha", 0.0))  # the KD weight (0 without KD)
+        self.kd_temperature = float(getattr(opts, "temperature", kd_temperature or 4.0))
         self.align = None
         if align_weight > 0:
             self.align = opdf.AlignmentLoss(
@@ -168,16 +170,20 @@ class OpdfTrainer(Trainer):
             )  # fmt: skip
         self.merged_dir = merged_dir
         self.one_contraction_per_step = one_contraction_per_step
-        self._acc_block = None  # the open opdf.accumulate() of the current optimizer step
-        self._acc = None
-        self._carry: torch.Tensor | None = None
-        self._terms: dict[str, torch.Tensor] = {}
-        self._n_terms = 0
+        self._reset_step_state()
         self.merged = False
         self.lr_scaling = lr_scaling
         super().__init__(model=model, args=args, **kwargs)
         if lr_scaling == "auto":
             self._check_auto_optimizer()
+
+    def _reset_step_state(self) -> None:
+        """Per-step bookkeeping: the open accumulation block and the loss terms to log."""
+        self._acc_block = None  # the open opdf.accumulate() of the current optimizer step
+        self._acc = None
+        self._carry: torch.Tensor | None = None
+        self._terms: dict[str, torch.Tensor] = {}
+        self._n_terms = 0
 
     # ------------------------------------------------------------------ optimizer
     def _check_auto_optimizer(self) -> None:
@@ -230,31 +236,25 @@ class OpdfTrainer(Trainer):
         return self.optimizer
 
     def _auto_groups(self, opt_model: nn.Module) -> list[dict]:
-        """Cores matched by identity, so a wrapped ``opt_model`` (DDP) finds the same ones."""
+        """:func:`opdf.lr_scaling.split_groups` with the Trainer's decay names; cores matched by
+        identity, so a wrapped ``opt_model`` (DDP) finds the same ones."""
         lr, wd = self.args.learning_rate, self.args.weight_decay
         decay_names = set(self.get_decay_parameter_names(opt_model))
-        rates = {id(r.param): r for r in core_rates(self.model)}
-        decay, no_decay, cores = [], [], []
-        for name, p in opt_model.named_parameters():
-            if not p.requires_grad:
-                continue
-            rate = rates.pop(id(p), None)
-            if rate is not None:
-                core_wd = wd * rate.weight_decay_factor if name in decay_names else 0.0
-                cores.append({"params": [p], "lr": lr * rate.lr_factor, "weight_decay": core_wd})
-            else:
-                (decay if name in decay_names else no_decay).append(p)
-        if rates:
+        rates = core_rates(self.model)
+        named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        held = {id(p) for _, p in named}
+        missing = [r for r in rates if id(r.param) not in held]
+        if missing:
             raise OpdfError(
                 "lr_scaling='auto': the optimizer's model does not hold the MPO cores as "
-                f"parameters (e.g. {next(iter(rates.values())).name}; FSDP flattens them); "
+                f"parameters (e.g. {missing[0].name}; FSDP flattens them); "
                 "use lr_scaling='none'"
             )
-        return [
-            {"params": decay, "lr": lr, "weight_decay": wd},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-            *cores,
-        ]
+        group = {"params": [p for _, p in named], "names": [n for n, _ in named], "lr": lr}
+        # both plain groups even when empty: the first is the rate the Trainer logs, and a
+        # checkpoint's optimizer state loads only into the layout it was saved from
+        return split_groups([group], wd, rates, no_decay=lambda n: n not in decay_names,
+                            keep_empty=True)  # fmt: skip
 
     # ------------------------------------------------------------------ training
     def train(self, *args, **kwargs):
@@ -322,29 +322,13 @@ class OpdfTrainer(Trainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Task (+ KD) (+ alignment) loss while training; the model's own loss otherwise."""
+        """The method's terms (+ alignment) while training; the model's own loss otherwise."""
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        has_labels = "labels" in inputs
-        if has_labels and self.kd_alpha < 1.0:
-            task, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        if self.distiller is not None:
+            terms, outputs = self._method_terms(model, inputs)
         else:
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            task = None
-        terms: dict[str, torch.Tensor] = {}
-        if task is not None:
-            terms["task"] = task if self.teacher is None else (1.0 - self.kd_alpha) * task
-        if self.teacher is not None and self.kd_alpha > 0:
-            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            with torch.no_grad(), self.accelerator.autocast():
-                t_logits = self.teacher(**teacher_inputs).logits
-            logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-            if logits.shape[-1] != t_logits.shape[-1]:  # models without a config to check
-                raise OpdfError(_label_mismatch(logits.shape[-1], t_logits.shape[-1]))
-            # the CLI's `kd` term: KL for classes, MSE for a one-output (regression) model
-            soft = soft_loss(logits.float(), t_logits.float(), self.kd_temperature,
-                             num_labels=logits.shape[-1])  # fmt: skip
-            terms["kd"] = self.kd_alpha * soft
+            terms, outputs = self._task_terms(model, inputs)
         if self.align is not None:
             terms["align"] = self.align()
         if not terms:
@@ -360,6 +344,38 @@ class OpdfTrainer(Trainer):
             self._terms[k] = self._terms.get(k, 0.0) + v.detach().float()
         self._n_terms += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _task_terms(self, model, inputs) -> tuple[dict[str, torch.Tensor], Any]:
+        """No teacher: the model's own loss (the Trainer's: label smoothing, ``problem_type``)."""
+        if "labels" not in inputs:
+            return {}, model(**inputs)
+        task, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        return {"task": task}, outputs
+
+    def _method_terms(self, model, inputs) -> tuple[dict[str, torch.Tensor], Any]:
+        """The distiller's ``forward_train`` on the batch, through ``model`` (the Trainer's
+        wrapped model under DDP, whose forward syncs the gradients); the teacher's forward
+        under the same autocast. The method's ``ce`` term is logged as ``opdf_task``."""
+        extra = sorted(set(inputs) - {"labels", *MODEL_INPUTS})
+        if extra:
+            raise OpdfError(
+                f"the batch has {', '.join(extra)}: the distiller reads "
+                f"{', '.join(MODEL_INPUTS)} and labels (text classifiers); give the Trainer "
+                "such batches, or no teacher"
+            )
+        d = self.distiller
+        d.step = self.state.global_step
+        try:
+            with self.accelerator.autocast(), _as_student(d, model):
+                logits, losses = d.forward_train(inputs)
+        except KeyError as exc:
+            if exc.args != ("labels",):
+                raise
+            raise OpdfError(
+                f"the batch has no labels, which {d.name}'s task term needs: include labels, "
+                "or (kd) set kd_alpha=1.0 to distil from the teacher alone"
+            ) from None
+        return {TERM_NAMES.get(k, k): v for k, v in losses.items()}, {"logits": logits}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean loss terms since the last training log (averaged over processes)."""
@@ -385,6 +401,109 @@ class OpdfTrainer(Trainer):
                     f"(e.g. {missing[0]}): it was not written by an OpdfTrainer with the same "
                     "scheme, unit_modes and targets"
                 )
+
+
+def _check_arguments(model, kwargs: dict, teacher, scheme: str, align_weight: float,
+                     lr_scaling: str) -> None:  # fmt: skip
+    """The arguments OpdfTrainer refuses, before it touches the model."""
+    if model is None or kwargs.get("model_init") is not None:
+        raise OpdfError(
+            "OpdfTrainer needs model=...: it over-parameterizes that model once, before "
+            "training (model_init, which rebuilds the model per trial, is not supported)"
+        )
+    if lr_scaling not in LR_SCALINGS:
+        raise OpdfError(f"lr_scaling must be one of: {', '.join(LR_SCALINGS)}; got {lr_scaling!r}")
+    if align_weight < 0:
+        raise OpdfError(f"align_weight must be >= 0, got {align_weight!r}")
+    if align_weight > 0 and teacher is None:
+        raise OpdfError("align_weight > 0 needs a teacher= whose cores the student aligns to")
+    if align_weight > 0 and scheme == "none":
+        raise OpdfError("align_weight > 0 needs an over-parameterized student: scheme svd/mpo")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise OpdfError(
+            "the model has no parameter that requires grad (a copy of a frozen teacher?); "
+            "call model.requires_grad_(True) before building the OpdfTrainer"
+        )
+
+
+def _prepare_student(model: nn.Module, **overparam: Any) -> None:
+    """Over-parameterize ``model`` in place; a model that is already is used as it is."""
+    if not any(True for _ in mpo_modules(model)):
+        opdf.overparameterize(model, **overparam)
+
+
+def _kd_options(distiller, method_options, kd_alpha: float | None,
+                kd_temperature: float | None) -> Mapping[str, Any] | None:  # fmt: skip
+    """``method_options`` with ``kd_alpha`` / ``kd_temperature`` (the config's ``kd.alpha`` and
+    ``kd.temperature``) folded in: they are the ``kd`` method's options and no other's."""
+    if kd_alpha is not None and not 0.0 <= kd_alpha <= 1.0:
+        raise OpdfError(f"kd_alpha must be in [0, 1], got {kd_alpha!r}")
+    if kd_temperature is not None and not kd_temperature > 0:
+        raise OpdfError(f"kd_temperature must be > 0, got {kd_temperature!r}")
+    given = {k: v for k, v in (("alpha", kd_alpha), ("temperature", kd_temperature))
+             if v is not None}  # fmt: skip
+    if not given:
+        return method_options
+    if distiller != "kd" or dataclasses.is_dataclass(method_options):
+        raise OpdfError(
+            "kd_alpha and kd_temperature are the kd method's options: with distiller="
+            f"{getattr(distiller, 'name', distiller)!r} or an Options instance, set them in "
+            "method_options (or on the distiller)"
+        )
+    options = dict(method_options or {})
+    for key, value in given.items():
+        if key in options and options[key] != value:
+            raise OpdfError(f"kd_{key}={value!r} and method_options {key}={options[key]!r}: "
+                            "give one")  # fmt: skip
+        options[key] = value
+    return options
+
+
+def _same_teacher(distiller: Distiller, teacher: nn.Module | None) -> nn.Module | None:
+    """A built distiller brings its teacher; a ``teacher=`` beside it must be that one."""
+    if teacher is not None and teacher is not distiller.teacher:
+        raise OpdfError("teacher= is not the distiller's teacher: give one of them")
+    return distiller.teacher
+
+
+def _freeze_teacher(model: nn.Module, teacher: nn.Module | None) -> None:
+    """Same labels as the student (when both say), eval mode, no gradient."""
+    if teacher is None:
+        return
+    labels = num_labels_of(model, teacher)
+    if None not in labels and labels[0] != labels[1]:
+        raise OpdfError(_label_mismatch(*labels))
+    teacher.eval()
+    teacher.requires_grad_(False)
+
+
+def _check_task_loss(model: nn.Module, kwargs: dict, args) -> None:
+    """With a teacher the method computes the task loss (cross-entropy, MSE for one output), not
+    the model: refuse what would otherwise be silently dropped."""
+    if getattr(args, "label_smoothing_factor", 0.0):
+        raise OpdfError("label_smoothing_factor is not applied to the distiller's task loss; "
+                        "set it to 0 (or train without a teacher)")  # fmt: skip
+    if kwargs.get("compute_loss_func") is not None:
+        raise OpdfError("compute_loss_func is not used: with a teacher the distiller computes "
+                        "the loss; drop it (or train without a teacher)")  # fmt: skip
+    problem = getattr(getattr(model, "config", None), "problem_type", None)
+    if problem == "multi_label_classification":
+        raise OpdfError("problem_type multi_label_classification: the distiller's task loss is "
+                        "cross-entropy (MSE for one output); train without a teacher")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _as_student(distiller: Distiller, model: nn.Module):
+    """The distiller's student is ``model`` for one forward (the wrapped model under DDP)."""
+    own = distiller.student
+    if model is own:
+        yield
+        return
+    distiller.student = model
+    try:
+        yield
+    finally:
+        distiller.student = own
 
 
 def _label_mismatch(student: int, teacher: int) -> str:
