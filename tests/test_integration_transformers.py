@@ -464,7 +464,7 @@ def test_distillers_an_integration_cannot_run_are_refused_by_name(tmp_path):
         build(teacher=teacher, distiller="nope")
     with pytest.raises(OpdfError, match="unknown option.* alhpa for kd; valid: temperature"):
         build(teacher=teacher, method_options={"alhpa": 0.5})
-    with pytest.raises(OpdfError, match=r"kd.alpha must be in \[0, 1\]"):
+    with pytest.raises(OpdfError, match=r"kd.alpha: 2.0 must be in \[0, 1\]"):
         build(teacher=teacher, method_options={"alpha": 2.0})
     with pytest.raises(OpdfError, match="kd_alpha=0.5 and method_options alpha=0.7: give one"):
         build(teacher=teacher, kd_alpha=0.5, method_options={"alpha": 0.7})
