@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
+from opdf.data import load_text_dataset, load_vision_dataset
 from opdf.errors import OpdfError
+from opdf.models import builtin_names, prepare_builtin
+from opdf.models.vision import build_vision_model, load_vision_model, read_architecture
 from opdf.run.config import RunConfig, data_kind
 
 
@@ -20,8 +23,6 @@ def is_image(cfg: RunConfig) -> bool:
 def load_data(cfg: RunConfig, *, teacher: bool = False):
     """The run's dataset; ``teacher=True``: the teacher's (full train unless
     ``teacher.finetune.max_train_samples``, full dev and test)."""
-    from opdf.data import load_text_dataset, load_vision_dataset
-
     d = cfg.data
     load = load_vision_dataset if is_image(cfg) else load_text_dataset
     if teacher:
@@ -50,8 +51,6 @@ def subsample_note(cfg: RunConfig, dataset) -> str | None:
 def vision_model(name_or_path: str, dataset, *, seed: int | None = None):
     """A built-in vision architecture (fresh, ``seed``-initialized) or a saved vision model folder,
     for ``dataset``'s classes, channels and image size; train mode, channels_last."""
-    from opdf.models.vision import build_vision_model, load_vision_model, read_architecture
-
     if Path(name_or_path).expanduser().is_dir():
         spec = read_architecture(name_or_path)
         want = (dataset.num_labels, dataset.channels, dataset.image_size)
@@ -72,8 +71,6 @@ def prepare_models(cfg: RunConfig) -> None:
     """Prepare the config's built-in models into the cache. Under torchrun rank 0 does this
     before the others look: transformers' ``save_pretrained`` writes nothing on other ranks
     once a process group exists, so concurrent preparation would leave empty folders."""
-    from opdf.models import builtin_names, prepare_builtin
-
     for model in (cfg.teacher.model, cfg.student.model):
         if model in builtin_names():
             prepare_builtin(model)
