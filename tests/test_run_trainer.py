@@ -105,7 +105,7 @@ def test_fingerprint_is_reused_only_for_files_not_just_written(tmp_path):
     import os
     import time
 
-    from opdf.run import runner
+    from opdf.run import teacher as runner
 
     data = tmp_path / "reviews.csv"
     data.write_text("text,label\ngood,1\n")

@@ -69,7 +69,7 @@ def student_folder(path):
     if (path / "student").is_dir():
         return path / "student", path / "onnx", None
     if (path / "checkpoints").is_dir():
-        from opdf.run.runner import merge_checkpoint
+        from opdf.run.export import merge_checkpoint
 
         tmp = Path(tempfile.mkdtemp(prefix="opdf-export-"))
         try:

@@ -39,7 +39,7 @@ def run(args) -> int:
     from opdf.run.allocator import keep_freed_memory
     from opdf.run.config import load_config
     from opdf.run.distributed import is_main_process
-    from opdf.run.runner import run_finetune, teacher_cache_dir, teacher_summary
+    from opdf.run.teacher import run_finetune, teacher_cache_dir, teacher_summary
 
     cfg = load_config(args.config, args.overrides)
     keep_freed_memory()  # see opdf.run.allocator: faster steps, peak memory kept

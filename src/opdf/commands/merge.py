@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from opdf.run.runner import merge_checkpoint
+    from opdf.run.export import merge_checkpoint
 
     out = merge_checkpoint(args.run_dir, args.output, which=args.which, overwrite=args.overwrite)
     print(out)

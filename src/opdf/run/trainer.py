@@ -15,7 +15,9 @@ and exact resume, and at the end the merge of the best student, its evaluation o
 :meth:`~Trainer.train_step` (which calls :meth:`~Trainer.forward_backward`),
 :meth:`~Trainer.evaluate_and_keep_best`, :meth:`~Trainer.save_checkpoint` (what it saves is
 collected in :meth:`~Trainer.checkpoint_state`, in the layout of :mod:`opdf.run.checkpoint`), and
-:meth:`~Trainer.finish`.
+:meth:`~Trainer.finish` (the end stage, :mod:`opdf.run.finish`). The settings are a
+:class:`~opdf.run.settings.TrainSettings`, the shared bookkeeping a
+:class:`~opdf.run.state.TrainState` (both importable from here too).
 
 Data parallel (``torchrun``, :mod:`opdf.run.distributed`): ``batch_size`` stays the global batch
 of an optimizer step; each rank builds its contiguous shard of it, runs its
@@ -33,7 +35,6 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +45,16 @@ from opdf.progress import progress_bar
 from opdf.run import checkpoint as ckpt
 from opdf.run import distributed, optim, owner
 from opdf.run.distributed import SINGLE, DistEnv
+from opdf.run.finish import (  # peak_*: also importable from here, as before
+    merge_checked,
+    peak_gpu_mb,  # noqa: F401
+    peak_rss_mb,  # noqa: F401
+    read_best,
+    run_summary,
+    write_results,
+)
+from opdf.run.settings import TrainSettings
+from opdf.run.state import TrainState
 from opdf.run.tblog import TB_DIR
 
 # This many optimizer steps in a row without a gradient, none of them declared expected by the
@@ -52,30 +63,6 @@ MAX_STEPS_WITHOUT_GRADIENT = 10
 # on_nonfinite="skip": this many skipped steps in a row means the run has diverged for good
 MAX_SKIPPED_IN_A_ROW = 10
 NONFINITE_CHOICES = ("stop", "skip")
-
-
-@dataclass
-class TrainSettings:
-    seed: int = 42
-    epochs: float = 3.0
-    max_steps: int | None = None
-    batch_size: int = 32
-    grad_accum: int = 1
-    eval_batch_size: int = 128
-    max_length: int = 128
-    lr: float = 5e-5
-    lr_scaling: str = "none"  # "auto": per-core rates for MPO cores (opdf.lr_scaling)
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_grad_norm: float | None = 1.0
-    eval_every: int | None = None
-    checkpoint_every: int | None = None
-    log_every: int = 10
-    # a step whose loss or gradient is NaN/inf: "stop" the run (DivergedError) or "skip" it
-    on_nonfinite: str = "stop"
-    precision: str = "fp32"  # or "bf16": forwards under torch.autocast
-    log_to: tuple[str, ...] | list[str] = ("jsonl",)  # + "tensorboard": OUTPUT_DIR/tb
-    channels_last: bool = False  # image batches in channels_last memory format
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,45 +115,6 @@ class TrainStep(torch.nn.Module):
         if self._align[0] is not None:
             losses["align"] = self._align[0]()
         return losses, carry
-
-
-@dataclass
-class TrainState:
-    """The loop's bookkeeping, shared by the named steps of :meth:`Trainer.fit`; what of it a
-    checkpoint keeps is :meth:`progress`."""
-
-    step: int = 0  # optimizer steps done
-    best: float = -math.inf  # best dev score so far, and its step
-    best_step: int | None = None
-    train_seconds: float = 0.0  # time inside train steps, every session of the run
-    wall_before: float = 0.0  # wall time of the earlier sessions (before a resume)
-    running: dict[str, float] = field(default_factory=dict)  # train-loss sums since the last log
-    n_running: int = 0
-    no_grad_run: int = 0  # optimizer steps in a row whose losses had no gradient
-    skipped: int = 0  # steps skipped as not finite (on_nonfinite="skip"), every session
-    skip_run: int = 0  # ... of them in a row
-    saved_step: int | None = None  # the step of the newest last.pt (for messages)
-    start: int = 0  # the step this session began at
-    t0: float = field(default_factory=time.perf_counter)  # this session's start
-
-    def wall_time(self) -> float:
-        return self.wall_before + time.perf_counter() - self.t0
-
-    def progress(self) -> dict:
-        """The fields a checkpoint keeps (``checkpoint.PROGRESS_KEYS``)."""
-        return {"best": self.best, "best_step": self.best_step,
-                "train_seconds": self.train_seconds, "wall_time": self.wall_time(),
-                "running": dict(self.running), "n_running": self.n_running,
-                "skipped": self.skipped}  # fmt: skip
-
-    def restore(self, step: int, progress: dict) -> None:
-        self.step = self.start = step
-        self.best, self.best_step = progress["best"], progress["best_step"]
-        self.train_seconds, self.wall_before = progress["train_seconds"], progress["wall_time"]
-        self.running = dict(progress.get("running", {}))
-        self.n_running = progress.get("n_running", 0)
-        self.skipped = progress.get("skipped", 0)
-        self.saved_step = step
 
 
 class Trainer:
@@ -733,109 +681,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self, state: TrainState) -> dict:
-        """Merge the best student, evaluate it on dev and test, save it and ``summary.json``."""
-        from opdf import merge, param_report
-
+        """Merge the best student, evaluate it on dev and test, save it and ``summary.json``
+        (the end stage: :mod:`opdf.run.finish`)."""
         student = self.distiller.export_student()
-        report = param_report(student)
-        best_path = self.ckpt_dir / ckpt.BEST
-        best = distributed.on_main(  # rank 0 reads it, every rank loads it
-            lambda: ckpt.read(best_path) if best_path.exists() else None, self.dist
-        )
+        best = read_best(self.ckpt_dir / ckpt.BEST, self.dist)
         if best is not None:
             self.load_module_states(best.modules)
-        merge(student)
-        merged_params = sum(p.numel() for p in student.parameters())
-        if merged_params != report.inference_params:  # pragma: no cover - a merge bug
-            raise OpdfError(
-                f"merged student has {merged_params:,} parameters, expected "
-                f"{report.inference_params:,}"
-            )
+        report = merge_checked(student)
         # a plain student (nothing merged) is the very model best.pt was scored with: its dev
         # metrics are known exactly; a merged one is scored again (a check of the merge)
         known = best.dev if best is not None and not report.modules else None
         dev, test = known or self.evaluate("dev"), self.evaluate("test")
         self._log({"step": state.step, "split": "test", **test})  # the merged best student's
-        summary = self._summary(state, report, dev, test)
+        summary = run_summary(
+            state, self.s, report, dev, test, run_info=self.run_info, dataset=self.dataset,
+            world_size=self.dist.world_size, device=self.device, total_steps=self.total_steps,
+            teacher_cache=getattr(self.distiller, "teacher_cache", None),  # this process's
+        )  # fmt: skip
         if self.dist.is_main:
-            self._own("student", "summary.json", "metrics.jsonl")  # before the writes
-            with ckpt.writing(self.out / "student", "merged student"):
-                self._save_student(student)
-            self._own("student")  # and what the folder now holds
-            with ckpt.writing(self.out / "summary.json", "run summary"):
-                ckpt.atomic_write_json(self.out / "summary.json", summary)
+            write_results(self.out, student, summary, tokenizer=self.tokenizer,
+                          dataset=self.dataset)  # fmt: skip
         distributed.barrier(self.dist)
         return summary
-
-    def _save_student(self, student) -> None:
-        from opdf.models.quiet import quiet_transformers
-
-        out_model = self.out / "student"
-        if getattr(self.dataset, "kind", "text") == "image":
-            from opdf.models.vision import save_vision_model
-
-            save_vision_model(student, out_model, input=self.dataset.input_spec(),
-                              label_names=self.dataset.label_names)  # fmt: skip
-            return
-        with quiet_transformers():
-            student.save_pretrained(str(out_model))
-            self.tokenizer.save_pretrained(str(out_model))
-
-    def _summary(self, state: TrainState, report, dev: dict, test: dict) -> dict:
-        total = self.total_steps
-        cache = getattr(self.distiller, "teacher_cache", None)  # this process's lookups
-        return {
-            **self.run_info,
-            "train_params": report.total_params,
-            "trainable_params": report.train_params,
-            "inference_params": report.inference_params,
-            "main_metric": self.dataset.main_metric,
-            "dev": dev,
-            "test": test,
-            "best_step": state.best_step,
-            "steps": total,
-            "batch_size": self.s.batch_size,
-            "grad_accum": self.s.grad_accum,
-            "world_size": self.dist.world_size,
-            "precision": self.s.precision,
-            "data_sizes": self.dataset.sizes(),
-            "wall_time": round(state.wall_time(), 3),
-            "train_time": round(state.train_seconds, 3),
-            "seconds_per_step": round(state.train_seconds / max(1, total), 4),
-            "resumed_from_step": state.start or None,
-            "skipped_steps": state.skipped,
-            "device": str(self.device),
-            "threads": torch.get_num_threads(),
-            "peak_rss_mb": peak_rss_mb(),
-            "peak_gpu_mb": peak_gpu_mb(self.device),
-            "teacher_cache": cache.info() if cache is not None else None,
-        }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (for a resumed run: of the process that
-    finished it; teacher fine-tuning in the same process counts too). Linux: ``VmHWM`` of
-    ``/proc/self/status``, the high-water mark of this program's memory; ``ru_maxrss`` would
-    also count the parent's memory at the fork before the exec (``opdf bench``, benchmarks)."""
-    import resource
-    import sys
-
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
-
-
-def peak_gpu_mb(device) -> float | None:
-    """Peak memory allocated by torch on a CUDA device, MiB; None elsewhere."""
-    if torch.device(device).type != "cuda":
-        return None
-    return round(torch.cuda.max_memory_allocated(device) / (1 << 20), 1)
 
 
 def _best_header(path: Path):
