@@ -22,7 +22,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from opdf.report.suite import holm, paired_stats
+from opdf.report.stats import holm, paired_stats
 
 
 def load(folder: Path) -> dict:
