@@ -23,6 +23,7 @@ from transformers import BertConfig, BertForSequenceClassification
 import opdf
 from opdf.models import load_model, student_from_teacher
 from opdf.models.student import init_layers
+from opdf.report.render import markdown_table, print_and_write
 
 
 def teachers(minilm_dir: str | None) -> list[tuple[str, torch.nn.Module]]:
@@ -69,8 +70,6 @@ def main(argv=None) -> int:
                              f"{m['raw']:.3g}", f"{m['relative']:.3g}"])  # fmt: skip
     head = ["teacher", "L", "student.init", "teacher cores' mean square", "L_Aux raw",
             "L_Aux relative"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
     text = "\n".join([
         "# Alignment loss at step 0, raw and teacher-normalized",
         "",
@@ -80,12 +79,10 @@ def main(argv=None) -> int:
         "nothing trained; pairs: the default uniform map (student i <-> teacher 2i+1), auxiliary "
         "cores.",
         "",
-        *lines,
+        markdown_table(head, rows, pad=False),
         "",
     ])  # fmt: skip
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    print_and_write(text, args.out)
     return 0
 
 

@@ -38,6 +38,7 @@ import torch
 import opdf
 import opdf.overparam as op
 from opdf.mpo import contract, decompose, mpo_shapes
+from opdf.report.render import markdown_table, print_and_write
 
 
 def perturbed_cores(w: torch.Tensor, unit_modes: int = 3, noise: float = 1e-3, seed: int = 0):
@@ -193,6 +194,28 @@ def main() -> None:
     cmd = "python benchmarks/bf16_contraction.py " + " ".join(
         f"--{k} {v}" for k, v in vars(args).items() if v is not None and k != "out"
     )
+    base_med, base_min = steps["fp32"]
+    error_table = markdown_table(
+        ["matrix", "fp32 rel", "bf16 rel", "bf16 max abs", "round rel", "bf16 / round",
+         "weight rms"],
+        [[r["matrix"], f"{r['fp32_rel']:.1e}", f"{r['bf16_rel']:.2e}", f"{r['bf16_max_abs']:.1e}",
+          f"{r['round_rel']:.2e}", f"{r['bf16_rel'] / r['round_rel']:.1f}",
+          f"{r['weight_rms']:.3f}"] for r in errors],
+        pad=False,
+    )  # fmt: skip
+    chain_table = markdown_table(
+        ["weight", "fp32", "bf16 autocast", "bf16 / fp32"],
+        [[f"{shape[0]}x{shape[1]}", f"{t['fp32']:.3f}", f"{t['bf16']:.3f}",
+          f"{t['bf16'] / t['fp32']:.2f}"] for shape, t in chains.items()],
+        pad=False,
+    )  # fmt: skip
+    step_table = markdown_table(
+        ["variant", "median", "fastest", "/ fp32 (median)", "/ fp32 (fastest)"],
+        [[key, f"{med:.3f}", f"{fast:.3f}", f"{med / base_med:.2f}", f"{fast / base_min:.2f}"]
+         for key, (med, fast) in steps.items()],
+        pad=False,
+    )  # fmt: skip
+    worst = max(r["bf16_rel"] for r in errors)
     lines = [
         "# bf16 and the MPO contraction (L=3)",
         "",
@@ -206,47 +229,19 @@ def main() -> None:
         "Unit-mode cores perturbed by N(0, 1e-3). `round` is the error of rounding the exact "
         "weight to bf16 once (what `F.linear` under autocast does to any float32 weight).",
         "",
-        "| matrix | fp32 rel | bf16 rel | bf16 max abs | round rel | bf16 / round | weight rms |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in errors:
-        lines.append(
-            f"| {r['matrix']} | {r['fp32_rel']:.1e} | {r['bf16_rel']:.2e} | "
-            f"{r['bf16_max_abs']:.1e} | {r['round_rel']:.2e} | "
-            f"{r['bf16_rel'] / r['round_rel']:.1f} | {r['weight_rms']:.3f} |"
-        )
-    worst = max(r["bf16_rel"] for r in errors)
-    lines += [
+        error_table,
         "",
         f"Worst bf16 relative error: {worst:.2e}.",
         "",
         "## Contraction alone, forward + backward (seconds, median)",
         "",
-        "| weight | fp32 | bf16 autocast | bf16 / fp32 |",
-        "|---|---|---|---|",
-    ]
-    for shape, t in chains.items():
-        lines.append(
-            f"| {shape[0]}x{shape[1]} | {t['fp32']:.3f} | {t['bf16']:.3f} | "
-            f"{t['bf16'] / t['fp32']:.2f} |"
-        )
-    base_med, base_min = steps["fp32"]
-    lines += [
+        chain_table,
         "",
         "## One AdamW step, 2-layer BERT-base-width classifier, L=3, 8x128 (seconds)",
         "",
-        "| variant | median | fastest | / fp32 (median) | / fp32 (fastest) |",
-        "|---|---|---|---|---|",
+        step_table,
     ]
-    for key, (med, fast) in steps.items():
-        lines.append(
-            f"| {key} | {med:.3f} | {fast:.3f} | {med / base_med:.2f} | {fast / base_min:.2f} |"
-        )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    print_and_write("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from opdf.report.render import markdown_table, print_and_write
 from opdf.run import checkpoint as ckpt
 
 
@@ -64,6 +65,10 @@ def main() -> None:
             rows["read (bare)"].append(timed(lambda: torch.load(b / ckpt.LAST, weights_only=False)))
         size = (a / ckpt.LAST).stat().st_size
     med = {k: statistics.median(v) for k, v in rows.items()}
+    table = []
+    for op in ("save", "read"):
+        o, r = med[f"{op} (opdf)"], med[f"{op} (bare)"]
+        table.append([op, f"{o:.3f}", f"{r:.3f}", f"{o / r:.2f}"])
     lines = [
         f"# Checkpoint safety overhead ({size / 2**20:.0f} MiB last.pt)",
         "",
@@ -71,22 +76,15 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
         f"{os.getloadavg()[0]:.1f}, torch {torch.__version__}, median of {args.repeats}",
         "",
-        "| operation | opdf (s) | bare (s) | ratio |",
-        "|---|---|---|---|",
+        markdown_table(["operation", "opdf (s)", "bare (s)", "ratio"], table, pad=False),
     ]
-    for op in ("save", "read"):
-        o, r = med[f"{op} (opdf)"], med[f"{op} (bare)"]
-        lines.append(f"| {op} | {o:.3f} | {r:.3f} | {o / r:.2f} |")
     lines += [
         "",
         "opdf save: sha256 while writing, fsync, previous.pt kept, manifest.json written after; "
         "bare: atomic torch.save. opdf read: sha256 of the file against the manifest, then "
         "torch.load(weights_only=True); bare: torch.load(weights_only=False), unchecked.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    print_and_write("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

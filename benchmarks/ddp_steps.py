@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from opdf.report.render import markdown_table, print_and_write
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "smoke": ["configs/smoke-kd.yaml", "student.dropout=0"],
@@ -87,23 +89,18 @@ def main() -> None:
         "- the global batch is the same in every variant; `seconds_per_step` from each run's "
         "summary.json (training steps only), median of the rounds",
         "",
-        "| config | variant | s/step (median) | every round | vs 1 x 1 |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for cname in configs:
         base = statistics.median(times[(cname, "1 process x 1 thread")])
         for vname in VARIANTS:
             ts = times[(cname, vname)]
             med = statistics.median(ts)
-            lines.append(
-                f"| {cname} | {vname} | {med:.4f} | {', '.join(f'{t:.4f}' for t in ts)} | "
-                f"{med / base:.2f} |"
-            )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+            rows.append([cname, vname, f"{med:.4f}", ", ".join(f"{t:.4f}" for t in ts),
+                         f"{med / base:.2f}"])  # fmt: skip
+    heads = ["config", "variant", "s/step (median)", "every round", "vs 1 x 1"]
+    lines.append(markdown_table(heads, rows, pad=False))
+    print_and_write("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

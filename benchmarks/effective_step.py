@@ -39,6 +39,7 @@ import opdf
 from opdf.lr_scaling import predicted_step
 from opdf.mpo import contract
 from opdf.overparam import default_targets
+from opdf.report.render import markdown_table, print_and_write
 
 SCALES = [("svd", 0), ("mpo", 1), ("mpo", 2), ("mpo", 3), ("mpo", 4)]
 
@@ -141,33 +142,26 @@ def measure(args) -> tuple[list[dict], list[str]]:
     return rows, timing
 
 
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f}"
+def summary(values: list[float]) -> list[str]:
+    """Median, min and max: three cells."""
+    return [f"{statistics.median(values):.2f}", f"{min(values):.2f}", f"{max(values):.2f}"]
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| scheme | unit modes | predicted none (median) | none: median | min | max "
-        "| auto: median | min | max |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        pred = statistics.median(r["predicted"].values())
-        lines.append(
-            f"| {r['scheme']} | {r['unit_modes']} | {pred:.2f} | "
-            f"{summary(list(r['none'].values()))} | {summary(list(r['auto'].values()))} |"
-        )
-    return "\n".join(lines)
+    heads = ["scheme", "unit modes", "predicted none (median)", "none: median", "min", "max",
+             "auto: median", "min", "max"]  # fmt: skip
+    cells = [[r["scheme"], str(r["unit_modes"]),
+              f"{statistics.median(r['predicted'].values()):.2f}",
+              *summary(list(r["none"].values())), *summary(list(r["auto"].values()))]
+             for r in rows]  # fmt: skip
+    return markdown_table(heads, cells, pad=False)
 
 
 def per_weight(rows: list[dict]) -> str:
-    names = list(rows[0]["none"])
-    head = " | ".join(f"{r['scheme']} L={r['unit_modes']}" for r in rows)
-    lines = [f"| weight | {head} |", "|---" * (len(rows) + 1) + "|"]
-    for n in names:
-        cells = " | ".join(f"{r['none'][n]:.2f} -> {r['auto'][n]:.2f}" for r in rows)
-        lines.append(f"| {n} | {cells} |")
-    return "\n".join(lines)
+    heads = ["weight", *(f"{r['scheme']} L={r['unit_modes']}" for r in rows)]
+    cells = [[n, *(f"{r['none'][n]:.2f} -> {r['auto'][n]:.2f}" for r in rows)]
+             for n in rows[0]["none"]]  # fmt: skip
+    return markdown_table(heads, cells, pad=False)
 
 
 def main() -> None:
@@ -189,9 +183,7 @@ def main() -> None:
     )
     if timing:
         text += "\n" + "\n".join(f"- {t}" for t in timing) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    print_and_write(text, args.out)
     worst = max(abs(math.log(v)) for r in rows for v in r["auto"].values())
     print(f"worst auto ratio off 1 by a factor {math.exp(worst):.2f}")
 

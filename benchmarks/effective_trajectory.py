@@ -48,6 +48,7 @@ from tqdm import tqdm
 import opdf
 from effective_step import SCALES, build_model, merged
 from opdf.overparam import default_targets
+from opdf.report.render import markdown_table, print_and_write
 
 
 def encode(tok, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -160,14 +161,10 @@ def ratios(run: dict, plain: dict) -> dict[int, tuple]:
 
 
 def table(rows: list[tuple[str, dict]], steps: list[int], which: int, fmt: str = ".2f") -> str:
-    head = " | ".join(f"t={t}" for t in steps)
-    lines = [f"| scale | scaling | {head} |", "|---|---|" + "---|" * len(steps)]
-    for label, r in rows:
-        scale, scaling = label.rsplit(" ", 1)
-        lines.append(
-            f"| {scale} | {scaling} | " + " | ".join(f"{r[t][which]:{fmt}}" for t in steps) + " |"
-        )
-    return "\n".join(lines)
+    heads = ["scale", "scaling", *(f"t={t}" for t in steps)]
+    cells = [[*label.rsplit(" ", 1), *(f"{r[t][which]:{fmt}}" for t in steps)]
+             for label, r in rows]  # fmt: skip
+    return markdown_table(heads, cells, pad=False)
 
 
 def main() -> None:
@@ -235,9 +232,7 @@ def main() -> None:
             "weights; 1.0 = all of the move there, 0.01 or less for a random direction):"
             f"\n\n{table(rows, every, 3, '.3f')}\n"
         )
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    print_and_write(text, args.out)
 
 
 if __name__ == "__main__":

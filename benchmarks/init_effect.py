@@ -22,7 +22,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from opdf.report.suite import holm, paired_stats
+from opdf.report.render import markdown_table, print_and_write
+from opdf.report.stats import holm, paired_stats
 
 
 def load(folder: Path) -> dict:
@@ -111,20 +112,18 @@ def main(argv=None) -> int:
              f"`python benchmarks/init_effect.py {' '.join(argv if argv else sys.argv[1:])}`. "
              "Test accuracy (%), mean ± std over the seeds that have every cell of the variant; "
              "the lr chosen on dev within each init, then the init too.", "",
-             "| variant | student.init | lr chosen on dev | seeds | dev | test |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "| comparison (test, paired over seeds) | seeds | diff (points) | 95% CI | p | "
-              "p (Holm) |", "|---|---|---|---|---|---|"]  # fmt: skip
+             markdown_table(["variant", "student.init", "lr chosen on dev", "seeds", "dev", "test"],
+                            rows, pad=False)]  # fmt: skip
+    paired = []
     for (name, _, _, s), r, h in zip(comps, results, adjusted, strict=True):
         lo, hi = r["ci_low"], r["ci_high"]
         ci = "-" if lo is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
-        lines.append(f"| {name} | {' '.join(map(str, s))} | {100 * r['mean_diff']:+.2f} | "
-                     f"{ci} | {pval(r['p'])} | {pval(h)} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+        paired.append([name, " ".join(map(str, s)), f"{100 * r['mean_diff']:+.2f}", ci,
+                       pval(r["p"]), pval(h)])  # fmt: skip
+    heads = ["comparison (test, paired over seeds)", "seeds", "diff (points)", "95% CI", "p",
+             "p (Holm)"]  # fmt: skip
+    lines += ["", markdown_table(heads, paired, pad=False)]
+    print_and_write("\n".join(lines) + "\n", args.out)
     return 0
 
 

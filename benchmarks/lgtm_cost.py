@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from opdf.report.render import markdown_table, print_and_write
+
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "rt-polarity-lgtm.yaml"
 VARIANTS = {"base": [], "opdf": ["overparam=mpo", "unit_modes=3", "align.weight=100"]}
 
@@ -142,6 +144,8 @@ def main() -> None:
             m.load_state_dict(sd)
     med = {name: statistics.median(v) for name, v in times.items()}
     floor = sum(med[n] * k for n, (_, k) in cases.items() if k)
+    table = [[name, f"{med[name]:.3f}", str(k) if k else ""] for name, (_, k) in cases.items()]
+    table.append(["**floor: sum of LGTM's passes**", f"{floor:.3f}", None])
     lines = [
         f"# LGTM step cost, variant {args.variant}",
         "",
@@ -153,22 +157,14 @@ def main() -> None:
         "(rt-polarity), MiniLM-L6 teacher, 3-layer student; medians of "
         f"{args.repeats} round-robin rounds after {args.warmup} warm-up rounds.",
         "",
-        "| what | s | times per LGTM step |",
-        "|---|---|---|",
+        markdown_table(["what", "s", "times per LGTM step"], table, pad=False),
     ]
-    for name, (_, k) in cases.items():
-        lines.append(f"| {name} | {med[name]:.3f} | {k if k else ''} |")
     lines += [
-        f"| **floor: sum of LGTM's passes** | {floor:.3f} | |",
         "",
         f"- lgtm step / floor: **{med['lgtm step'] / floor:.2f}** (target <= 1.2)",
         f"- lgtm step / kd step: **{med['lgtm step'] / med['kd step']:.2f}**",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    print_and_write("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

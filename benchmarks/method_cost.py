@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from opdf.report.render import markdown_table
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -294,11 +296,11 @@ def report(args, methods, results) -> str:
         f"{torch.__version__}; {args.warmup} warm-up + {args.steps} timed steps per process x "
         f"{args.rounds} interleaved rounds, each measurement in its own process",
         "",
-        "| variant | method | median s/step | fastest | vs kd (median) | vs kd (fastest) "
-        "| floor median | step / floor (median) | step / floor (fastest) "
-        "| set-up s (longest / shortest) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    heads = ["variant", "method", "median s/step", "fastest", "vs kd (median)", "vs kd (fastest)",
+             "floor median", "step / floor (median)", "step / floor (fastest)",
+             "set-up s (longest / shortest)"]  # fmt: skip
+    rows = []
     for variant in args.variants:
         kd_med = stat((variant, "kd", "step"), statistics.median)
         kd_min = stat((variant, "kd", "step"), min)
@@ -308,14 +310,12 @@ def report(args, methods, results) -> str:
             fl_med = stat((variant, method, "floor"), statistics.median)
             fl_min = stat((variant, method, "floor"), min)
             setup = results[(variant, method, "step")]["setup"]
-            lines.append(
-                f"| {variant} | {method} | {fmt(med)} | {fmt(fast)} | {fmt(med / kd_med, 2)} "
-                f"| {fmt(fast / kd_min, 2)} | {fmt(fl_med)} "
-                f"| {fmt(med / fl_med if fl_med else None, 2)} "
-                f"| {fmt(fast / fl_min if fl_min else None, 2)} "
-                f"| {fmt(max(setup), 1)} / {fmt(min(setup), 1)} |"
-            )
-    text = "\n".join(lines)
+            rows.append([variant, method, fmt(med), fmt(fast), fmt(med / kd_med, 2),
+                         fmt(fast / kd_min, 2), fmt(fl_med),
+                         fmt(med / fl_med if fl_med else None, 2),
+                         fmt(fast / fl_min if fl_min else None, 2),
+                         f"{fmt(max(setup), 1)} / {fmt(min(setup), 1)}"])  # fmt: skip
+    text = "\n".join([*lines, markdown_table(heads, rows, pad=False)])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")

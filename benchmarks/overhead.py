@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from opdf.report.render import markdown_table, print_and_write
+
 VOCAB = 30522
 
 
@@ -235,8 +237,25 @@ def main() -> None:
     mem_ratio = peak[names[1]] / peak[names[0]]
     same_params = results[names[-1]]["params"] == results[names[-2]]["params"]
 
-    def row(label: str, key: str, target: str) -> str:
-        return f"| {label} | {med[key]:.3f} | {best[key]:.3f} | {target} |"
+    def row(label: str, key: str, target: str) -> list[str]:
+        return [label, f"{med[key]:.3f}", f"{best[key]:.3f}", target]
+
+    variant_rows = [[name, f"{statistics.median(r['times']):.3f}", f"{min(r['times']):.3f}",
+                     str(len(r["times"])), f"{peak[name]:.0f}"]
+                    for name, r in results.items()]  # fmt: skip
+    checks_rows = [
+        row("step time, over-parameterized / plain (32x128)", "step", "<= 1.5"),
+        row("its arithmetic floor: (plain + contraction only) / plain (32x128)", "floor", ""),
+        row(
+            "overhead per optimizer step, 4 micro-batches with accumulate / one 8x128 step",
+            "acc",
+            "<= 1.2",
+        ),
+        row("the same without accumulate", "noacc", "(grows ~4x)"),
+        row("merged inference latency / never-touched model", "infer", "<= 1.05"),
+        ["peak memory, over-parameterized / plain (32x128)", f"{mem_ratio:.3f}", None, None],
+        ["identical parameter counts after merge", str(same_params), None, "True"],
+    ]
 
     lines = [
         f"# Over-parameterization overhead (6-layer BERT-base-width student, L={args.unit_modes})",
@@ -250,33 +269,13 @@ def main() -> None:
         "process); fused AdamW for both; glibc malloc "
         + ("as it comes" if args.glibc_default else "keeping freed memory (as `opdf distill`)"),
         "",
-        "| variant | median s | fastest s | timed steps | peak RSS (MiB) |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {name} | {statistics.median(r['times']):.3f} | {min(r['times']):.3f} "
-            f"| {len(r['times'])} | {peak[name]:.0f} |"
-            for name, r in results.items()
-        ],
+        markdown_table(["variant", "median s", "fastest s", "timed steps", "peak RSS (MiB)"],
+                       variant_rows, pad=False),
         "",
-        "| check | from medians | from fastest | target |",
-        "|---|---|---|---|",
-        row("step time, over-parameterized / plain (32x128)", "step", "<= 1.5"),
-        row("its arithmetic floor: (plain + contraction only) / plain (32x128)", "floor", ""),
-        row(
-            "overhead per optimizer step, 4 micro-batches with accumulate / one 8x128 step",
-            "acc",
-            "<= 1.2",
-        ),
-        row("the same without accumulate", "noacc", "(grows ~4x)"),
-        row("merged inference latency / never-touched model", "infer", "<= 1.05"),
-        f"| peak memory, over-parameterized / plain (32x128) | {mem_ratio:.3f} | | |",
-        f"| identical parameter counts after merge | {same_params} | | True |",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        markdown_table(["check", "from medians", "from fastest", "target"], checks_rows,
+                       pad=False),
+    ]  # fmt: skip
+    print_and_write("\n".join(lines), args.out, newline=True)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ sys.path.insert(0, str(HERE))
 
 import decompose as decomposition  # noqa: E402  (benchmarks/decompose.py)
 import overhead  # noqa: E402  (benchmarks/overhead.py)
+from opdf.report.render import markdown_table, print_and_write  # noqa: E402
 
 VARIANTS = {
     "base": ["variant=base", "overparam=none", "align.weight=0"],
@@ -108,11 +109,15 @@ def section_decompose(args) -> list[str]:
     return [
         f"## 1. Decomposition ({len(weights)} BERT-base encoder matrices, L={unit_modes})",
         "",
-        "| what | seconds |",
-        "|---|---|",
-        f"| opdf.mpo.decompose | {ours:.2f} |",
-        f"| bare float64 SVDs of the rearranged matrices (the floor) | {svd:.2f} |",
-        f"| ratio (target <= 1.2) | {ours / svd:.3f} |",
+        markdown_table(
+            ["what", "seconds"],
+            [
+                ["opdf.mpo.decompose", f"{ours:.2f}"],
+                ["bare float64 SVDs of the rearranged matrices (the floor)", f"{svd:.2f}"],
+                ["ratio (target <= 1.2)", f"{ours / svd:.3f}"],
+            ],
+            pad=False,
+        ),
         "",
         f"worst relative reconstruction error: {worst:.1e}",
     ]
@@ -143,32 +148,34 @@ def section_overhead(args) -> list[str]:
     names = list(results)
     peak = {n: min(r["peak_mib"]) for n, r in results.items()}
     model = "2 x 256 student (quick)" if quick else "6-layer BERT-base-width student"
+    variant_rows = [[n, f"{statistics.median(r['times']):.3f}", f"{min(r['times']):.3f}",
+                     f"{peak[n]:.0f}"] for n, r in results.items()]  # fmt: skip
+    check_rows = [
+        ["step, over-parameterized / plain", f"{med['step']:.3f}", f"{best['step']:.3f}",
+         "<= 1.5"],
+        ["its floor: (plain + contraction) / plain", f"{med['floor']:.3f}",
+         f"{best['floor']:.3f}", None],
+        ["overhead per optimizer step with accumulate / one micro-batch step",
+         f"{med['acc']:.3f}", f"{best['acc']:.3f}", "<= 1.2"],
+        ["the same without accumulate", f"{med['noacc']:.3f}", f"{best['noacc']:.3f}", None],
+        ["merged inference latency / never-touched", f"{med['infer']:.3f}",
+         f"{best['infer']:.3f}", "<= 1.05"],
+        ["peak RSS, over-parameterized / plain", f"{peak[names[1]] / peak[names[0]]:.3f}", None,
+         None],
+        ["parameters after merge identical",
+         str(results[names[-1]]["params"] == results[names[-2]]["params"]), None, "True"],
+    ]  # fmt: skip
     lines = [
         f"## 2. Training overhead and merged inference ({model}, L={unit_modes})",
         "",
         f"{warmup} warm-up + {repeats} timed steps per process x {rounds} round(s).",
         "",
-        "| variant | median s | fastest s | peak RSS (MiB) |",
-        "|---|---|---|---|",
-        *[
-            f"| {n} | {statistics.median(r['times']):.3f} | {min(r['times']):.3f} | {peak[n]:.0f} |"
-            for n, r in results.items()
-        ],  # fmt: skip
+        markdown_table(["variant", "median s", "fastest s", "peak RSS (MiB)"], variant_rows,
+                       pad=False),
         "",
-        "| check | from medians | from fastest | target |",
-        "|---|---|---|---|",
-        f"| step, over-parameterized / plain | {med['step']:.3f} | {best['step']:.3f} | <= 1.5 |",
-        f"| its floor: (plain + contraction) / plain | {med['floor']:.3f} | "
-        f"{best['floor']:.3f} | |",
-        f"| overhead per optimizer step with accumulate / one micro-batch step | "
-        f"{med['acc']:.3f} | {best['acc']:.3f} | <= 1.2 |",
-        f"| the same without accumulate | {med['noacc']:.3f} | {best['noacc']:.3f} | |",
-        f"| merged inference latency / never-touched | {med['infer']:.3f} | "
-        f"{best['infer']:.3f} | <= 1.05 |",
-        f"| peak RSS, over-parameterized / plain | {peak[names[1]] / peak[names[0]]:.3f} | | |",
-        f"| parameters after merge identical | "
-        f"{results[names[-1]]['params'] == results[names[-2]]['params']} | | True |",
-    ]
+        markdown_table(["check", "from medians", "from fastest", "target"], check_rows,
+                       pad=False),
+    ]  # fmt: skip
     return lines
 
 
@@ -208,12 +215,11 @@ def section_methods(args) -> list[str]:
                 if variant == "base":
                     base_sps, base_rss = sps, rss
                 kd_sps.setdefault(variant, sps)  # kd comes first
-                rows.append(
-                    f"| {method} | {variant} | {s['train_params'] / 1e6:.2f}M | "
-                    f"{s['inference_params'] / 1e6:.2f}M | {sps:.3f} | {sps / base_sps:.2f} | "
-                    f"{sps / kd_sps[variant]:.2f} | "
-                    + (f"{rss:.0f} | {rss / base_rss:.2f} |" if rss and base_rss else "- | - |")
-                )
+                memory = [f"{rss:.0f}", f"{rss / base_rss:.2f}"] if rss and base_rss else ["-", "-"]
+                rows.append([method, variant, f"{s['train_params'] / 1e6:.2f}M",
+                             f"{s['inference_params'] / 1e6:.2f}M", f"{sps:.3f}",
+                             f"{sps / base_sps:.2f}", f"{sps / kd_sps[variant]:.2f}",
+                             *memory])  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     setting = "smoke configs, tiny teacher (quick)" if quick else \
@@ -222,10 +228,8 @@ def section_methods(args) -> list[str]:
         f"## 3. Methods x variants through `opdf distill` ({setting}, {steps} steps, "
         f"{threads} threads)",
         "",
-        "| method | variant | train params | inference params | s/step | / base | / kd | "
-        "peak RSS (MiB) | / base |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
+        markdown_table(["method", "variant", "train params", "inference params", "s/step",
+                        "/ base", "/ kd", "peak RSS (MiB)", "/ base"], rows, pad=False),
         "",
         "Methods without a config here are not measured: "
         + (", ".join(m for m in METHOD_CONFIGS["quick" if quick else "full"] if m not in configs)
@@ -288,11 +292,7 @@ def main() -> None:
         + "; at the end: " + ", ".join(f"{x:.2f}" for x in load_end),
     ]  # fmt: skip
     lines += ["", f"total wall time: {time.time() - started:.0f} s"]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print_and_write("\n".join(lines), args.out, newline=True)
 
 
 if __name__ == "__main__":

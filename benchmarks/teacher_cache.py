@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from opdf.report.render import markdown_table, print_and_write
+
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {  # name: (config, overrides)
     "kd base": ("configs/rt-polarity-kd-base.yaml", ["overparam=none"]),
@@ -86,6 +88,13 @@ def main() -> None:
                 print(f"{name:28s} {kind:5s} {s['seconds_per_step']:.3f} s/step", flush=True)
             off, warm = statistics.median(times["off"]), statistics.median(times["warm"])
             rows.append((name, off, times["cold"][0], warm, warm / off, info))
+    heads = ["case", "off (computed)", "cold (fills)", "warm (reads)", "warm / off",
+             "teacher share", "warm lookups (hits / misses)"]  # fmt: skip
+    table = []
+    for name, off, cold, warm, ratio, info in rows:
+        w = info.get("warm", {})
+        table.append([name, f"{off:.3f}", f"{cold:.3f}", f"{warm:.3f}", f"**{ratio:.2f}**",
+                      f"{1 - ratio:.0%}", f"{w.get('hits')} / {w.get('misses')}"])  # fmt: skip
     lines = [
         "# Teacher outputs cached (`teacher.cache_outputs`) vs computed: seconds per step",
         "",
@@ -95,20 +104,9 @@ def main() -> None:
         f"training seconds per step of one whole run ({args.steps} steps, the rt-polarity suites' "
         "settings, one thread); off and warm: medians of the interleaved runs",
         "",
-        "| case | off (computed) | cold (fills) | warm (reads) | warm / off | teacher share "
-        "| warm lookups (hits / misses) |",
-        "|---|---|---|---|---|---|---|",
+        markdown_table(heads, table, pad=False),
     ]
-    for name, off, cold, warm, ratio, info in rows:
-        w = info.get("warm", {})
-        lines.append(
-            f"| {name} | {off:.3f} | {cold:.3f} | {warm:.3f} | **{ratio:.2f}** | {1 - ratio:.0%} "
-            f"| {w.get('hits')} / {w.get('misses')} |"
-        )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    print_and_write("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -86,14 +86,14 @@ def test_distill_merge_report_finetune(tmp_path, capsys):
 def test_an_internal_error_is_not_reported_as_a_user_error(monkeypatch, tmp_path, capsys):
     """A bug (here a KeyError or a plain ValueError deep inside a verb) keeps its traceback: it
     propagates out of main() instead of printing one line with exit code 2; user errors do not."""
-    import opdf.report
+    import opdf.commands.report
 
     for bug in (KeyError("best_step"), ValueError("internal shape mismatch")):
 
         def broken(paths, bug=bug):
             raise bug
 
-        monkeypatch.setattr(opdf.report, "load_rows", broken)
+        monkeypatch.setattr(opdf.commands.report, "load_rows", broken)
         with pytest.raises(type(bug)):
             main(["report", str(tmp_path)])
         assert "error:" not in capsys.readouterr().err

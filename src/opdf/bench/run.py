@@ -24,7 +24,17 @@ from typing import Any
 
 import yaml
 
-from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, Cell, Suite, cell_status
+from opdf.bench.suite import (
+    BLOCKED,
+    DONE,
+    NEW,
+    RESUME,
+    REUSED,
+    Cell,
+    Suite,
+    cell_status,
+    last_activity,
+)
 from opdf.choices import NEUTRAL_KEYS
 from opdf.errors import ConfigError, OpdfError
 
@@ -179,31 +189,10 @@ def plan(
     planned = []
     others: list[tuple[Path, dict]] | None = None  # the reuse suites' cells, read on first need
     for cell in cells:
-        folder, log = cell.folder(out), cell.log(out)
-        status = cell_status(cell, out)
-        overrides = list(cell.overrides)
-        saved = _saved_config(folder)
-        if threads is not None:
-            # a resumed run must keep the thread count it started with (part of its config)
-            t = saved.get("threads") if status == RESUME and saved else None
-            overrides.append(f"threads={t if isinstance(t, int) else threads}")
-        p = Planned(cell, status, overrides, folder, log)
-        if status == NEW:
-            for name in suite.reuse:
-                other = out.parent / name / cell.id
-                if (other / "summary.json").is_file():
-                    p.status, p.reuse_from = REUSED, other
-                    break
+        p = _planned(suite, cell, out, threads)
         if validate and p.status != BLOCKED:
-            expected = resolved_config(cell, overrides, folder).to_dict()
-            source = p.reuse_from if p.status == REUSED else folder
-            old = _saved_config(source) if p.status in (DONE, RESUME, REUSED) else None
-            if old is not None:
-                diff = config_diff(old, expected)
-                if diff and p.status == REUSED:
-                    p.status, p.reuse_from = NEW, None  # another setting: run it here
-                elif diff:
-                    p.status, p.stale_keys = STALE, diff
+            expected = resolved_config(cell, p.overrides, p.folder).to_dict()
+            _compare_saved(p, expected)
             if p.status == NEW and suite.reuse:
                 # another id, the same run (e.g. student.init=bottom vs student.layers=[0,1,2])
                 if others is None:
@@ -211,26 +200,65 @@ def plan(
                 match = next((f for f, c in others if same_run(c, expected)), None)
                 if match is not None:
                     p.status, p.reuse_from = REUSED, match
-        if p.status in (NEW, RESUME):
-            from opdf.run.lock import holder
-
-            p.holder = holder(folder) if folder.is_dir() else None
-            if p.holder is not None:
-                p.status = RUNNING  # left alone: a live run owns the folder
-        if p.status in (NEW, RESUME) and p.cell.id not in previous_running:
-            from opdf.bench.suite import last_activity
-
-            t = last_activity(cell, out)
-            ago = time.time() - t if t is not None else None
-            if ago is not None and ago < ACTIVE_SECONDS:
-                p.active_ago = max(0.0, ago)
+        _check_liveness(p, out, previous_running)
         if p.status in (DONE, REUSED):
-            s = _summary(p.reuse_from or folder) or {}
+            s = _summary(p.reuse_from or p.folder) or {}
             main = s.get("main_metric", "accuracy")
             p.test = (s.get("test") or {}).get(main)
             p.dev = (s.get("dev") or {}).get(main)
         planned.append(p)
     return planned
+
+
+def _planned(suite: Suite, cell: Cell, out: Path, threads: int | None) -> Planned:
+    """The cell's status on disk, its overrides with ``threads`` settled, and a finished cell of
+    the same id in a ``reuse`` suite for a new one."""
+    folder, log = cell.folder(out), cell.log(out)
+    status = cell_status(cell, out)
+    overrides = list(cell.overrides)
+    saved = _saved_config(folder)
+    if threads is not None:
+        # a resumed run must keep the thread count it started with (part of its config)
+        t = saved.get("threads") if status == RESUME and saved else None
+        overrides.append(f"threads={t if isinstance(t, int) else threads}")
+    p = Planned(cell, status, overrides, folder, log)
+    if status == NEW:
+        for name in suite.reuse:
+            other = out.parent / name / cell.id
+            if (other / "summary.json").is_file():
+                p.status, p.reuse_from = REUSED, other
+                break
+    return p
+
+
+def _compare_saved(p: Planned, expected: dict) -> None:
+    """A finished (or reused) cell whose saved config differs from what it would run now is
+    stale (a reused one: another setting, run here instead)."""
+    source = p.reuse_from if p.status == REUSED else p.folder
+    old = _saved_config(source) if p.status in (DONE, RESUME, REUSED) else None
+    if old is None:
+        return
+    diff = config_diff(old, expected)
+    if diff and p.status == REUSED:
+        p.status, p.reuse_from = NEW, None
+    elif diff:
+        p.status, p.stale_keys = STALE, diff
+
+
+def _check_liveness(p: Planned, out: Path, previous_running: Sequence[str]) -> None:
+    """A pending cell that a live run holds is left alone (``running``); one that something else
+    touched recently gets ``active_ago`` (``opdf bench`` asks for --force)."""
+    if p.status in (NEW, RESUME):
+        from opdf.run.lock import holder  # opdf.run imports torch: not at this module's top
+
+        p.holder = holder(p.folder) if p.folder.is_dir() else None
+        if p.holder is not None:
+            p.status = RUNNING  # left alone: a live run owns the folder
+    if p.status in (NEW, RESUME) and p.cell.id not in previous_running:
+        t = last_activity(p.cell, out)
+        ago = time.time() - t if t is not None else None
+        if ago is not None and ago < ACTIVE_SECONDS:
+            p.active_ago = max(0.0, ago)
 
 
 def cell_command(p: Planned) -> list[str]:
@@ -390,74 +418,92 @@ def run_cells(
     would fail the same way within a minute). A finished cell's ``checkpoints/`` is removed
     unless ``keep_checkpoints``. Ctrl-C / SIGTERM: stop, then KeyboardInterrupt."""
     queue = [p for p in planned if p.pending]
-    running: dict[subprocess.Popen, tuple[Planned, float, Any]] = {}
-    results: dict[str, int] = {}
-    done = done_before
+    pool = _Pool(out, total, done_before, say, command)
+    try:
+        with _sigterm_as_stop():
+            while queue or pool.running:
+                while queue and len(pool.running) < jobs:
+                    pool.start(queue.pop(0))
+                time.sleep(0.2)
+                for proc in [q for q in pool.running if q.poll() is not None]:
+                    p, ok, last = pool.finish(proc, keep_checkpoints)
+                    if not ok and queue and DISK_FULL.search(last):
+                        say(
+                            f"the disk is full: {len(queue)} cell(s) not started. Free "
+                            "space (finished cells keep no checkpoints unless "
+                            "keep_checkpoints: true), then rerun: the failed cells resume"
+                        )
+                        queue.clear()
+                    pool.write_state()
+    except (KeyboardInterrupt, _Stop):
+        pool.stop(grace_seconds)
+        raise KeyboardInterrupt from None
+    return pool.results
 
-    def start(p: Planned) -> None:
+
+class _Pool:
+    """The cells running now (process, start time, open log), the exit codes so far, and the
+    progress count ``[done/total]`` that every line says."""
+
+    def __init__(self, out: Path, total: int, done: int, say: Callable[[str], None],
+                 command: Callable[[Planned], list[str]]) -> None:  # fmt: skip
+        self.out, self.total, self.done, self.say, self.command = out, total, done, say, command
+        self.running: dict[subprocess.Popen, tuple[Planned, float, Any]] = {}
+        self.results: dict[str, int] = {}
+
+    def write_state(self) -> None:
+        _write_state(self.out, [q.cell.id for q, *_ in self.running.values()])
+
+    def start(self, p: Planned) -> None:
         p.folder.parent.mkdir(parents=True, exist_ok=True)
         fh = open(p.log, "a" if p.status == RESUME else "w")  # noqa: SIM115 - closed on exit
-        cmd = command(p)
+        cmd = self.command(p)
         fh.write(f"# opdf bench: {' '.join(cmd)}\n")
         fh.flush()
         proc = subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env(_threads_of(p.overrides)),
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )  # fmt: skip
-        running[proc] = (p, time.time(), fh)
-        _write_state(out, [q.cell.id for q, *_ in running.values()])
+        self.running[proc] = (p, time.time(), fh)
+        self.write_state()
         what = "resume" if p.status == RESUME else "start"
-        say(f"[{done}/{total}] {what} {p.cell.id} (log: {p.log})")
+        self.say(f"[{self.done}/{self.total}] {what} {p.cell.id} (log: {p.log})")
 
-    try:
-        with _sigterm_as_stop():
-            while queue or running:
-                while queue and len(running) < jobs:
-                    start(queue.pop(0))
-                time.sleep(0.2)
-                for proc in [q for q in running if q.poll() is not None]:
-                    p, t0, fh = running.pop(proc)
-                    fh.close()
-                    code = proc.returncode
-                    results[p.cell.id] = code
-                    secs = time.time() - t0
-                    if code == 0 and (p.folder / "summary.json").is_file():
-                        done += 1
-                        s = _summary(p.folder) or {}
-                        main = s.get("main_metric", "accuracy")
-                        dev = (s.get("dev") or {}).get(main)
-                        test = (s.get("test") or {}).get(main)
-                        score = (f" dev {100 * dev:.2f} test {100 * test:.2f}"
-                                 if dev is not None and test is not None else "")  # fmt: skip
-                        say(f"[{done}/{total}] done {p.cell.id}{score} ({secs:.0f} s)")
-                        if not keep_checkpoints:
-                            from opdf.run import owner
+    def finish(self, proc: subprocess.Popen, keep_checkpoints: bool) -> tuple[Planned, bool, str]:
+        """Record an exited cell and say how it went: (cell, succeeded, last log line)."""
+        p, t0, fh = self.running.pop(proc)
+        fh.close()
+        code = proc.returncode
+        self.results[p.cell.id] = code
+        secs = time.time() - t0
+        if code == 0 and (p.folder / "summary.json").is_file():
+            self.done += 1
+            s = _summary(p.folder) or {}
+            main = s.get("main_metric", "accuracy")
+            dev = (s.get("dev") or {}).get(main)
+            test = (s.get("test") or {}).get(main)
+            score = (f" dev {100 * dev:.2f} test {100 * test:.2f}"
+                     if dev is not None and test is not None else "")  # fmt: skip
+            self.say(f"[{self.done}/{self.total}] done {p.cell.id}{score} ({secs:.0f} s)")
+            if not keep_checkpoints:
+                _drop_checkpoints(p.folder)
+            return p, True, ""
+        self.results[p.cell.id] = code or 1
+        last = _last_line(p.log)
+        self.say(f"[{self.done}/{self.total}] FAILED {p.cell.id} (exit {code}, {secs:.0f} s): "
+                 f"{last}; log: {p.log}")  # fmt: skip
+        return p, False, last
 
-                            # only the files the cell's run wrote (opdf.run.owner)
-                            with contextlib.suppress(owner.NotOwnedError):
-                                owner.remove_owned(p.folder, "checkpoints", check=False,
-                                                   what="bench cell")  # fmt: skip
-                    else:
-                        results[p.cell.id] = code or 1
-                        last = _last_line(p.log)
-                        say(f"[{done}/{total}] FAILED {p.cell.id} (exit {code}, {secs:.0f} s): "
-                            f"{last}; log: {p.log}")  # fmt: skip
-                        if queue and DISK_FULL.search(last):
-                            say(
-                                f"the disk is full: {len(queue)} cell(s) not started. Free "
-                                "space (finished cells keep no checkpoints unless "
-                                "keep_checkpoints: true), then rerun: the failed cells resume"
-                            )
-                            queue.clear()
-                    _write_state(out, [q.cell.id for q, *_ in running.values()])
-    except (KeyboardInterrupt, _Stop):
-        ids = [p.cell.id for p, *_ in running.values()]
-        say(f"stopping {len(ids)} running cell(s): {', '.join(ids) or '-'}")
-        for proc in running:
+    def stop(self, grace_seconds: float) -> None:
+        """Ctrl-C to every running cell, then terminate / kill what outlives the grace; the
+        state file keeps their ids (they were ours: a rerun may resume them at once)."""
+        ids = [p.cell.id for p, *_ in self.running.values()]
+        self.say(f"stopping {len(ids)} running cell(s): {', '.join(ids) or '-'}")
+        for proc in self.running:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGINT)
         deadline = time.time() + grace_seconds
-        for proc in running:
+        for proc in self.running:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
@@ -467,8 +513,14 @@ def run_cells(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for _p, _t, fh in running.values():
+        for _p, _t, fh in self.running.values():
             fh.close()
-        _write_state(out, ids)  # these were ours: a rerun may resume them at once
-        raise KeyboardInterrupt from None
-    return results
+        _write_state(self.out, ids)
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    """A finished cell's ``checkpoints/``: only the files its run wrote (opdf.run.owner)."""
+    from opdf.run import owner  # opdf.run imports torch: not at this module's top
+
+    with contextlib.suppress(owner.NotOwnedError):
+        owner.remove_owned(folder, "checkpoints", check=False, what="bench cell")

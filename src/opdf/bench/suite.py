@@ -106,6 +106,7 @@ def override_text(key: str, value: Any) -> str:
 #: (``opdf report`` then counts the tiny grid's cells)
 TINY_HEADER = "# copied by opdf bench --tiny from "
 
+
 @dataclass(frozen=True)
 class Cell:
     """One run of a suite: its id, base config and overrides (without ``output_dir``)."""
@@ -244,8 +245,46 @@ def _name(value: Any, where: str) -> str:
 
 
 def parse_suite(data: Any, path: Path) -> Suite:
-    """Validate a suite mapping (read from ``path``) into a :class:`Suite`."""
+    """Validate a suite mapping (read from ``path``) into a :class:`Suite`; the first problem
+    found is a ConfigError that names the file and the key."""
     where = str(path)
+    _check_keys(data, where)
+    name = _name(data["name"], f"{where}: name")
+    base = path.parent
+    configs = _configs(data["config"], base, where)
+    set_ = _mapping(data.get("set"), f"{where}: set")
+    variants, variant_configs = _variants(data.get("variants") or {}, configs, base, where)
+    grid = _grid(data.get("grid") or {}, where)
+    _check_owners(set_, grid, variants, where)
+    replicates = str(data.get("replicates", "seed"))
+    tune = _tune(data.get("tune"), grid, replicates, where)
+    baseline = data.get("baseline")
+    if baseline is None and variants:
+        baseline = next(iter(variants))
+    if baseline is not None and baseline not in variants:
+        raise ConfigError(f"{where}: baseline {baseline!r} is not a variant "
+                          f"({', '.join(variants) or 'none defined'})")  # fmt: skip
+    reuse = data.get("reuse") or []
+    reuse = [_name(r, f"{where}: reuse") for r in ([reuse] if isinstance(reuse, str) else reuse)]
+    tiny = data.get("tiny")
+    if tiny is not None:
+        _check_tiny(tiny, grid, where)
+    keep = data.get("keep_checkpoints", False)
+    if not isinstance(keep, bool):
+        raise ConfigError(f"{where}: keep_checkpoints: expected true or false, got {keep!r}")
+    exclude = _exclude(data.get("exclude") or [], where)
+    suite = Suite(
+        name=name, path=path, configs=configs, set=set_, variants=variants, grid=grid,
+        tune=tune, replicates=replicates, baseline=baseline, reuse=reuse, tiny=tiny,
+        variant_configs=variant_configs, description=data.get("description"),
+        keep_checkpoints=keep, exclude=exclude,
+    )  # fmt: skip
+    if exclude:
+        _check_excluded(suite, where)
+    return suite
+
+
+def _check_keys(data: Any, where: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a suite must be a mapping with name, config, grid, ...")
     unknown = [k for k in data if k not in SUITE_KEYS]
@@ -255,22 +294,26 @@ def parse_suite(data: Any, path: Path) -> Suite:
     for need in ("name", "config"):
         if need not in data:
             raise ConfigError(f"{where}: missing the suite key {need!r}")
-    name = _name(data["name"], f"{where}: name")
-    base = path.parent
-    raw_config = data["config"]
-    if isinstance(raw_config, dict):
-        if not raw_config:
-            raise ConfigError(f"{where}: config: give at least one config")
-        configs = {_name(k, f"{where}: config name"): _norm_path(base, v, f"{where}: config.{k}")
-                   for k, v in raw_config.items()}  # fmt: skip
-    else:
-        configs = {None: _norm_path(base, raw_config, f"{where}: config")}
-    set_ = _mapping(data.get("set"), f"{where}: set")
-    raw_variants = data.get("variants") or {}
-    if not isinstance(raw_variants, dict):
+
+
+def _configs(raw: Any, base: Path, where: str) -> dict[str | None, str]:
+    """``config``: one file (key None) or a mapping of names to files."""
+    if not isinstance(raw, dict):
+        return {None: _norm_path(base, raw, f"{where}: config")}
+    if not raw:
+        raise ConfigError(f"{where}: config: give at least one config")
+    return {_name(k, f"{where}: config name"): _norm_path(base, v, f"{where}: config.{k}")
+            for k, v in raw.items()}  # fmt: skip
+
+
+def _variants(
+    raw: Any, configs: dict, base: Path, where: str
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """``variants``: name -> overrides, and the variants that carry their own config file."""
+    if not isinstance(raw, dict):
         raise ConfigError(f"{where}: variants: expected a mapping of names to override mappings")
     variants, variant_configs = {}, {}
-    for vname, overrides in raw_variants.items():
+    for vname, overrides in raw.items():
         vname = _name(vname, f"{where}: variant name")
         overrides = _mapping(overrides, f"{where}: variants.{vname}")
         if "config" in overrides:
@@ -282,14 +325,22 @@ def parse_suite(data: Any, path: Path) -> Suite:
             variant_configs[vname] = _norm_path(base, overrides["config"],
                                                 f"{where}: variants.{vname}.config")  # fmt: skip
         variants[vname] = overrides
-    raw_grid = data.get("grid") or {}
-    grid = _mapping(raw_grid, f"{where}: grid")
+    return variants, variant_configs
+
+
+def _grid(raw: Any, where: str) -> dict[str, list]:
+    grid = _mapping(raw, f"{where}: grid")
     for k, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: grid.{k}: expected a non-empty list of values")
         for v in values:
             if isinstance(v, dict):
                 raise ConfigError(f"{where}: grid.{k}: {v!r}: grid values must be scalars or lists")
+    return grid
+
+
+def _check_owners(set_: dict, grid: dict, variants: dict[str, dict], where: str) -> None:
+    """A config key is set in one place only (set, grid or a variant); never output_dir."""
     owners: dict[str, str] = {}
     for k in set_:
         owners[k] = "set"
@@ -309,8 +360,10 @@ def parse_suite(data: Any, path: Path) -> Suite:
                 )
     if "output_dir" in set_ or "output_dir" in grid:
         raise ConfigError(f"{where}: output_dir is set by opdf bench (one folder per cell)")
-    replicates = str(data.get("replicates", "seed"))
-    tune = data.get("tune")
+
+
+def _tune(tune: Any, grid: dict, replicates: str, where: str) -> list[str]:
+    """``tune``: grid axes chosen on dev (default: lr when it is an axis), never the replicate."""
     if tune is None:
         tune = ["lr"] if "lr" in grid else []
     if isinstance(tune, str):
@@ -320,50 +373,38 @@ def parse_suite(data: Any, path: Path) -> Suite:
             raise ConfigError(f"{where}: tune: {k!r} is not a grid axis ({', '.join(grid)})")
     if replicates in tune:
         raise ConfigError(f"{where}: the replicate axis {replicates!r} cannot be tuned")
-    baseline = data.get("baseline")
-    if baseline is None and variants:
-        baseline = next(iter(variants))
-    if baseline is not None and baseline not in variants:
-        raise ConfigError(f"{where}: baseline {baseline!r} is not a variant "
-                          f"({', '.join(variants) or 'none defined'})")  # fmt: skip
-    reuse = data.get("reuse") or []
-    if isinstance(reuse, str):
-        reuse = [reuse]
-    reuse = [_name(r, f"{where}: reuse") for r in reuse]
-    tiny = data.get("tiny")
-    if tiny is not None:
-        if not isinstance(tiny, dict) or any(k not in TINY_KEYS for k in tiny):
-            raise ConfigError(f"{where}: tiny: expected a mapping with keys {', '.join(TINY_KEYS)}")
-        _mapping(tiny.get("set"), f"{where}: tiny.set")
-        for k, values in (tiny.get("grid") or {}).items():
-            if k not in grid:
-                raise ConfigError(f"{where}: tiny.grid.{k}: not an axis of grid")
-            if not isinstance(values, list) or not values:
-                raise ConfigError(f"{where}: tiny.grid.{k}: expected a non-empty list")
-    keep = data.get("keep_checkpoints", False)
-    if not isinstance(keep, bool):
-        raise ConfigError(f"{where}: keep_checkpoints: expected true or false, got {keep!r}")
-    exclude = data.get("exclude") or []
+    return list(tune)
+
+
+def _check_tiny(tiny: Any, grid: dict, where: str) -> None:
+    if not isinstance(tiny, dict) or any(k not in TINY_KEYS for k in tiny):
+        raise ConfigError(f"{where}: tiny: expected a mapping with keys {', '.join(TINY_KEYS)}")
+    _mapping(tiny.get("set"), f"{where}: tiny.set")
+    for k, values in (tiny.get("grid") or {}).items():
+        if k not in grid:
+            raise ConfigError(f"{where}: tiny.grid.{k}: not an axis of grid")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: tiny.grid.{k}: expected a non-empty list")
+
+
+def _exclude(exclude: Any, where: str) -> list[str]:
     if isinstance(exclude, str):
         exclude = [exclude]
     if not isinstance(exclude, list) or not all(isinstance(p, str) and p for p in exclude):
         raise ConfigError(f"{where}: exclude: expected a list of cell id patterns, e.g. "
                           f"['svd__lr=8e-4__*'], got {exclude!r}")  # fmt: skip
-    suite = Suite(
-        name=name, path=path, configs=configs, set=set_, variants=variants, grid=grid,
-        tune=list(tune), replicates=replicates, baseline=baseline, reuse=reuse, tiny=tiny,
-        variant_configs=variant_configs, description=data.get("description"),
-        keep_checkpoints=keep, exclude=list(exclude),
-    )  # fmt: skip
-    if exclude:
-        ids = [c.id for c in suite.grid_cells()]
-        for pat in exclude:
-            if not any(fnmatch.fnmatchcase(i, pat) for i in ids):
-                raise ConfigError(f"{where}: exclude: {pat!r} matches no cell (ids look like "
-                                  f"{ids[0]!r})")  # fmt: skip
-        if all(suite.excluded(i) for i in ids):
-            raise ConfigError(f"{where}: exclude leaves no cell to run")
-    return suite
+    return list(exclude)
+
+
+def _check_excluded(suite: Suite, where: str) -> None:
+    """Every ``exclude`` pattern matches a cell, and some cell is left to run."""
+    ids = [c.id for c in suite.grid_cells()]
+    for pat in suite.exclude:
+        if not any(fnmatch.fnmatchcase(i, pat) for i in ids):
+            raise ConfigError(f"{where}: exclude: {pat!r} matches no cell (ids look like "
+                              f"{ids[0]!r})")  # fmt: skip
+    if all(suite.excluded(i) for i in ids):
+        raise ConfigError(f"{where}: exclude leaves no cell to run")
 
 
 def load_suite(path: str | Path) -> Suite:

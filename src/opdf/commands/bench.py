@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
+from pathlib import Path
+
+from opdf.bench import launch
+from opdf.bench import run as bench
+from opdf.bench.suite import load_suite
+from opdf.errors import OpdfError
 
 HELP = """\
 Run a suite: a grid of `opdf distill` runs over one base config (variants x any config keys x
@@ -65,14 +72,6 @@ def _say(text: str) -> None:
 
 
 def run(args) -> int:
-    import fnmatch
-    import shlex
-    from pathlib import Path
-
-    from opdf.bench import run as bench
-    from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, TINY_HEADER, load_suite
-    from opdf.errors import OpdfError
-
     if args.jobs < 1:
         raise OpdfError(f"--jobs must be >= 1, got {args.jobs}")
     suite = load_suite(args.suite)
@@ -83,95 +82,22 @@ def run(args) -> int:
             raise OpdfError(f"--only {' '.join(args.only)}: no cell of {suite.name} matches")
     out = Path(args.out) if args.out else suite.default_out(args.tiny)
     threads = None if suite.sets_threads(args.tiny) else max(1, bench.cores() // args.jobs)
-    state = bench.read_state(out)
     planned = bench.plan(suite, cells, out, threads=threads,
-                   previous_running=state.get("running", []))  # fmt: skip
-    kinds = (DONE, REUSED, RESUME, NEW, BLOCKED, bench.STALE, bench.RUNNING)
-    counts = {s: sum(p.status == s for p in planned) for s in kinds}
+                         previous_running=bench.read_state(out).get("running", []))  # fmt: skip
     thread_note = (f"threads {threads} per cell (cores // jobs)" if threads is not None
                    else "threads as the suite sets them")  # fmt: skip
     header = f"suite {suite.name}: {len(planned)} cells in {out}; jobs {args.jobs}, {thread_note}"
-    tally = (f"done {counts[DONE]}, reused {counts[REUSED]}, to resume {counts[RESUME]}, "
-             f"to run {counts[NEW]}, blocked {counts[BLOCKED]}, "
-             f"stale {counts[bench.STALE]}, running elsewhere {counts[bench.RUNNING]}")  # fmt: skip
     if args.dry_run:
-        _say(header)
-        width = max(len(p.cell.id) for p in planned)
-        _say(f"{'#':>4}  {'cell':<{width}}  {'status':<8} {'dev':>6} {'test':>6}  note")
-        for i, p in enumerate(planned, 1):
-            dev = f"{100 * p.dev:.2f}" if p.dev is not None else "-"
-            test = f"{100 * p.test:.2f}" if p.test is not None else "-"
-            note = ""
-            if p.status == BLOCKED:
-                note = f"config {p.cell.config} does not exist (yet)"
-            elif p.status == bench.STALE:
-                note = f"config changed since it ran: {', '.join(p.stale_keys[:4])}"
-            elif p.status == REUSED:
-                note = f"from {p.reuse_from}"
-            elif p.status == bench.RUNNING:
-                h = p.holder or {}
-                note = (
-                    f"a live run holds it (pid {h.get('pid', '?')}, since {h.get('started', '?')})"
-                )
-            if p.active_ago is not None:
-                note = (note + "; " if note else "") + f"active {p.active_ago:.0f} s ago"
-            _say(f"{i:>4}  {p.cell.id:<{width}}  {p.status:<8} {dev:>6} {test:>6}  {note}")
-        _say(tally)
-        pending = [p for p in planned if p.pending]
-        if pending:
-            cmd = bench.cell_command(pending[0])
-            _say("next: " + shlex.join(["python", *cmd[1:]]))
+        for line in [header, *launch.plan_lines(planned)]:
+            _say(line)
         return 0
-
-    active = [p for p in planned if p.pending and p.active_ago is not None]
-    if active and not args.force:
-        raise OpdfError(
-            f"{len(active)} cell(s) were modified in the last 5 minutes by something other than "
-            f"opdf bench (e.g. {active[0].cell.id}, {active[0].active_ago:.0f} s ago): another "
-            "process may be running them. Wait, or pass --force"
-        )
-    stale = [p for p in planned if p.status == bench.STALE]
-    if stale:
-        if args.rerun_stale:
-            for p in stale:
-                for link in (p.folder, p.log):  # a reused cell: rerun here, not in the other suite
-                    if link.is_symlink():
-                        link.unlink()
-                p.status = NEW
-        else:
-            _say(f"warning: {len(stale)} finished cell(s) ran with another config "
-                 f"({stale[0].cell.id}: {', '.join(stale[0].stale_keys[:4])}); they are kept "
-                 "and counted as done. --rerun-stale reruns them")  # fmt: skip
-    blocked = [p for p in planned if p.status == BLOCKED]
-    if blocked:
-        missing = sorted({p.cell.config for p in blocked})
-        _say(f"note: {len(blocked)} cell(s) blocked, config file(s) missing: {', '.join(missing)}")
-    _say(header)
-    _say(tally)
-    pending = [p for p in planned if p.pending]
-    finished = sum(p.status in (DONE, REUSED, bench.STALE) for p in planned)
-    elsewhere = [p for p in planned if p.status == bench.RUNNING]
-    if elsewhere:
-        _say(f"note: {len(elsewhere)} cell(s) are being run by another process and are left "
-             f"alone (e.g. {elsewhere[0].cell.id}); rerun later to count them")  # fmt: skip
-    runnable = len(planned) - len(blocked)
-    with bench.suite_lock(out):
-        copy = out / "suite.yaml"
-        header = TINY_HEADER if args.tiny else "# copied by opdf bench from "
-        copy.write_text(f"{header}{args.suite}\n" + Path(args.suite).read_text())
-        bench.link_reused(planned, out)
-        if pending and args.jobs > 1:
-            bench.prepare_teachers(pending, out, _say)
-        try:
-            results = bench.run_cells(pending, out, jobs=args.jobs, total=runnable,
-                                      done_before=finished, say=_say,
-                                      keep_checkpoints=suite.keep_checkpoints)  # fmt: skip
-        except KeyboardInterrupt:
-            _say(f"interrupted; rerun `opdf bench {args.suite}` to resume")
-            return 130
-    failed = sorted(k for k, v in results.items() if v != 0)
-    _say(f"suite {suite.name}: {finished + len(results) - len(failed)}/{runnable} cells done"
-         + (f"; {len(failed)} FAILED: {', '.join(failed)}" if failed else "")
-         + (f"; {len(blocked)} blocked" if blocked else "")
-         + (f"; {len(elsewhere)} running elsewhere" if elsewhere else ""))  # fmt: skip
-    return 1 if failed else 0
+    launch.refuse_active(planned, args.force)
+    launch.settle_stale(planned, args.rerun_stale, _say)
+    try:
+        outcome = launch.run_planned(suite, args.suite, planned, out, jobs=args.jobs,
+                                     tiny=args.tiny, header=header, say=_say)  # fmt: skip
+    except KeyboardInterrupt:
+        _say(f"interrupted; rerun `opdf bench {args.suite}` to resume")
+        return 130
+    _say(outcome.summary(suite.name))
+    return 1 if outcome.failed else 0

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
+
+from opdf.bench.suite import is_suite_file
+from opdf.errors import OpdfError
+from opdf.report import format_table, group_rows, load_rows
 
 DESCRIPTION = """\
 Runs: collect summary.json files (run folders, files, or folders searched recursively) and print
@@ -65,10 +71,6 @@ def add_parser(subparsers) -> None:
 
 
 def _suite_path(paths):
-    from pathlib import Path
-
-    from opdf.bench.suite import is_suite_file
-
     if len(paths) != 1:
         return None
     p = Path(paths[0])
@@ -80,10 +82,6 @@ def _suite_path(paths):
 def with_baseline(suite, variant: str, *, export: bool):
     """The suite compared with ``variant``; an export must match the committed suite file, so
     that ``opdf report`` of the exported folder prints the same tables."""
-    import dataclasses
-
-    from opdf.errors import OpdfError
-
     if export:
         raise OpdfError(
             "--baseline changes the comparison that is printed; an export writes the suite's own "
@@ -98,6 +96,8 @@ def with_baseline(suite, variant: str, *, export: bool):
 
 
 def run_suite(args, path) -> int:
+    # here, not at the top: a suite report reaches opdf.run (and so torch), which `opdf --help`
+    # must not import
     from opdf.report.suite import build_report, export, export_dir, open_suite
 
     suite, out = open_suite(path, args.out)
@@ -120,9 +120,6 @@ def run_suite(args, path) -> int:
 
 
 def run(args) -> int:
-    from opdf.errors import OpdfError
-    from opdf.report import format_table, group_rows, load_rows
-
     suite_path = _suite_path(args.paths)
     if suite_path is not None:
         return run_suite(args, suite_path)

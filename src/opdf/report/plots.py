@@ -18,17 +18,15 @@ A plot whose axis has fewer than two values in the finished cells is not drawn.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from opdf.bench.suite import format_value
-
-if TYPE_CHECKING:  # pragma: no cover
-    from opdf.report.suite import Group, SuiteReport
+from opdf.extras import require
+from opdf.report.document import SuiteReport
+from opdf.report.results import Group
 
 
 def _pyplot():
-    from opdf.extras import require
-
+    # matplotlib is an optional extra (opdf[report]), loaded only when a plot is drawn
     matplotlib = require("matplotlib", "opdf report's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -6,7 +6,11 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import yaml
+
+from opdf.choices import NEUTRAL_KEYS
 from opdf.errors import OpdfError
+from opdf.report.render import csv_rows, markdown_table
 
 COLUMNS = [
     ("run", "run"),
@@ -92,8 +96,6 @@ SAME_SETTING_KEYS = ("seed", "output_dir", "threads")
 def setting(config: dict | None, summary: dict) -> dict:
     """What makes runs one setting, flattened to dotted keys: the run's config.yaml without its
     seed (and keys that change nothing measured); from the summary for a run without one."""
-    from opdf.choices import NEUTRAL_KEYS
-
     if not isinstance(config, dict):
         keys = ("method", "overparam", "unit_modes", "align", "steps", "batch_size", "data",
                 "method_options", "student_model", "student_layers")  # fmt: skip
@@ -113,8 +115,6 @@ def _flatten(d, prefix: str = "") -> dict:
 
 
 def _read_config(summary_file: Path) -> dict | None:
-    import yaml
-
     try:
         data = yaml.safe_load((summary_file.parent / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
@@ -157,7 +157,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
     (:func:`setting`). Settings of one (method, variant) are told apart in the run column by the
     keys where they differ; a setting whose runs repeat a seed gets a note (its runs are not
     independent samples)."""
-    import numpy as np
+    import numpy as np  # here, not at the top: `opdf --help` imports this module and no numpy
 
     def key(r: dict) -> tuple:
         return (r["method"], r["variant"], json.dumps(r.get("setting") or {}, sort_keys=True,
@@ -211,23 +211,8 @@ def format_table(rows: list[dict], fmt: str = "markdown") -> str:
             line[keys.index("test")] += f" ± {100 * r['test_std']:.2f}"
         cells.append(line)
     if fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(keys)
-        w.writerows([[r.get(k) for k in keys] for r in rows])
-        return buf.getvalue()
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-    lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    lines += [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
-        for line in cells
-    ]
+        return csv_rows(keys, [[r.get(k) for k in keys] for r in rows])
+    lines = [markdown_table(heads, cells)]
     notes = sorted({r["subsample"] for r in rows if r.get("subsample")})
     notes += [r["note"] for r in rows if r.get("note")]
     if notes:

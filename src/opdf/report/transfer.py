@@ -3,7 +3,7 @@
 For a suite with tuned axes (``tune``, e.g. ``lr``) and a ``baseline``, each variant's row holds:
 
 - its scale (``plain``, SVD = 0, MPO = L unit modes, ``+align`` for OPDF) and its ``lr_scaling``;
-- the tuned values chosen on **dev** for it (:func:`opdf.report.suite.chosen_groups`), and its
+- the tuned values chosen on **dev** for it (:func:`opdf.report.stats.chosen_groups`), and its
   test mean ± std there;
 - the baseline's dev-chosen tuned values, and this variant's test at those values;
 - the *gap*: mean over the seeds both settings have of (test at its own dev-chosen values - test at
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from opdf.bench.suite import Suite, format_value
-from opdf.report.suite import Group, _baseline_label, _key, _untuned
+from opdf.report.render import markdown_table
+from opdf.report.results import Group, axes_key, baseline_label, untuned_axes
 
 #: the largest loss (test points) of running a variant at the baseline's learning rate that counts
 #: as "the learning rate transfers" (issue 12)
@@ -77,23 +78,23 @@ def transfer_rows(
     row included, as the reference); empty otherwise."""
     if not suite.tune or suite.baseline is None:
         return []
-    by_key = {(g.label, _key(g.axes)): g for g in groups}
-    chosen_by = {(g.label, _key(_untuned(suite, g))): g for g in chosen}
+    by_key = {(g.label, axes_key(g.axes)): g for g in groups}
+    chosen_by = {(g.label, axes_key(untuned_axes(suite, g))): g for g in chosen}
     rows = []
     for g in chosen:
-        untuned = _key(_untuned(suite, g))
-        bl = _baseline_label(suite, g) or (g.label if g.variant == suite.baseline else None)
+        untuned = axes_key(untuned_axes(suite, g))
+        bl = baseline_label(suite, g) or (g.label if g.variant == suite.baseline else None)
         base = chosen_by.get((bl, untuned)) if bl else None
         at_base = None
         if base is not None:
             tuned = {k: v for k, v in base.axes if k in suite.tune}
             axes = tuple((k, tuned.get(k, v)) for k, v in g.axes)
-            at_base = by_key.get((g.label, _key(axes)))
+            at_base = by_key.get((g.label, axes_key(axes)))
         siblings = [
             h
             for h in groups
             if h.label == g.label
-            and _key(_untuned(suite, h)) == untuned
+            and axes_key(untuned_axes(suite, h)) == untuned
             and h.mean("test") is not None
         ]
         oracle = max(siblings, key=lambda h: h.mean("test"), default=None)
@@ -115,8 +116,6 @@ def _points(v: float | None, n: int) -> str:
 
 
 def transfer_table(suite: Suite, rows: Sequence[TransferRow]) -> str:
-    from opdf.report.suite import _markdown
-
     heads = ["variant", "scale", "lr scaling", "chosen on dev", "n", "test there",
              f"{suite.baseline}'s choice", "n", "test at it", "gap (points)",
              f"within {TOLERANCE_POINTS}", "vs tuned base (points)",
@@ -124,7 +123,7 @@ def transfer_table(suite: Suite, rows: Sequence[TransferRow]) -> str:
     lines = []
     for r in rows:
         g = r.group
-        untuned = ", ".join(f"{k}={format_value(v)}" for k, v in _untuned(suite, g))
+        untuned = ", ".join(f"{k}={format_value(v)}" for k, v in untuned_axes(suite, g))
         name = g.label + (f" ({untuned})" if untuned else "")
         oracle = "-" if r.oracle is None else f"{tuned_text(suite, r.oracle)}: {_pm(r.oracle)}"
         lines.append([
@@ -134,7 +133,7 @@ def transfer_table(suite: Suite, rows: Sequence[TransferRow]) -> str:
             _points(r.gap, r.gap_n), r.verdict,
             "-" if g.variant == suite.baseline else _points(r.vs_base, r.vs_base_n), oracle,
         ])  # fmt: skip
-    return _markdown(heads, lines)
+    return markdown_table(heads, lines)
 
 
 def transfer_summary(rows: Sequence[TransferRow]) -> list[str]:
@@ -162,7 +161,7 @@ def transfer_record(suite: Suite, r: TransferRow) -> dict:
     """One row of ``transfer.csv`` (scores in metric units, gaps in points)."""
     g = r.group
     rec: dict[str, Any] = {"label": g.label, "config": g.config_name, "variant": g.variant}
-    rec.update({k: format_value(v) for k, v in _untuned(suite, g)})
+    rec.update({k: format_value(v) for k, v in untuned_axes(suite, g)})
     rec.update({
         "scheme": g.first("overparam"), "scale": g.scale(), "align": bool(g.first("align")),
         "lr_scaling": g.lr_scaling(), "chosen_on_dev": tuned_text(suite, g),
