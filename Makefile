@@ -56,6 +56,7 @@ fashion-mnist:
 
 test: venv
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache  # the floors (pyproject.toml [tool.importlinter])
 	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
@@ -66,6 +67,7 @@ docs: venv
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff format --check src tests benchmarks
 
 # make demo: the comparison that holds, one seed. Each student at the (student.init, lr) its suite

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import opdf
+import opdf.run.trainer
 from opdf.distill import Distiller, register_method
 from opdf.errors import OpdfError
 from opdf.run import checkpoint as ckpt
@@ -24,7 +25,7 @@ def test_grad_accum_uses_one_contraction_per_step_and_fused_adamw(tmp_path, monk
         entered.append(sum(1 for _ in opdf.overparam.mpo_modules(model)))
         return real(model)
 
-    monkeypatch.setattr(opdf, "accumulate", counting)
+    monkeypatch.setattr(opdf.run.trainer, "accumulate", counting)  # the name it calls
     out = tmp_path / "run"
     cfg = load_config(
         "configs/smoke-kd.yaml",

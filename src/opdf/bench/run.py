@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+import opdf
 from opdf.bench.suite import (
     BLOCKED,
     DONE,
@@ -37,6 +38,11 @@ from opdf.bench.suite import (
 )
 from opdf.choices import NEUTRAL_KEYS
 from opdf.errors import ConfigError, OpdfError
+from opdf.run import owner
+from opdf.run.config import RunConfig, load_config, with_legacy_start
+from opdf.run.lock import holder
+from opdf.run.teacher import FINETUNE_MARK, teacher_cache_dir
+from opdf.storage import atomic_write_json
 
 STALE = "stale"
 RUNNING = "running"  # another live process holds the cell folder's run lock (opdf.run.lock)
@@ -105,8 +111,6 @@ def config_diff(saved: dict, expected: dict) -> list[str]:
     would run with now; keys only one side has (added by a later opdf) are not differences,
     except the student's ``source`` and ``head``: a config from before them ran the legacy start,
     so a method whose default start changed (DBKD) has stale cells."""
-    from opdf.run.config import with_legacy_start
-
     a, b = _flatten(with_legacy_start(saved)), _flatten(with_legacy_start(expected))
     return sorted(
         k for k in set(a) & set(b)
@@ -119,8 +123,6 @@ def same_run(saved: dict, expected: dict) -> bool:
     """Whether a finished cell's saved config ran what ``expected`` would run: every key equal,
     a key one side lacks counted at its default (a later opdf's new key at its default changes
     nothing; at another value it does), ignoring :data:`IGNORED_KEYS` and :data:`SPEC_KEYS`."""
-    from opdf.run.config import RunConfig, with_legacy_start
-
     a, b = _flatten(with_legacy_start(saved)), _flatten(with_legacy_start(expected))
     d = _flatten(RunConfig().to_dict())
     for k in set(a) | set(b):
@@ -166,8 +168,6 @@ def _summary(folder: Path) -> dict | None:
 
 def resolved_config(cell: Cell, overrides: Sequence[str], folder: Path):
     """The :class:`RunConfig` the cell runs with (validates it; ConfigError names the cell)."""
-    from opdf.run.config import load_config
-
     try:
         return load_config(cell.config, [*overrides, f"output_dir={folder}"])
     except ConfigError as e:
@@ -249,8 +249,6 @@ def _check_liveness(p: Planned, out: Path, previous_running: Sequence[str]) -> N
     """A pending cell that a live run holds is left alone (``running``); one that something else
     touched recently gets ``active_ago`` (``opdf bench`` asks for --force)."""
     if p.status in (NEW, RESUME):
-        from opdf.run.lock import holder  # opdf.run imports torch: not at this module's top
-
         p.holder = holder(p.folder) if p.folder.is_dir() else None
         if p.holder is not None:
             p.status = RUNNING  # left alone: a live run owns the folder
@@ -279,8 +277,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 def child_env(threads: int | None) -> dict[str, str]:
     """The cell's environment: this opdf first on the path, BLAS threads as the cell's."""
-    import opdf
-
     env = dict(os.environ)
     src = str(Path(opdf.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
@@ -359,16 +355,12 @@ def read_state(out: Path) -> dict:
 
 
 def _write_state(out: Path, running: Sequence[str]) -> None:
-    from opdf.run.checkpoint import atomic_write_json
-
     atomic_write_json(out / STATE_FILE, {"pid": os.getpid(), "running": sorted(running)})
 
 
 def prepare_teachers(planned: Sequence[Planned], out: Path, say: Callable[[str], None]) -> None:
     """Fine-tune each distinct uncached teacher once, before cells run in parallel (otherwise
     every cell of a fresh suite would fine-tune the same teacher at the same time)."""
-    from opdf.run.runner import FINETUNE_MARK, teacher_cache_dir
-
     todo: dict[Path, Planned] = {}
     for p in planned:
         cfg = resolved_config(p.cell, p.overrides, p.folder)
@@ -520,7 +512,5 @@ class _Pool:
 
 def _drop_checkpoints(folder: Path) -> None:
     """A finished cell's ``checkpoints/``: only the files its run wrote (opdf.run.owner)."""
-    from opdf.run import owner  # opdf.run imports torch: not at this module's top
-
     with contextlib.suppress(owner.NotOwnedError):
         owner.remove_owned(folder, "checkpoints", check=False, what="bench cell")

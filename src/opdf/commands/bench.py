@@ -6,8 +6,6 @@ import argparse
 import fnmatch
 from pathlib import Path
 
-from opdf.bench import launch
-from opdf.bench import run as bench
 from opdf.bench.suite import load_suite
 from opdf.errors import OpdfError
 
@@ -72,6 +70,10 @@ def _say(text: str) -> None:
 
 
 def run(args) -> int:
+    # The verb's work loads when it runs: `opdf --help` builds every verb's parser (no torch).
+    from opdf.bench import launch
+    from opdf.bench import run as bench
+
     if args.jobs < 1:
         raise OpdfError(f"--jobs must be >= 1, got {args.jobs}")
     suite = load_suite(args.suite)

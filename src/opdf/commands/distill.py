@@ -6,6 +6,7 @@ import argparse
 import json
 
 from opdf.commands.common import add_config_arguments, split_late_flags
+from opdf.errors import ConfigError
 
 HELP = """\
 Run one distillation config: the YAML file is validated first (unknown keys, bad values and
@@ -66,20 +67,18 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     args = split_late_flags(args)
+    # the verb's work (torch) loads when it runs: see opdf.commands
+    from opdf.run.allocator import keep_freed_memory
     from opdf.run.config import dump_config, load_config
+    from opdf.run.distributed import is_main_process
+    from opdf.run.runner import run_distill
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
     if args.resume and args.overwrite:
-        from opdf.errors import ConfigError
-
         raise ConfigError("--resume and --overwrite exclude each other")
-    from opdf.run.allocator import keep_freed_memory
-    from opdf.run.distributed import is_main_process
-    from opdf.run.runner import run_distill
-
     keep_freed_memory()  # see opdf.run.allocator: faster steps, peak memory kept
     summary = run_distill(
         cfg, resume=args.resume, overwrite=args.overwrite,

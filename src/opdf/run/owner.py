@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from opdf.errors import OpdfError
+from opdf.storage import atomic_write_json
 
 MARKER = ".opdf-owner.json"
 LOCK = ".opdf.lock"  # opdf.run.lock.LOCK_FILE (not imported: this module sits below it)
@@ -66,8 +67,6 @@ def read(folder: Path) -> dict | None:
 
 
 def _write(folder: Path, data: dict) -> None:
-    from opdf.run.checkpoint import atomic_write_json  # same floor; imported late (torch)
-
     atomic_write_json(Path(folder) / MARKER, data)
 
 

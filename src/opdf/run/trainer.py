@@ -39,8 +39,10 @@ from pathlib import Path
 
 import torch
 
+from opdf.data.views import split_views
 from opdf.distill.base import Distiller, TrainContext
 from opdf.errors import DivergedError, OpdfError
+from opdf.overparam import accumulate
 from opdf.progress import progress_bar
 from opdf.run import checkpoint as ckpt
 from opdf.run import distributed, optim, owner
@@ -55,7 +57,8 @@ from opdf.run.finish import (  # peak_*: also importable from here, as before
 )
 from opdf.run.settings import TrainSettings
 from opdf.run.state import TrainState
-from opdf.run.tblog import TB_DIR
+from opdf.run.tblog import TB_DIR, TensorBoardLog, require_tensorboard
+from opdf.storage import cache_dir
 
 # This many optimizer steps in a row without a gradient, none of them declared expected by the
 # method (Distiller.no_gradient_expected), means the method trains nothing.
@@ -137,8 +140,6 @@ class Trainer:
         resumable: bool = True,
         dist: DistEnv = SINGLE,
     ):
-        from opdf.data.views import split_views
-
         self.distiller = distiller
         self.dataset = dataset
         self.tokenizer = tokenizer
@@ -202,8 +203,6 @@ class Trainer:
         one's events after the checkpoint's step."""
         if "tensorboard" not in self.s.log_to or not self.dist.is_main:
             return
-        from opdf.run.tblog import TensorBoardLog
-
         purge = state.step + 1 if state.step else None
         self.tb = TensorBoardLog(self.out / TB_DIR, purge_step=purge)
         self._own(TB_DIR)  # the session's event file exists from here on
@@ -404,8 +403,6 @@ class Trainer:
         elif env.rank > 0:
             ckpt.seed_everything(self.s.seed + env.rank)  # dropout masks of its own
         state.t0 = time.perf_counter()
-        from opdf.models.cache import cache_dir
-
         ctx = TrainContext(
             self.dataset, self.batches_for, self.total_steps, self.device, self.config,
             steps_per_epoch=self.batches.per_epoch, train_view=self.data["train"],
@@ -426,8 +423,6 @@ class Trainer:
     def fit(self, resume: bool = False, stop_after_step: int | None = None) -> dict | None:
         """Train; returns the summary (None when stopped early by ``stop_after_step``)."""
         if "tensorboard" in self.s.log_to:
-            from opdf.run.tblog import require_tensorboard
-
             require_tensorboard()  # before the method's start hook (which may train a teacher)
         state = self._start(resume)
         total = self.total_steps
@@ -576,7 +571,7 @@ class Trainer:
         ]
         module = self.step_module
         no_sync = getattr(module, "no_sync", None)  # a DDP-wrapped module
-        acc_block = _accumulate(d.export_student()) if len(micro) > 1 else contextlib.nullcontext()
+        acc_block = accumulate(d.export_student()) if len(micro) > 1 else contextlib.nullcontext()
         terms: dict[str, float] = {}
         groups: dict[str, float] = {}
         stepped = expected = False
@@ -727,7 +722,3 @@ def _best_header(path: Path):
     return saved
 
 
-def _accumulate(model):
-    from opdf import accumulate
-
-    return accumulate(model)
