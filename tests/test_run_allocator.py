@@ -12,6 +12,7 @@ import pytest
 
 PROBE = """
 import json, resource, sys, torch
+import opdf.run.runner  # as in `opdf distill`: the training stack is loaded when it is called
 from opdf.run.allocator import keep_freed_memory
 applied = keep_freed_memory()
 def faults():
