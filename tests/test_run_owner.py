@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -249,3 +250,25 @@ def test_a_listed_folder_replaced_by_a_link_is_not_followed(tmp_path):
     (run / "student").symlink_to(mine, target_is_directory=True)
     owner.remove_owned(run)
     assert (mine / "model.safetensors").read_text() == "the user's"
+
+
+def _record_many(folder: str, tag: str, n: int) -> None:
+    for i in range(n):
+        name = f"{tag}-{i}.txt"
+        (Path(folder) / name).write_text("x")
+        owner.record(Path(folder), name)
+
+
+def test_concurrent_records_keep_every_path(tmp_path):
+    """A live run and `opdf merge` adding to one marker at once: neither loses the other's paths
+    (the marker's read-modify-write holds a lock on the folder)."""
+    owner.claim(tmp_path, "distill")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_record_many, args=(str(tmp_path), t, 40)) for t in "abcd"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    listed = set(owner.read(tmp_path)["paths"])
+    assert {f"{t}-{i}.txt" for t in "abcd" for i in range(40)} <= listed

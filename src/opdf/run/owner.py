@@ -15,13 +15,14 @@ and anything else in the folder still is not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from opdf.errors import OpdfError
@@ -196,6 +197,29 @@ def record(folder: Path, *paths: str | Path) -> None:
     """Add paths opdf has just written under ``folder`` to its marker (a folder with every path
     under it now). No-op for a folder without a marker (nothing to add to)."""
     folder = Path(folder)
+    with _marker_locked(folder):
+        _record(folder, paths)
+
+
+@contextlib.contextmanager
+def _marker_locked(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` itself (flock on the directory: no lock file that
+    the ownership rules would have to list), so that two processes adding to one marker (a live
+    run and `opdf merge` on it) cannot lose each other's paths. No-op without ``fcntl``."""
+    try:
+        import fcntl  # POSIX only: stdlib, but absent on Windows
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _record(folder: Path, paths: tuple[str | Path, ...]) -> None:
     marker = read(folder)
     if marker is None:
         return
