@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from opdf.bench import run as bench
+from opdf.bench.launch import copy_suite_file
 from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, format_value, load_suite
 from opdf.cli import main
-from opdf.errors import ConfigError
+from opdf.errors import ConfigError, OpdfError
 from opdf.run.config import dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -451,3 +452,18 @@ def test_the_suites_guide_lists_every_committed_suite():
     guide = (ROOT / "docs" / "guides" / "suites.md").read_text()  # the README's list moved here
     for path in (ROOT / "benchmarks/suites").glob("*.yaml"):
         assert f"| `{path.stem}` |" in guide, path.stem
+
+
+def test_a_users_suite_yaml_in_the_results_folder_is_never_replaced(tmp_path):
+    suite_file = tmp_path / "mine.yaml"
+    suite_file.write_text("name: mine\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "suite.yaml").write_text("my notes\n")
+    with pytest.raises(OpdfError, match="not a copy opdf bench wrote"):
+        copy_suite_file(suite_file, out, tiny=False)
+    assert (out / "suite.yaml").read_text() == "my notes\n"
+    (out / "suite.yaml").unlink()
+    copy_suite_file(suite_file, out, tiny=True)  # its own copies (tiny or not) are refreshed
+    copy_suite_file(suite_file, out, tiny=False)
+    assert (out / "suite.yaml").read_text().endswith("name: mine\n")

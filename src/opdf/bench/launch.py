@@ -25,6 +25,7 @@ from opdf.bench.run import (
 )
 from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, TINY_HEADER, Suite
 from opdf.errors import OpdfError
+from opdf.storage import atomic_write_text
 
 Say = Callable[[str], None]
 
@@ -103,11 +104,30 @@ def settle_stale(planned: Sequence[Planned], rerun: bool, say: Say) -> None:
         p.status = NEW
 
 
+COPY_HEADER = "# copied by opdf bench from "
+
+
 def copy_suite_file(suite_file: str | Path, out: Path, *, tiny: bool) -> None:
     """``out/suite.yaml``: the suite file that produced the results, with a first line naming it
     (``opdf report`` of the folder reads it; a tiny grid's copy says so)."""
-    header = TINY_HEADER if tiny else "# copied by opdf bench from "
-    (out / "suite.yaml").write_text(f"{header}{suite_file}\n" + Path(suite_file).read_text())
+    header = TINY_HEADER if tiny else COPY_HEADER
+    copy = out / "suite.yaml"
+    if copy.is_symlink() or (copy.exists() and not _is_our_copy(copy)):
+        raise OpdfError(
+            f"{copy} is not a copy opdf bench wrote (its first line is not {COPY_HEADER!r}...): "
+            "opdf never replaces a file it did not write; move it, or run the suite into "
+            "another folder"
+        )
+    atomic_write_text(copy, f"{header}{suite_file}\n" + Path(suite_file).read_text())
+
+
+def _is_our_copy(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError:
+        return False
+    return first.startswith((COPY_HEADER, TINY_HEADER))
 
 
 @dataclass
