@@ -63,6 +63,29 @@ def test_distill_merge_report_finetune(tmp_path, capsys):
     a = load_file(str(run / "student" / "model.safetensors"))
     b = load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # its output folder is opdf's: --overwrite replaces what the merge wrote, and only that
+    assert main(["merge", str(run), "-o", str(out)]) == 2
+    assert "not empty; pass --overwrite" in capsys.readouterr().err
+    (out / "stale.bin").write_bytes(b"x")  # a file of the user's among the merged model's
+    assert main(["merge", str(run), "-o", str(out), "--overwrite"]) == 2
+    assert "stale.bin" in capsys.readouterr().err and (out / "model.safetensors").is_file()
+    (out / "stale.bin").unlink()
+    assert main(["merge", str(run), "-o", str(out), "--overwrite", "--which", "last"]) == 0
+    capsys.readouterr()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(["merge", str(run), "-o", str(foreign), "--overwrite"]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    # inside the run folder (the default RUN_DIR/merged-best) the run's marker lists it
+    assert main(["merge", str(run)]) == 0
+    assert main(["merge", str(run)]) == 2
+    assert main(["merge", str(run), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert "merged-best/model.safetensors" in json.loads((run / ".opdf-owner.json").read_text())[
+        "paths"
+    ]
     assert main(["merge", str(tmp_path / "nothing")]) == 2
     assert "not an opdf run folder" in capsys.readouterr().err
 

@@ -27,7 +27,9 @@ def add_parser(subparsers) -> None:
                    help="where to save (default: RUN_DIR/merged-<which>)")  # fmt: skip
     p.add_argument("--which", choices=("best", "last"), default="best",
                    help="which checkpoint (default: best)")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier merge wrote in the output folder (a folder "
+                   "holding anything else is refused, nothing deleted)")  # fmt: skip
     p.set_defaults(run=run)
 
 

@@ -75,8 +75,7 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     raw = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
     scheme, unit_modes = raw.get("overparam", "none"), int(raw.get("unit_modes", 0))
     out = Path(out_dir) if out_dir is not None else run_dir / f"merged-{which}"
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OpdfError(f"{out} exists and is not empty; pass --overwrite or another --output")
+    _prepare_merged_folder(run_dir, out, overwrite)
     if which == "last":  # the newest intact one: last.pt, else previous.pt (with a warning)
         state = ckpt.read_latest(state_file.parent)[1].modules["student"]
     else:
@@ -138,7 +137,37 @@ def _merge_vision(arch: Path, state: dict, scheme: str, unit_modes: int, out: Pa
     return out
 
 
+def _inside(run_dir: Path, out: Path) -> str | None:
+    """``out``'s path relative to the run folder when it lies inside it, else None."""
+    out, run_dir = out.resolve(), run_dir.resolve()
+    return out.relative_to(run_dir).as_posix() if out.is_relative_to(run_dir) else None
+
+
+def _prepare_merged_folder(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """The output folder, made opdf's before anything is written (``opdf.run.owner``): inside
+    the run folder it is listed in the run's marker; elsewhere it gets a marker of its own.
+    ``--overwrite`` deletes only what opdf wrote there and refuses, deleting nothing, when
+    anything else is in it; a non-empty folder without it is refused as before."""
+    rel = _inside(run_dir, out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OpdfError(f"{out} exists and is not empty; pass --overwrite or another --output")
+        if rel is not None:
+            owner.claim(run_dir, "distill", what="run folder")  # adopts an older run folder
+            owner.remove_owned(run_dir, rel, what="--output")
+        else:
+            owner.claim(out, "merge", what="--output")  # refuses a folder that is not opdf's
+            owner.remove_owned(out, what="--output")
+            owner.renew(out, "merge")
+    elif rel is None:
+        owner.claim(out, "merge", what="--output")
+
+
 def _own_merged(run_dir: Path, out: Path) -> None:
-    """A merged model written inside the run folder is opdf's, like the rest of the run."""
-    if out.resolve().is_relative_to(run_dir.resolve()):
-        owner.record(run_dir, out.resolve().relative_to(run_dir.resolve()))
+    """What the merge wrote is opdf's: listed in the run's marker when ``out`` is inside the run
+    folder, else in ``out``'s own."""
+    rel = _inside(run_dir, out)
+    if rel is not None:
+        owner.record(run_dir, rel)
+    else:
+        owner.record(out, *(p.name for p in out.iterdir() if p.name != owner.MARKER))
