@@ -417,6 +417,36 @@ def test_a_regression_student_trains_on_a_nonzero_kd_term_through_the_kd_distill
     assert cores and all(not torch.equal(cores[n], live[n]) for n in cores)
 
 
+class Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"pixel_values": torch.randn(3, 8, 8, generator=g), "labels": i % 3}
+
+
+def test_a_transformers_image_classifier_distils_through_the_kd_distiller(tmp_path):
+    """pixel_values batches reach the distiller too (a ViT's output has .logits)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    def vit(seed: int):
+        torch.manual_seed(seed)
+        return ViTForImageClassification(ViTConfig(
+            image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1,
+            num_attention_heads=2, intermediate_size=32, num_labels=3))  # fmt: skip
+
+    teacher, student = vit(0), vit(1)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=2,
+                             per_device_train_batch_size=8, logging_steps=1, learning_rate=1e-3,
+                             save_strategy="no", disable_tqdm=True)  # fmt: skip
+    trainer = OpdfTrainer(model=student, args=args, train_dataset=Images(), teacher=teacher,
+                          scheme="mpo", unit_modes=1, merged_dir=False)  # fmt: skip
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "opdf_kd" in h]
+    assert len(logged) == 2 and all(h["opdf_kd"] > 0 and h["opdf_task"] > 0 for h in logged)
+
+
 def test_the_distiller_by_name_with_options_or_built_gives_the_methods_own_terms(tmp_path):
     from opdf.distill.kd import KD
 

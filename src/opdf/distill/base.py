@@ -75,8 +75,9 @@ def model_inputs(batch: dict) -> dict:
 def model_logits(model: nn.Module, batch: dict) -> torch.Tensor:
     """Logits of ``model`` on ``batch``: an image batch (``pixel_values``) goes to a plain torch
     classifier that returns logits; a text batch to a transformers model (``.logits``)."""
-    if "pixel_values" in batch:
-        return model(batch["pixel_values"])
+    if "pixel_values" in batch:  # opdf's vision models return logits; a transformers one, .logits
+        out = model(batch["pixel_values"])
+        return out if isinstance(out, torch.Tensor) else out.logits
     return model(**model_inputs(batch)).logits
 
 

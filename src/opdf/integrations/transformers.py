@@ -356,12 +356,13 @@ class OpdfTrainer(Trainer):
         """The distiller's ``forward_train`` on the batch, through ``model`` (the Trainer's
         wrapped model under DDP, whose forward syncs the gradients); the teacher's forward
         under the same autocast. The method's ``ce`` term is logged as ``opdf_task``."""
-        extra = sorted(set(inputs) - {"labels", *MODEL_INPUTS})
+        image = "pixel_values" in inputs and not set(inputs) & set(MODEL_INPUTS)
+        extra = sorted(set(inputs) - {"labels", *(("pixel_values",) if image else MODEL_INPUTS)})
         if extra:
             raise OpdfError(
                 f"the batch has {', '.join(extra)}: the distiller reads "
-                f"{', '.join(MODEL_INPUTS)} and labels (text classifiers); give the Trainer "
-                "such batches, or no teacher"
+                f"{', '.join(MODEL_INPUTS)} and labels (text classifiers), or pixel_values and "
+                "labels (image classifiers); give the Trainer such batches, or no teacher"
             )
         d = self.distiller
         d.step = self.state.global_step
