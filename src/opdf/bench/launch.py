@@ -23,7 +23,16 @@ from opdf.bench.run import (
     run_cells,
     suite_lock,
 )
-from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, TINY_HEADER, Suite
+from opdf.bench.suite import (
+    BLOCKED,
+    COPY_HEADER,
+    DONE,
+    NEW,
+    RESUME,
+    REUSED,
+    TINY_HEADER,
+    Suite,
+)
 from opdf.errors import OpdfError
 from opdf.storage import atomic_write_text
 
@@ -102,9 +111,6 @@ def settle_stale(planned: Sequence[Planned], rerun: bool, say: Say) -> None:
             if link.is_symlink():
                 link.unlink()
         p.status = NEW
-
-
-COPY_HEADER = "# copied by opdf bench from "
 
 
 def copy_suite_file(suite_file: str | Path, out: Path, *, tiny: bool) -> None:

@@ -102,6 +102,8 @@ def override_text(key: str, value: Any) -> str:
     return f"{key}={dumped}"
 
 
+#: the first line of ``opdf bench``'s copy of a suite file in the results folder
+COPY_HEADER = "# copied by opdf bench from "
 #: the first line ``opdf bench --tiny`` writes into the results folder's copy of the suite file
 #: (``opdf report`` then counts the tiny grid's cells)
 TINY_HEADER = "# copied by opdf bench --tiny from "
