@@ -218,3 +218,25 @@ def test_an_unknown_key_is_named_as_written_with_a_suggestion():
         load_config("configs/smoke-kd.yaml", ["kd.temprature=2"])
     assert "unknown config key kd.temprature (did you mean kd.temperature?)" in str(e.value)
     assert "'" not in str(e.value).split(";")[0]
+
+
+def test_resume_of_a_run_saved_with_null_layers(tmp_path):
+    """A run whose config says ``student.layers: null`` (the teacher's bottom half) resumes with
+    the same config, and with ``student.init: bottom`` (the same layers, saved resolved); other
+    layers are refused."""
+    from opdf.run.config import dump_config
+    from opdf.run.runner import prepare_output_dir
+
+    def cfg_of(*overrides):
+        return load_config("configs/smoke-kd.yaml", [f"output_dir={tmp_path}", *overrides])
+
+    saved = cfg_of("student.layers=null")
+    assert saved.student.layers is None
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    (tmp_path / "config.yaml").write_text(dump_config(saved))
+    assert prepare_output_dir(tmp_path, resume=True, overwrite=False, cfg=saved) is True
+    bottom = cfg_of("student.layers=null", "student.init=bottom")
+    assert prepare_output_dir(tmp_path, resume=True, overwrite=False, cfg=bottom) is True
+    with pytest.raises(ConfigError, match="differs from the one in .* in student"):
+        prepare_output_dir(tmp_path, resume=True, overwrite=False, cfg=cfg_of("student.layers=[1]"))

@@ -257,3 +257,19 @@ def test_a_config_made_in_code_gets_its_init_resolved_by_build(tmp_path):
     cfg.student.layers, cfg.student.init = None, "uniform"
     *_, info = build(cfg, progress=False)
     assert info["student_layers"] == [1, 3] and info["student_init"] == "uniform"
+
+
+def test_a_cell_saved_with_null_layers_is_the_same_run_as_init_bottom():
+    """Before ``student.init`` a suite could leave ``student.layers: null`` (the teacher's bottom
+    half); today's ``student.init: bottom`` saves the resolved list. Same student, same run."""
+    cfg = load_config(SMOKE, ["student.init=bottom", "student.layers=null"])
+    depth = model_depth(cfg.teacher.model)
+    expected = yaml.safe_load(dump_config(cfg))
+    assert expected["student"]["layers"] == list(range(depth // 2))
+    older = yaml.safe_load(dump_config(load_config(SMOKE, ["student.layers=null"])))
+    assert older["student"]["layers"] is None
+    older["student"].pop("init"), older["student"].pop("num_layers")
+    assert bench.same_run(older, expected) and not bench.config_diff(older, expected)
+    other = {**expected, "student": {**expected["student"], "layers": [1, 2][: depth // 2]}}
+    assert not bench.same_run(older, other)
+    assert bench.config_diff(older, other) == ["student.layers"]

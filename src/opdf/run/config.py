@@ -84,7 +84,7 @@ from opdf.distill import get_method, method_names, methods
 from opdf.errors import ConfigError, OpdfError
 from opdf.models import builtin_names
 from opdf.models.builtin import model_depth
-from opdf.models.student import init_layers
+from opdf.models.student import default_student_layers, init_layers
 from opdf.models.vision import is_vision_model, vision_model_names
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -204,8 +204,9 @@ def legacy_start(student: dict) -> tuple[str, str]:
 
 def with_legacy_start(config: dict) -> dict:
     """A copy of a saved config dict whose student section gains the ``source`` and ``head``
-    it ran with when it predates the keys (for comparing old run folders with today's
-    resolved configs: a resume, a suite's finished cells)."""
+    it ran with when it predates the keys, and the teacher layers it started from when saved as
+    null (for comparing old run folders with today's resolved configs: a resume, a suite's
+    finished cells)."""
     out = copy.deepcopy(config)
     student = out.get("student")
     if isinstance(student, dict) and (student.get("source") is None or student.get("head") is None):
@@ -217,7 +218,28 @@ def with_legacy_start(config: dict) -> dict:
             student["source"] = source
         if student.get("head") is None:
             student["head"] = head if student["source"] == source else None
+    if isinstance(student, dict):
+        _fill_default_layers(student, out)
     return out
+
+
+def _fill_default_layers(student: dict, config: dict) -> None:
+    """``student.layers: null`` on a student cut from the teacher ran the teacher's bottom half
+    (then and now): fill in those layers, so that such a cell and one written with
+    ``student.init: bottom`` (which saves the resolved list) compare as the same run."""
+    if student.get("layers") is not None or student.get("model") is not None:
+        return
+    if student.get("source") == "model" or student.get("num_layers") is not None:
+        return
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    teacher = config.get("teacher") if isinstance(config.get("teacher"), dict) else {}
+    if is_vision_dataset(str(data.get("name", DataConfig.name))):
+        return
+    try:
+        depth = model_depth(str(teacher.get("model", TeacherConfig.model)))
+    except (OpdfError, OSError, ValueError):
+        return  # a teacher folder gone since: compared as written
+    student["layers"] = default_student_layers(depth)
 
 
 def _without_legacy_start(student: dict) -> dict:

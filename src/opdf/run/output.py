@@ -95,18 +95,30 @@ def _with_defaults(old: dict, defaults: dict) -> dict:
     return out
 
 
+def _as_ran(config: dict) -> dict:
+    """A config dict as the run it describes: the legacy start and null layers filled in, and
+    without the neutral keys or ``student.init`` / ``num_layers`` (how the layers were chosen;
+    ``student.layers`` holds them)."""
+    out = drop_neutral(with_legacy_start(config))
+    student = out.get("student")
+    if isinstance(student, dict) and student.get("layers") is not None:
+        student.pop("init", None)
+        student.pop("num_layers", None)
+    return out
+
+
 def _check_resume(out: Path, cfg: RunConfig) -> None:
     """--resume continues the run in ``out`` only: the same config (up to where it writes and
     logs), and not a finished one."""
     saved = out / CONFIG_FILE
     if saved.is_file():
-        new = drop_neutral(cfg.to_dict())
+        new = _as_ran(cfg.to_dict())
         options = type(cfg.method_options)()
         defaults = RunConfig(method=cfg.method, method_options=options).to_dict()
         raw = yaml.safe_load(saved.read_text()) or {}
         if not isinstance(raw, dict):
             raise OpdfError(f"--resume: {saved} is not an opdf run config (not a mapping)")
-        old = drop_neutral(with_legacy_start(_with_defaults(raw, defaults)))
+        old = _as_ran(_with_defaults(raw, defaults))
         ignored = ("output_dir", "log_to")  # where the run writes and logs changes no result
         diff = sorted(k for k in set(old) | set(new)
                       if k not in ignored and old.get(k) != new.get(k))  # fmt: skip
