@@ -90,6 +90,30 @@ def test_resumed_run_purges_the_killed_sessions_events(tmp_path):
     assert 123.0 not in [v for _, v in events["train/loss"]]
 
 
+def test_a_resume_at_the_last_step_holds_one_test_scalar(tmp_path, monkeypatch):
+    """Killed after the final checkpoint and the test record, before the results were saved:
+    the resumed session evaluates test again; TensorBoard holds it once, as metrics.jsonl does."""
+    from opdf.run import trainer
+
+    out = tmp_path / "run"
+    overrides = [*COMMON, f"output_dir={out}", "log_to=[tensorboard, jsonl]"]
+    cfg = load_config("configs/smoke-kd.yaml", overrides)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "write_results", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_distill(cfg, progress=False)
+    assert "test/accuracy" in read_events(out / "tb")  # the killed session's
+    summary = run_distill(cfg, resume=True, progress=False)
+    events = read_events(out / "tb")
+    assert_same(events, jsonl_scalars(out))
+    assert events["test/accuracy"] == [(6, pytest.approx(summary["test"]["accuracy"]))]
+    assert [s for s, _ in events["train/loss"]] == [2, 4, 6]  # step 6's train record kept once
+
+
 def test_tensorboard_only_writes_no_jsonl(tmp_path):
     out = tmp_path / "run"
     cfg = load_config("configs/smoke-kd.yaml", [*COMMON, f"output_dir={out}", "max_steps=2",

@@ -199,13 +199,26 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _open_tensorboard(self, state: TrainState) -> None:
-        """The TensorBoard writer of this session (rank 0); a resumed session purges the killed
-        one's events after the checkpoint's step."""
+        """The TensorBoard writer of this session (rank 0). A resumed session purges the killed
+        one's events from the checkpoint's step on and writes that step's kept records again from
+        ``metrics.jsonl`` (already truncated): the killed session may have written the final test
+        record at that very step, which ``metrics.jsonl`` dropped. Without the jsonl log only
+        the steps after the checkpoint can be purged."""
         if "tensorboard" not in self.s.log_to or not self.dist.is_main:
             return
-        purge = state.step + 1 if state.step else None
+        replay = self._records_at(state.step) if state.step else None
+        purge = None if not state.step else state.step + (replay is None)
         self.tb = TensorBoardLog(self.out / TB_DIR, purge_step=purge)
         self._own(TB_DIR)  # the session's event file exists from here on
+        for record in replay or ():
+            self.tb.write(record)
+
+    def _records_at(self, step: int) -> list[dict] | None:
+        """The records of ``metrics.jsonl`` at ``step``; None without the jsonl log."""
+        if "jsonl" not in self.s.log_to or not self.metrics_path.exists():
+            return None
+        records = (json.loads(line) for line in self.metrics_path.read_text().splitlines())
+        return [r for r in records if r.get("step") == step]
 
     def _close_tensorboard(self) -> None:
         if self.tb is not None:
