@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForSequenceClassification
 import opdf
 from opdf.cli import main as cli_main
 from opdf.errors import OpdfError
-from opdf.overparam import default_targets, mpo_modules, plan
+from opdf.overparam import default_targets, module_cores, mpo_modules, plan
 
 
 def tiny_bert(layers: int = 2, hidden: int = 32, seed: int = 0) -> BertForSequenceClassification:
@@ -458,7 +458,7 @@ def test_accumulate_keeps_finished_micro_batches_after_an_error():
 
 
 def test_core_names_are_spelled_in_one_place_and_read_back():
-    from opdf.overparam import core_index, core_param_name, module_cores
+    from opdf.overparam import core_index, core_param_name
 
     model = nn.Sequential(nn.Linear(24, 16), nn.Linear(16, 4))
     opdf.overparameterize(model, scheme="mpo", targets=["0"], shapes={"0": ([4, 1, 4], [4, 1, 6])})
@@ -471,3 +471,30 @@ def test_core_names_are_spelled_in_one_place_and_read_back():
     )
     live = dict(model.named_parameters())
     assert [id(c) for c in module_cores(model[0])] == [id(live[n]) for n in cores]
+
+
+def test_a_zero_grad_inside_accumulate_after_a_backward_is_an_error():
+    """Plain accumulation with a zero_grad() between micro-batches keeps only the later ones'
+    gradient; the held contraction gradient would still carry the earlier ones into the cores:
+    refused (at the next forward, or at the exit), with no gradient delivered to the cores."""
+    model = opdf.overparameterize(tiny_bert(), unit_modes=1)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    core_grads = [p for _, module, _ in mpo_modules(model) for p in module_cores(module)]
+    refused = pytest.raises(OpdfError, match=r"zero_grad\(\) inside .* after a backward")
+    with refused, opdf.accumulate(model):
+        model(**batch(n=2, seed=0)).loss.backward()
+        opt.zero_grad()
+        model(**batch(n=2, seed=1)).loss.backward()  # refused at this forward
+    assert all(p.grad is None for p in core_grads)
+    with refused, opdf.accumulate(model):  # after the last backward: refused at the exit
+        model(**batch(n=2)).loss.backward()
+        model.zero_grad()
+    assert all(p.grad is None for p in core_grads)
+    # before the first backward it changes nothing: the block runs as always
+    model(**batch(n=2)).loss.backward()  # a stale gradient from before the block
+    with opdf.accumulate(model):
+        opt.zero_grad()
+        for s in range(2):
+            model(**batch(n=2, seed=s)).loss.backward()
+    assert all(p.grad is not None for p in core_grads)

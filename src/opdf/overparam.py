@@ -503,7 +503,35 @@ class Accumulation:
         self._held = held
         self._carried = False
         self._ran: list[bool] = []  # appended to by _Carry.backward
-        self._misused = False  # optimizer.step() was called inside the block
+        self._misused = False  # optimizer.step() or a zero_grad() was called inside the block
+        self._graded: dict[int, nn.Parameter] = {}  # got a gradient inside the block
+
+    def check_not_zeroed(self) -> None:
+        """Refuse a ``zero_grad()`` inside the block after a backward: it would drop the earlier
+        micro-batches' gradients of every parameter but the cores, whose held gradient keeps
+        them (``set_to_none=False`` zeroes in place and is not seen)."""
+        zeroed = [p for p in self._graded.values() if p.grad is None]
+        if zeroed:
+            self._misused = True
+            raise OpdfError(
+                "zero_grad() inside `with opdf.accumulate(model):` after a backward would drop "
+                "the earlier micro-batches' gradients of every parameter but the MPO cores: call "
+                "zero_grad() before the block or after optimizer.step()"
+            )
+
+    def _watch(self) -> list:
+        """Post-accumulate hooks noting each trainable parameter (not a core: those get their
+        gradient at the exit) that receives a gradient inside the block."""
+        cores = {id(leaf) for _, _, leaf in self._held}
+        cores |= {id(c) for _, module, _ in mpo_modules(self.model) for c in module_cores(module)}
+        handles = []
+        for p in self.model.parameters():
+            if p.requires_grad and id(p) not in cores:
+                handles.append(p.register_post_accumulate_grad_hook(self._note))
+        return handles
+
+    def _note(self, p: torch.Tensor) -> None:
+        self._graded[id(p)] = p
 
     def carry(self) -> torch.Tensor:
         """Call just before the last micro-batch's forward; add the result to its loss.
@@ -577,8 +605,10 @@ def accumulate(model: nn.Module) -> Iterator[Accumulation]:
 
     ``optimizer.step()`` inside the block is an error (:class:`~opdf.errors.OpdfError`) for an
     optimizer holding any of ``model``'s parameters: the cores' gradients are not there yet, so
-    it would move every parameter but the cores. Such a block delivers no gradient at its exit
-    (none to leak into the next step).
+    it would move every parameter but the cores. So is ``zero_grad()`` after a backward inside
+    the block: it would drop the earlier micro-batches' gradients of every parameter but the
+    cores. Such a block delivers no gradient at its exit (none to leak into the next step).
+    ``zero_grad()`` before the block's first backward is fine.
     """
     held = []
     for _name, module, param in mpo_modules(model):
@@ -590,11 +620,18 @@ def accumulate(model: nn.Module) -> Iterator[Accumulation]:
         held.append((param, weight, leaf))
     acc = Accumulation(model, held)
     refuse = _refuse_step_inside(model, acc) if held else None
+    watches = acc._watch() if held else []
+    if held:  # before each forward: no zero_grad() since the last backward
+        watches.append(model.register_forward_pre_hook(lambda *_: acc.check_not_zeroed()))
     try:
         yield acc
+        if held and not acc._misused:
+            acc.check_not_zeroed()  # after the last backward
     finally:
         if refuse is not None:
             refuse.remove()
+        for handle in watches:
+            handle.remove()
         # Like plain accumulation, micro-batches finished before an exception keep their gradient
         # (also when carry() was taken but its backward never ran); not after a misplaced step.
         for param, _weight, _leaf in held:
