@@ -46,8 +46,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
-from transformers.trainer_pt_utils import nested_gather
 
 import opdf
 from opdf.choices import LR_SCALINGS
@@ -59,8 +57,12 @@ from opdf.integrations.methods import build_distiller, num_labels_of
 from opdf.lr_scaling import core_rates, split_groups
 from opdf.overparam import core_index, mpo_modules
 
-# transformers.Trainer imports without accelerate but cannot be built without it: say so now
+# transformers.Trainer cannot be built without accelerate, and once transformers has seen it
+# installed, not even imported: say so first, as the one error naming the extra
 require("accelerate", "opdf.integrations.transformers (transformers.Trainer)")
+
+from transformers import Trainer  # noqa: E402 - after the check above
+from transformers.trainer_pt_utils import nested_gather  # noqa: E402
 
 __all__ = ["AUTO_OPTIMS", "OpdfTrainer"]
 
