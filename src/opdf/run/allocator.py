@@ -11,7 +11,11 @@ its peak every step anyway), and the peak itself can grow a few percent from fra
 (3569 -> 3690 MiB for the plain step in the committed overhead runs).
 
 ``opdf finetune`` and ``opdf distill`` call :func:`keep_freed_memory` at start; library users may
-call it themselves. ``OPDF_KEEP_FREED_MEMORY=0`` turns it off.
+call it themselves, at any point. The heap takes a few rounds to settle: torch's 64-byte aligned
+requests do not fit the freed block of the same size until freed neighbours have coalesced (a
+100 MB tensor freed and made again: faulted in on ~8 rounds in a bare ``import torch`` process,
+~3 with the training stack loaded, then never; glibc's default faults it in every round).
+``OPDF_KEEP_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations
