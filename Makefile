@@ -56,6 +56,7 @@ fashion-mnist:
 
 test: venv
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check --quiet src tests benchmarks
 	$(BIN)/lint-imports --no-cache  # the floors (pyproject.toml [tool.importlinter])
 	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

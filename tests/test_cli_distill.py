@@ -83,9 +83,10 @@ def test_distill_merge_report_finetune(tmp_path, capsys):
     assert main(["merge", str(run)]) == 2
     assert main(["merge", str(run), "--overwrite"]) == 0
     capsys.readouterr()
-    assert "merged-best/model.safetensors" in json.loads((run / ".opdf-owner.json").read_text())[
-        "paths"
-    ]
+    assert (
+        "merged-best/model.safetensors"
+        in json.loads((run / ".opdf-owner.json").read_text())["paths"]
+    )
     assert main(["merge", str(tmp_path / "nothing")]) == 2
     assert "not an opdf run folder" in capsys.readouterr().err
 

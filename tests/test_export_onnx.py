@@ -86,9 +86,9 @@ def test_text_student_exports_with_dynamic_batch_and_sequence(tmp_path, capsys):
     from transformers import AutoConfig, AutoTokenizer
 
     assert AutoConfig.from_pretrained(str(out)).num_labels == 3
-    assert AutoTokenizer.from_pretrained(str(out))("one")["input_ids"] == tokenizer("one")[
-        "input_ids"
-    ]
+    assert (
+        AutoTokenizer.from_pretrained(str(out))("one")["input_ids"] == tokenizer("one")["input_ids"]
+    )
 
 
 @pytest.mark.parametrize("name", ["resnet8", "vit-d2"])

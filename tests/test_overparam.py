@@ -219,8 +219,11 @@ def test_a_step_inside_accumulate_is_an_error_and_no_gradient_leaks_out():
         other(torch.ones(1, 2)).sum().backward()
         other_opt.step()
     opt.step()
-    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters()
-               if "parametrizations" in n)
+    assert any(
+        not torch.equal(p, before[n])
+        for n, p in model.named_parameters()
+        if "parametrizations" in n
+    )
 
 
 def test_accumulate_contracts_once(monkeypatch):

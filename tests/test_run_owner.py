@@ -233,7 +233,6 @@ def test_opdf_never_removes_a_path_it_did_not_create(tmp_path_factory, ours, the
         assert (folder / owner.MARKER).read_text() == marker_text
 
 
-
 def test_a_listed_folder_replaced_by_a_link_is_not_followed(tmp_path):
     """A user who replaces opdf's student/ with a link to their own folder keeps that folder's
     files: deleting goes through no link."""

@@ -228,8 +228,10 @@ def start_text(method: str, source: str | None, head: str | None) -> str:
     s = cfg.student
     default = "" if source else f" (the {method} default)"
     how = "copied from the source" if s.head == "copy" else "newly initialised"
-    return (f"\nstudent start ({method}): source {s.source}{default}: {SOURCE_WORDS[s.source]}; "
-            f"head {s.head} ({how})")
+    return (
+        f"\nstudent start ({method}): source {s.source}{default}: {SOURCE_WORDS[s.source]}; "
+        f"head {s.head} ({how})"
+    )
 
 
 def init_text(model: nn.Module, teacher: nn.Module, init: str, layer_map) -> str:

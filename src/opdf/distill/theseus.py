@@ -108,6 +108,7 @@ class Theseus(Distiller):
                 "theseus: student.head: new is not allowed (the successor runs under the "
                 "predecessor's frozen classifier); use student.head: copy (the default)"
             )
+
     every_parameter_used = False  # a successor layer is out of the graph when not drawn
 
     @dataclass

@@ -182,10 +182,12 @@ BUILTINS: dict[str, Builtin] = {
     b.name: b
     for b in (  # fmt: skip
         Builtin("minilm-l6", "all-MiniLM-L6-v2, BERT 6x384", _locate_minilm_l6, 6),
-        Builtin("minilm-l3", "paraphrase-MiniLM-L3-v2 (from ONNX), BERT 3x384", _locate_minilm_l3,
-                3),
-        Builtin("mpnet-base", "all-mpnet-base-v2, MPNet 12x768 (`make mpnet`)", _locate_mpnet_base,
-                12),
+        Builtin(
+            "minilm-l3", "paraphrase-MiniLM-L3-v2 (from ONNX), BERT 3x384", _locate_minilm_l3, 3
+        ),
+        Builtin(
+            "mpnet-base", "all-mpnet-base-v2, MPNet 12x768 (`make mpnet`)", _locate_mpnet_base, 12
+        ),
         Builtin("tiny-bert", "random-init BERT 4x64 for smoke runs", _locate_tiny_bert, 4),
     )
 }

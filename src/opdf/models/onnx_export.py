@@ -78,8 +78,7 @@ def _require() -> None:
             missing.append(module)
     if missing:
         raise OpdfError(
-            f"ONNX export needs {', '.join(missing)}, which is not installed: "
-            f"pip install '{EXTRA}'"
+            f"ONNX export needs {', '.join(missing)}, which is not installed: pip install '{EXTRA}'"
         )
 
 

@@ -327,7 +327,6 @@ class RunConfig:
 # generic validation of nested dataclasses
 
 
-
 def _type_name(tp) -> str:
     if tp is type(None):
         return "null"

@@ -36,8 +36,7 @@ def merge_checked(student) -> ParamReport:
     merged_params = sum(p.numel() for p in student.parameters())
     if merged_params != report.inference_params:  # pragma: no cover - a merge bug
         raise OpdfError(
-            f"merged student has {merged_params:,} parameters, expected "
-            f"{report.inference_params:,}"
+            f"merged student has {merged_params:,} parameters, expected {report.inference_params:,}"
         )
     return report
 

@@ -236,8 +236,10 @@ class Trainer:
             except json.JSONDecodeError:  # a line cut short by the kill: written after the
                 continue  # last checkpoint, so it is dropped with the rest
             # a test record is written after the last checkpoint, by a session that finished
-            if isinstance(record, dict) and record.get("step", 0) <= step and (
-                record.get("split") != "test"
+            if (
+                isinstance(record, dict)
+                and record.get("step", 0) <= step
+                and (record.get("split") != "test")
             ):
                 keep.append(line)
         ckpt.atomic_write_text(self.metrics_path, "".join(k + "\n" for k in keep))
@@ -681,8 +683,10 @@ class Trainer:
         if env.is_main:
             saved = self.checkpoint_state(state)
             saved.rank_rngs = rngs[1:]
-            self._own("metrics.jsonl",  # listed before the write (see evaluate_and_keep_best)
-                      *(f"checkpoints/{n}" for n in (ckpt.LAST, ckpt.PREVIOUS, ckpt.MANIFEST)))
+            self._own(
+                "metrics.jsonl",  # listed before the write (see evaluate_and_keep_best)
+                *(f"checkpoints/{n}" for n in (ckpt.LAST, ckpt.PREVIOUS, ckpt.MANIFEST)),
+            )
             ckpt.save(saved, self.ckpt_dir / ckpt.LAST, keep_previous=True)
         distributed.barrier(env)  # the file is complete before any rank goes on (or is killed)
         state.saved_step = state.step
@@ -733,5 +737,3 @@ def _best_header(path: Path):
         return "damaged"
     saved.modules = {}
     return saved
-
-
