@@ -31,7 +31,6 @@ forwards under ``torch.autocast``; the contraction stays float32.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 import warnings
@@ -55,9 +54,10 @@ from opdf.run.finish import (  # peak_*: also importable from here, as before
     run_summary,
     write_results,
 )
+from opdf.run.metrics_log import METRICS_FILE, MetricsLog
 from opdf.run.settings import TrainSettings
 from opdf.run.state import TrainState
-from opdf.run.tblog import TB_DIR, TensorBoardLog, require_tensorboard
+from opdf.run.tblog import require_tensorboard
 from opdf.storage import cache_dir
 
 # This many optimizer steps in a row without a gradient, none of them declared expected by the
@@ -172,9 +172,8 @@ class Trainer:
         self.total_steps = max(1, steps)
         self.eval_every = settings.eval_every or self.batches.per_epoch
         self.ckpt_dir = self.out / "checkpoints"
-        self.metrics_path = self.out / "metrics.jsonl"
         self.step_module: torch.nn.Module = TrainStep(distiller, align)  # DDP-wrapped in _start
-        self.tb = None  # a TensorBoardLog while fit runs with log_to naming tensorboard
+        self.log = MetricsLog(self.out, settings.log_to, is_main=dist.is_main)
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
@@ -187,62 +186,6 @@ class Trainer:
         """List files just written in the output folder as opdf's (:mod:`opdf.run.owner`): the
         only ones a later ``--overwrite`` may delete."""
         owner.record(self.out, *paths)
-
-    def _log(self, record: dict) -> None:
-        if not self.dist.is_main:
-            return
-        if self.tb is not None:
-            self.tb.write(record)
-        if "jsonl" not in self.s.log_to:
-            return
-        with ckpt.writing(self.metrics_path, "metrics log"), open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _open_tensorboard(self, state: TrainState) -> None:
-        """The TensorBoard writer of this session (rank 0). A resumed session purges the killed
-        one's events from the checkpoint's step on and writes that step's kept records again from
-        ``metrics.jsonl`` (already truncated): the killed session may have written the final test
-        record at that very step, which ``metrics.jsonl`` dropped. Without the jsonl log only
-        the steps after the checkpoint can be purged."""
-        if "tensorboard" not in self.s.log_to or not self.dist.is_main:
-            return
-        replay = self._records_at(state.step) if state.step else None
-        purge = None if not state.step else state.step + (replay is None)
-        self.tb = TensorBoardLog(self.out / TB_DIR, purge_step=purge)
-        self._own(TB_DIR)  # the session's event file exists from here on
-        for record in replay or ():
-            self.tb.write(record)
-
-    def _records_at(self, step: int) -> list[dict] | None:
-        """The records of ``metrics.jsonl`` at ``step``; None without the jsonl log."""
-        if "jsonl" not in self.s.log_to or not self.metrics_path.exists():
-            return None
-        records = (json.loads(line) for line in self.metrics_path.read_text().splitlines())
-        return [r for r in records if r.get("step") == step]
-
-    def _close_tensorboard(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
-            self._own(TB_DIR)
-
-    def _truncate_metrics(self, step: int) -> None:
-        if not self.dist.is_main or not self.metrics_path.exists():
-            return
-        keep = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by the kill: written after the
-                continue  # last checkpoint, so it is dropped with the rest
-            # a test record is written after the last checkpoint, by a session that finished
-            if (
-                isinstance(record, dict)
-                and record.get("step", 0) <= step
-                and (record.get("split") != "test")
-            ):
-                keep.append(line)
-        ckpt.atomic_write_text(self.metrics_path, "".join(k + "\n" for k in keep))
 
     def _eval_batches(self, split: str):
         view = self.data[split]
@@ -329,7 +272,7 @@ class Trainer:
         state.restore(saved.step, saved.progress)
         if not self.dist.is_main:
             state.running = {}
-        self._truncate_metrics(saved.step)
+        self.log.truncate(saved.step)
         rank = self.dist.rank
         if rank == 0:
             ckpt.set_rng_state(saved.rng)
@@ -441,7 +384,7 @@ class Trainer:
             require_tensorboard()  # before the method's start hook (which may train a teacher)
         state = self._start(resume)
         total = self.total_steps
-        self._open_tensorboard(state)
+        self.log.open_session(state.step)
         bar = progress_bar(total=total, initial=state.step, desc=self.desc, dynamic_ncols=True,
                            enabled=self.progress, leave=False)  # fmt: skip
         try:
@@ -459,7 +402,7 @@ class Trainer:
             return self.finish(state)
         finally:
             bar.close()
-            self._close_tensorboard()
+            self.log.close()
 
     def _checkpoint_due(self, done: int) -> bool:
         every = self.s.checkpoint_every
@@ -634,7 +577,7 @@ class Trainer:
         rec = {k: v / state.n_running for k, v in state.running.items()} if state.n_running else {}
         if "loss" in rec:
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        self._log({
+        self.log.write({
             "step": done, "split": "train", "epoch": round(done / self.batches.per_epoch, 4),
             "lr": self.optimizers["main"].param_groups[0]["lr"],  # what get_last_lr() reads
             **rec, **extra, **({"skipped": state.skipped} if state.skipped else {}),
@@ -665,7 +608,7 @@ class Trainer:
                 # nothing unlisted that --overwrite would then refuse
                 self._own(f"checkpoints/{ckpt.BEST}", f"checkpoints/{ckpt.MANIFEST}")
                 ckpt.save(saved, self.ckpt_dir / ckpt.BEST)
-        self._log({"step": state.step, "split": "dev", **dev, "best": improved})
+        self.log.write({"step": state.step, "split": "dev", **dev, "best": improved})
         if bar is not None:
             bar.set_postfix(dev=f"{score:.4f}", best=f"{state.best:.4f}")
         return improved
@@ -684,7 +627,7 @@ class Trainer:
             saved = self.checkpoint_state(state)
             saved.rank_rngs = rngs[1:]
             self._own(
-                "metrics.jsonl",  # listed before the write (see evaluate_and_keep_best)
+                METRICS_FILE,  # listed before the write (see evaluate_and_keep_best)
                 *(f"checkpoints/{n}" for n in (ckpt.LAST, ckpt.PREVIOUS, ckpt.MANIFEST)),
             )
             ckpt.save(saved, self.ckpt_dir / ckpt.LAST, keep_previous=True)
@@ -704,7 +647,7 @@ class Trainer:
         # metrics are known exactly; a merged one is scored again (a check of the merge)
         known = best.dev if best is not None and not report.modules else None
         dev, test = known or self.evaluate("dev"), self.evaluate("test")
-        self._log({"step": state.step, "split": "test", **test})  # the merged best student's
+        self.log.write({"step": state.step, "split": "test", **test})  # the merged best student's
         summary = run_summary(
             state, self.s, report, dev, test, run_info=self.run_info, dataset=self.dataset,
             world_size=self.dist.world_size, device=self.device, total_steps=self.total_steps,
