@@ -29,6 +29,15 @@ def test_report_plots_without_matplotlib_name_the_report_extra(monkeypatch):
 
 
 def test_the_trainer_integration_without_accelerate_names_the_hf_extra(monkeypatch):
+    import transformers
+    from transformers.utils import is_accelerate_available
+
+    # as in a session that imported transformers first: it has seen accelerate installed, and
+    # its Trainer module is not loaded yet
+    assert is_accelerate_available()
+    monkeypatch.delattr(transformers, "Trainer", raising=False)
+    for name in [n for n in sys.modules if n.startswith("transformers.trainer")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.delitem(sys.modules, "opdf.integrations.transformers", raising=False)
     _missing(monkeypatch, "accelerate")
     with pytest.raises(MissingExtraError, match=r"needs accelerate.*pip install 'opdf\[hf\]'"):

@@ -479,25 +479,53 @@ def test_core_names_are_spelled_in_one_place_and_read_back():
 def test_a_zero_grad_inside_accumulate_after_a_backward_is_an_error():
     """Plain accumulation with a zero_grad() between micro-batches keeps only the later ones'
     gradient; the held contraction gradient would still carry the earlier ones into the cores:
-    refused (at the next forward, or at the exit), with no gradient delivered to the cores."""
+    refused wherever it falls (at the next backward, or at the exit), and no gradient reaches
+    the cores."""
     model = opdf.overparameterize(tiny_bert(), unit_modes=1)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     core_grads = [p for _, module, _ in mpo_modules(model) for p in module_cores(module)]
-    refused = pytest.raises(OpdfError, match=r"zero_grad\(\) inside .* after a backward")
-    with refused, opdf.accumulate(model):
+
+    def refused():
+        return pytest.raises(OpdfError, match=r"zero_grad\(\) inside .* after a backward")
+
+    with refused(), opdf.accumulate(model):  # between micro-batches
         model(**batch(n=2, seed=0)).loss.backward()
         opt.zero_grad()
-        model(**batch(n=2, seed=1)).loss.backward()  # refused at this forward
+        model(**batch(n=2, seed=1)).loss.backward()
     assert all(p.grad is None for p in core_grads)
-    with refused, opdf.accumulate(model):  # after the last backward: refused at the exit
+    with refused(), opdf.accumulate(model):  # between a forward and its backward
+        model(**batch(n=2, seed=0)).loss.backward()
+        loss = model(**batch(n=2, seed=1)).loss
+        opt.zero_grad()
+        loss.backward()
+    assert all(p.grad is None for p in core_grads)
+    with refused(), opdf.accumulate(model):  # a forward that bypasses model.__call__
+        model.forward(**batch(n=2, seed=0)).loss.backward()
+        model.zero_grad()
+        model.forward(**batch(n=2, seed=1)).loss.backward()
+    with refused(), opdf.accumulate(model):  # in place, between micro-batches
+        model(**batch(n=2, seed=0)).loss.backward()
+        opt.zero_grad(set_to_none=False)
+        model(**batch(n=2, seed=1)).loss.backward()
+    opt.zero_grad()
+    with refused(), opdf.accumulate(model):  # after the last backward: at the exit
         model(**batch(n=2)).loss.backward()
         model.zero_grad()
     assert all(p.grad is None for p in core_grads)
-    # before the first backward it changes nothing: the block runs as always
+    # before the first backward it changes nothing: the block equals plain accumulation
+    reference = copy.deepcopy(model)
+    torch.manual_seed(0)  # the same dropout masks
+    for s in range(2):
+        reference(**batch(n=2, seed=s)).loss.backward()
     model(**batch(n=2)).loss.backward()  # a stale gradient from before the block
     with opdf.accumulate(model):
         opt.zero_grad()
+        torch.manual_seed(0)
         for s in range(2):
             model(**batch(n=2, seed=s)).loss.backward()
-    assert all(p.grad is not None for p in core_grads)
+    expected = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        want = expected[name].grad
+        assert p.grad is not None and want is not None, name
+        assert torch.allclose(p.grad, want, rtol=1e-4, atol=1e-6), name

@@ -59,5 +59,6 @@ def test_a_library_user_calling_it_after_a_bare_import_torch_gets_it_too():
     100 MB requests do not fit the freed block until a few have coalesced: ~8 rounds here
     against ~3), then the blocks are reused as in a run; glibc's default never settles."""
     off, on = probe("0", stack=False, settle=12), probe("1", stack=False, settle=12)
+    assert off["applied"] is False and on["applied"] is True
     assert off["faults"] > 0
     assert on["faults"] * 3 < off["faults"]

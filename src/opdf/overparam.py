@@ -504,34 +504,49 @@ class Accumulation:
         self._carried = False
         self._ran: list[bool] = []  # appended to by _Carry.backward
         self._misused = False  # optimizer.step() or a zero_grad() was called inside the block
-        self._graded: dict[int, nn.Parameter] = {}  # got a gradient inside the block
+        # parameter id -> (the parameter, its gradient's version) once it got a gradient here
+        self._graded: dict[int, tuple[nn.Parameter, int]] = {}
 
-    def check_not_zeroed(self) -> None:
+    def _check_not_zeroed(self, p: nn.Parameter | None = None) -> None:
         """Refuse a ``zero_grad()`` inside the block after a backward: it would drop the earlier
         micro-batches' gradients of every parameter but the cores, whose held gradient keeps
-        them (``set_to_none=False`` zeroes in place and is not seen)."""
-        zeroed = [p for p in self._graded.values() if p.grad is None]
-        if zeroed:
-            self._misused = True
-            raise OpdfError(
-                "zero_grad() inside `with opdf.accumulate(model):` after a backward would drop "
-                "the earlier micro-batches' gradients of every parameter but the MPO cores: call "
-                "zero_grad() before the block or after optimizer.step()"
-            )
+        them. Checked as each backward reaches a parameter (``p``) and at the block's exit (every
+        parameter; there a gradient zeroed in place, ``set_to_none=False``, is not seen)."""
+        if p is None:
+            watched = list(self._graded.values())
+        else:
+            watched = [self._graded[id(p)]] if id(p) in self._graded else []
+        for param, version in watched:
+            grad = param.grad
+            if grad is None or (p is not None and grad._version != version):
+                self._misused = True
+                raise OpdfError(
+                    "zero_grad() inside `with opdf.accumulate(model):` after a backward would "
+                    "drop the earlier micro-batches' gradients of every parameter but the MPO "
+                    "cores: call zero_grad() before the block or after optimizer.step()"
+                )
 
     def _watch(self) -> list:
-        """Post-accumulate hooks noting each trainable parameter (not a core: those get their
-        gradient at the exit) that receives a gradient inside the block."""
+        """Hooks on each trainable parameter but the cores (those get their gradient at the
+        exit): before a backward accumulates into it, its gradient must be the one the last
+        backward left; after, note that gradient."""
         cores = {id(leaf) for _, _, leaf in self._held}
         cores |= {id(c) for _, module, _ in mpo_modules(self.model) for c in module_cores(module)}
         handles = []
         for p in self.model.parameters():
             if p.requires_grad and id(p) not in cores:
+                handles.append(p.register_hook(self._before_accumulate(p)))
                 handles.append(p.register_post_accumulate_grad_hook(self._note))
         return handles
 
+    def _before_accumulate(self, p: nn.Parameter):
+        def hook(grad: torch.Tensor) -> None:
+            self._check_not_zeroed(p)
+
+        return hook
+
     def _note(self, p: torch.Tensor) -> None:
-        self._graded[id(p)] = p
+        self._graded[id(p)] = (p, p.grad._version)
 
     def carry(self) -> torch.Tensor:
         """Call just before the last micro-batch's forward; add the result to its loss.
@@ -606,9 +621,12 @@ def accumulate(model: nn.Module) -> Iterator[Accumulation]:
     ``optimizer.step()`` inside the block is an error (:class:`~opdf.errors.OpdfError`) for an
     optimizer holding any of ``model``'s parameters: the cores' gradients are not there yet, so
     it would move every parameter but the cores. So is ``zero_grad()`` after a backward inside
-    the block: it would drop the earlier micro-batches' gradients of every parameter but the
-    cores. Such a block delivers no gradient at its exit (none to leak into the next step).
-    ``zero_grad()`` before the block's first backward is fine.
+    the block, wherever it falls (between micro-batches, between a forward and its backward, at
+    the end): it would drop the earlier micro-batches' gradients of every parameter but the
+    cores. Refused at the next backward, or at the exit (where only ``set_to_none=True``, the
+    default, is seen). Such a block delivers no gradient at its exit (none to leak into the next
+    step). ``zero_grad()`` before the block's first backward is fine. Under DDP the refusal is
+    per rank: a misuse on one rank only leaves the others waiting in their all-reduce.
     """
     held = []
     for _name, module, param in mpo_modules(model):
@@ -621,12 +639,10 @@ def accumulate(model: nn.Module) -> Iterator[Accumulation]:
     acc = Accumulation(model, held)
     refuse = _refuse_step_inside(model, acc) if held else None
     watches = acc._watch() if held else []
-    if held:  # before each forward: no zero_grad() since the last backward
-        watches.append(model.register_forward_pre_hook(lambda *_: acc.check_not_zeroed()))
     try:
         yield acc
         if held and not acc._misused:
-            acc.check_not_zeroed()  # after the last backward
+            acc._check_not_zeroed()  # after the last backward
     finally:
         if refuse is not None:
             refuse.remove()

@@ -39,7 +39,7 @@ from opdf.bench.suite import (
 from opdf.choices import NEUTRAL_KEYS
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import owner
-from opdf.run.config import RunConfig, load_config, with_legacy_start
+from opdf.run.config import RunConfig, as_ran, load_config
 from opdf.run.lock import holder
 from opdf.run.teacher import FINETUNE_MARK, teacher_cache_dir
 from opdf.storage import atomic_write_json
@@ -101,36 +101,33 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-#: keys that say how a run was specified, not what it ran: ``student.layers`` holds the layers
-#: that ``student.init`` resolved to, so two cells with the same layers ran the same student
-SPEC_KEYS = ("student.init", "student.num_layers")
-
-
 def config_diff(saved: dict, expected: dict) -> list[str]:
     """Dotted keys whose values differ between a cell's saved ``config.yaml`` and the config it
-    would run with now; keys only one side has (added by a later opdf) are not differences,
-    except the student's ``source`` and ``head``: a config from before them ran the legacy start,
-    so a method whose default start changed (DBKD) has stale cells."""
-    a, b = _flatten(with_legacy_start(saved)), _flatten(with_legacy_start(expected))
-    return sorted(
-        k for k in set(a) & set(b)
-        if k not in IGNORED_KEYS and k.split(".")[0] not in IGNORED_KEYS and k not in SPEC_KEYS
-        and not _same(a[k], b[k])
-    )  # fmt: skip
+    would run with now, each read as the run it describes (:func:`opdf.run.config.as_ran`);
+    keys only one side has (added by a later opdf) are not differences, except the student's
+    ``source`` and ``head``: a config from before them ran the legacy start, so a method whose
+    default start changed (DBKD) has stale cells."""
+    a, b = ran_keys(saved), ran_keys(expected)
+    return sorted(k for k in set(a) & set(b) if not _same(a[k], b[k]))
 
 
 def same_run(saved: dict, expected: dict) -> bool:
     """Whether a finished cell's saved config ran what ``expected`` would run: every key equal,
     a key one side lacks counted at its default (a later opdf's new key at its default changes
-    nothing; at another value it does), ignoring :data:`IGNORED_KEYS` and :data:`SPEC_KEYS`."""
-    a, b = _flatten(with_legacy_start(saved)), _flatten(with_legacy_start(expected))
+    nothing; at another value it does), ignoring :data:`IGNORED_KEYS`."""
+    return _same_keys(ran_keys(saved), ran_keys(expected))
+
+
+def ran_keys(config: dict) -> dict[str, Any]:
+    """A config dict as the run it describes, flat (dotted keys), without :data:`IGNORED_KEYS`."""
+    flat = _flatten(as_ran(config))
+    return {k: v for k, v in flat.items()
+            if k not in IGNORED_KEYS and k.split(".")[0] not in IGNORED_KEYS}  # fmt: skip
+
+
+def _same_keys(a: dict[str, Any], b: dict[str, Any]) -> bool:
     d = _flatten(RunConfig().to_dict())
-    for k in set(a) | set(b):
-        if k in IGNORED_KEYS or k.split(".")[0] in IGNORED_KEYS or k in SPEC_KEYS:
-            continue
-        if not _same(a.get(k, d.get(k)), b.get(k, d.get(k))):
-            return False
-    return True
+    return all(_same(a.get(k, d.get(k)), b.get(k, d.get(k))) for k in set(a) | set(b))
 
 
 def _finished_cells(out: Path, names: Sequence[str]) -> list[tuple[Path, dict]]:
@@ -187,7 +184,7 @@ def plan(
     overrides before any work) and compares finished cells with what they would run now
     (``stale``: the suite or its base config changed since)."""
     planned = []
-    others: list[tuple[Path, dict]] | None = None  # the reuse suites' cells, read on first need
+    others: list[tuple[Path, dict]] | None = None  # the reuse suites' cells as ran_keys
     for cell in cells:
         p = _planned(suite, cell, out, threads)
         if validate and p.status != BLOCKED:
@@ -195,9 +192,10 @@ def plan(
             _compare_saved(p, expected)
             if p.status == NEW and suite.reuse:
                 # another id, the same run (e.g. student.init=bottom vs student.layers=[0,1,2])
-                if others is None:
-                    others = _finished_cells(out, suite.reuse)
-                match = next((f for f, c in others if same_run(c, expected)), None)
+                if others is None:  # read on first need, each normalized once
+                    others = [(f, ran_keys(c)) for f, c in _finished_cells(out, suite.reuse)]
+                mine = ran_keys(expected)
+                match = next((f for f, c in others if _same_keys(c, mine)), None)
                 if match is not None:
                     p.status, p.reuse_from = REUSED, match
         _check_liveness(p, out, previous_running)

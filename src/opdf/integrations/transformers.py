@@ -57,8 +57,9 @@ from opdf.integrations.methods import build_distiller, num_labels_of
 from opdf.lr_scaling import core_rates, split_groups
 from opdf.overparam import core_index, mpo_modules
 
-# transformers.Trainer cannot be built without accelerate, and once transformers has seen it
-# installed, not even imported: say so first, as the one error naming the extra
+# transformers.Trainer cannot be built without accelerate; and where transformers found it at
+# its own import and it is gone since, importing Trainer fails with transformers' own error:
+# check first, so that a missing accelerate is always the one error naming the extra
 require("accelerate", "opdf.integrations.transformers (transformers.Trainer)")
 
 from transformers import Trainer  # noqa: E402 - after the check above

@@ -81,7 +81,7 @@ from opdf.models import builtin_names
 from opdf.models.builtin import model_depth
 from opdf.models.student import default_student_layers, init_layers
 from opdf.models.vision import is_vision_model, vision_model_names
-from opdf.run.typed import build
+from opdf.run.typed import build_dataclass
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -198,11 +198,25 @@ def legacy_start(student: dict) -> tuple[str, str]:
     return "finetuned-teacher", "copy"
 
 
+def as_ran(config: dict) -> dict:
+    """A copy of a config dict as the run it describes, for comparing a saved run folder with
+    today's resolved config (a resume, a suite's finished cells): the legacy start filled in
+    (:func:`with_legacy_start`), ``student.layers: null`` as the layers it started from, and no
+    ``student.init`` / ``num_layers`` once the layers are known (they say how the layers were
+    chosen; ``student.layers`` holds them)."""
+    out = with_legacy_start(config)
+    student = out.get("student")
+    if isinstance(student, dict):
+        _fill_default_layers(student, out)
+        if student.get("layers") is not None:
+            student.pop("init", None)
+            student.pop("num_layers", None)
+    return out
+
+
 def with_legacy_start(config: dict) -> dict:
     """A copy of a saved config dict whose student section gains the ``source`` and ``head``
-    it ran with when it predates the keys, and the teacher layers it started from when saved as
-    null (for comparing old run folders with today's resolved configs: a resume, a suite's
-    finished cells)."""
+    it ran with when it predates the keys."""
     out = copy.deepcopy(config)
     student = out.get("student")
     if isinstance(student, dict) and (student.get("source") is None or student.get("head") is None):
@@ -214,8 +228,6 @@ def with_legacy_start(config: dict) -> dict:
             student["source"] = source
         if student.get("head") is None:
             student["head"] = head if student["source"] == source else None
-    if isinstance(student, dict):
-        _fill_default_layers(student, out)
     return out
 
 
@@ -233,8 +245,8 @@ def _fill_default_layers(student: dict, config: dict) -> None:
         return
     try:
         depth = model_depth(str(teacher.get("model", TeacherConfig.model)))
-    except (OpdfError, OSError, ValueError):
-        return  # a teacher folder gone since: compared as written
+    except (OpdfError, OSError, ValueError, AttributeError, TypeError):
+        return  # a teacher folder gone (or unreadable) since: compared as written
     student["layers"] = default_student_layers(depth)
 
 
@@ -381,9 +393,9 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> RunConfig:
                 f"to {method!r}, remove it, or override it with '{other}=null'"
             )
     cls = get_method(method)
-    options = build(cls.Options, sections.get(method) or {}, method)
+    options = build_dataclass(cls.Options, sections.get(method) or {}, method)
     apply_variant(raw)
-    cfg = build(RunConfig, raw)
+    cfg = build_dataclass(RunConfig, raw)
     check_variant(cfg)
     cfg.method_options = options
     _resolve_paths(cfg, base_dir)

@@ -19,6 +19,7 @@ from opdf.run import checkpoint as ckpt
 from opdf.run import distributed, owner
 from opdf.run.distributed import DistEnv
 from opdf.run.export import save_student
+from opdf.run.metrics_log import METRICS_FILE
 from opdf.run.settings import TrainSettings
 from opdf.run.state import TrainState
 
@@ -77,7 +78,7 @@ def run_summary(state: TrainState, settings: TrainSettings, report: ParamReport,
 def write_results(out: Path, student, summary: dict, *, tokenizer=None, dataset=None) -> None:
     """The merged student to ``out/student`` and ``summary.json`` (rank 0), each listed as
     opdf's before it is written."""
-    owner.record(out, "student", "summary.json", "metrics.jsonl")  # before the writes
+    owner.record(out, "student", "summary.json", METRICS_FILE)  # before the writes
     with ckpt.writing(out / "student", "merged student"):
         save_student(student, out / "student", tokenizer=tokenizer, dataset=dataset)
     owner.record(out, "student")  # and what the folder now holds

@@ -66,19 +66,26 @@ class MetricsLog:
         """The TensorBoard writer of this session, started at ``step`` (0: a new run). A resumed
         session purges the killed one's events from ``step`` on and writes that step's kept
         records again from the (truncated) ``metrics.jsonl``: the killed session may have written
-        the final test record at that very step. Without the jsonl log only the steps after
+        the final test record at that very step. Without ``metrics.jsonl`` only the steps after
         ``step`` can be purged."""
         if not self.tensorboard or not self.is_main:
             return
         replay = self._records_at(step) if step else None
-        purge = None if not step else step + (replay is None)
+        if not step:
+            purge = None
+        elif replay is None:
+            purge = step + 1  # no record of the step to write again: keep the killed session's
+        else:
+            purge = step
         self.tb = TensorBoardLog(self.out / TB_DIR, purge_step=purge)
         owner.record(self.out, TB_DIR)  # the session's event file exists from here on
         for record in replay or ():
             self.tb.write(record)
 
     def _records_at(self, step: int) -> list[dict] | None:
-        if not self.jsonl or not self.path.exists():
+        """The records of ``metrics.jsonl`` at ``step`` (kept by :meth:`truncate`, whatever this
+        session's ``log_to``); None without the file."""
+        if not self.path.exists():
             return None
         records = (json.loads(line) for line in self.path.read_text().splitlines())
         return [r for r in records if r.get("step") == step]

@@ -15,13 +15,14 @@ import yaml
 from opdf.errors import ConfigError, OpdfError
 from opdf.run import checkpoint as ckpt
 from opdf.run import owner
-from opdf.run.config import RunConfig, drop_neutral, dump_config, with_legacy_start
+from opdf.run.config import RunConfig, as_ran, drop_neutral, dump_config
 from opdf.run.lock import LOCK_FILE
+from opdf.run.metrics_log import METRICS_FILE
 from opdf.run.tblog import TB_DIR
 
 CONFIG_FILE = "config.yaml"
 # what a run killed before its first checkpoint leaves behind, removed when it restarts
-STALE_FILES = ("metrics.jsonl", "summary.json", TB_DIR)
+STALE_FILES = (METRICS_FILE, "summary.json", TB_DIR)
 
 
 def prepare_run_folder(out: Path, cfg: RunConfig, *, resume: bool, overwrite: bool) -> bool:
@@ -35,7 +36,7 @@ def prepare_run_folder(out: Path, cfg: RunConfig, *, resume: bool, overwrite: bo
             if (out / stale).exists():
                 owner.remove_owned(out, stale)
     ckpt.atomic_write_text(out / CONFIG_FILE, dump_config(cfg))
-    owner.record(out, CONFIG_FILE, "metrics.jsonl")  # the log is appended to from now on
+    owner.record(out, CONFIG_FILE, METRICS_FILE)  # the log is appended to from now on
     return has_ckpt
 
 
@@ -95,30 +96,18 @@ def _with_defaults(old: dict, defaults: dict) -> dict:
     return out
 
 
-def _as_ran(config: dict) -> dict:
-    """A config dict as the run it describes: the legacy start and null layers filled in, and
-    without the neutral keys or ``student.init`` / ``num_layers`` (how the layers were chosen;
-    ``student.layers`` holds them)."""
-    out = drop_neutral(with_legacy_start(config))
-    student = out.get("student")
-    if isinstance(student, dict) and student.get("layers") is not None:
-        student.pop("init", None)
-        student.pop("num_layers", None)
-    return out
-
-
 def _check_resume(out: Path, cfg: RunConfig) -> None:
     """--resume continues the run in ``out`` only: the same config (up to where it writes and
     logs), and not a finished one."""
     saved = out / CONFIG_FILE
     if saved.is_file():
-        new = _as_ran(cfg.to_dict())
+        new = drop_neutral(as_ran(cfg.to_dict()))
         options = type(cfg.method_options)()
         defaults = RunConfig(method=cfg.method, method_options=options).to_dict()
         raw = yaml.safe_load(saved.read_text()) or {}
         if not isinstance(raw, dict):
             raise OpdfError(f"--resume: {saved} is not an opdf run config (not a mapping)")
-        old = _as_ran(_with_defaults(raw, defaults))
+        old = drop_neutral(as_ran(_with_defaults(raw, defaults)))
         ignored = ("output_dir", "log_to")  # where the run writes and logs changes no result
         diff = sorted(k for k in set(old) | set(new)
                       if k not in ignored and old.get(k) != new.get(k))  # fmt: skip

@@ -49,9 +49,8 @@ def scalars(record: dict) -> dict[str, float]:
 class TensorBoardLog:
     """Writes metrics records into ``folder`` (an event file per session of the run).
 
-    ``purge_step``: a resumed run continues from its checkpoint's step ``s``; TensorBoard then
-    discards the killed session's events at steps ``>= s + 1``, as ``metrics.jsonl`` drops its
-    records after ``s``.
+    ``purge_step``: TensorBoard discards the earlier sessions' events at steps ``>= purge_step``
+    (a resumed run: from its checkpoint's step, :class:`opdf.run.metrics_log.MetricsLog`).
     """
 
     def __init__(self, folder: str | Path, *, purge_step: int | None = None):

@@ -15,7 +15,7 @@ from typing import Any, Union
 from opdf.choices import check_field
 from opdf.errors import ConfigError
 
-__all__ = ["build"]
+__all__ = ["build_dataclass"]
 
 
 def _type_name(tp) -> str:
@@ -52,7 +52,7 @@ def _coerce(value, tp, where: str):
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _Mismatch
-        return build(tp, value, where)
+        return build_dataclass(tp, value, where)
     if origin is list:
         if not isinstance(value, list | tuple):
             raise _Mismatch
@@ -119,7 +119,7 @@ def _coerce_scalar(value, tp):
     return value
 
 
-def build(cls, data: dict, where: str = ""):
+def build_dataclass(cls, data: dict, where: str = ""):
     """Build dataclass ``cls`` from ``data``; ConfigError on any unknown key or bad value."""
     if data is None:
         data = {}
