@@ -530,20 +530,13 @@ class Accumulation:
         """Hooks on each trainable parameter but the cores (those get their gradient at the
         exit): before a backward accumulates into it, its gradient must be the one the last
         backward left; after, note that gradient."""
-        cores = {id(leaf) for _, _, leaf in self._held}
-        cores |= {id(c) for _, module, _ in mpo_modules(self.model) for c in module_cores(module)}
+        cores = {id(c) for _, module, _ in mpo_modules(self.model) for c in module_cores(module)}
         handles = []
         for p in self.model.parameters():
             if p.requires_grad and id(p) not in cores:
-                handles.append(p.register_hook(self._before_accumulate(p)))
+                handles.append(p.register_hook(lambda _grad, p=p: self._check_not_zeroed(p)))
                 handles.append(p.register_post_accumulate_grad_hook(self._note))
         return handles
-
-    def _before_accumulate(self, p: nn.Parameter):
-        def hook(grad: torch.Tensor) -> None:
-            self._check_not_zeroed(p)
-
-        return hook
 
     def _note(self, p: torch.Tensor) -> None:
         self._graded[id(p)] = (p, p.grad._version)
