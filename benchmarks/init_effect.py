@@ -27,11 +27,12 @@ from opdf.report.stats import holm, paired_stats
 
 
 def load(folder: Path) -> dict:
-    """``{variant: {(init, lr): {seed: (dev, test)}}}`` from ``cells.csv``."""
+    """``{variant: {(init, lr): {seed: (dev, test)}}}`` from ``cells.csv`` (init ``-`` for a
+    suite without a ``student.init`` axis, e.g. a vision one)."""
     out: dict = defaultdict(lambda: defaultdict(dict))
     with open(folder / "cells.csv") as f:
         for row in csv.DictReader(f):
-            key = (row["student.init"], row["lr"])
+            key = (row.get("student.init") or "-", row["lr"])
             out[row["variant"]][key][int(row["seed"])] = (float(row["dev"]), float(row["test"]))
     return out
 
@@ -55,6 +56,23 @@ def pval(p: float | None) -> str:
 def fmt(values: list[float]) -> str:
     sd = st.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * st.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def paired_table(comps: list[tuple[str, list[float], list[float], list[int]]]) -> str:
+    """The comparisons ``(name, test_a, test_b, seeds)`` as a markdown table: paired t-test, 95%
+    bootstrap CI of the mean difference, and Holm over the table's rows (the suite report's own
+    ``paired_stats`` and ``holm``)."""
+    results = [paired_stats(a, b) for _, a, b, _ in comps]
+    adjusted = holm([r["p"] for r in results])
+    rows = []
+    for (name, _, _, s), r, h in zip(comps, results, adjusted, strict=True):
+        lo, hi = r["ci_low"], r["ci_high"]
+        ci = "-" if lo is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        rows.append([name, " ".join(map(str, s)), f"{100 * r['mean_diff']:+.2f}", ci,
+                     pval(r["p"]), pval(h)])  # fmt: skip
+    heads = ["comparison (test, paired over seeds)", "seeds", "diff (points)", "95% CI", "p",
+             "p (Holm)"]  # fmt: skip
+    return markdown_table(heads, rows, pad=False)
 
 
 def main(argv=None) -> int:
@@ -106,23 +124,13 @@ def main(argv=None) -> int:
                           f"{bottom[1]} (the earlier suites' comparison)",
                           [settings[kb][s][1] for s in common],
                           [base[bottom][s][1] for s in common], common))  # fmt: skip
-    results = [paired_stats(a, b) for _, a, b, _ in comps]  # the suite report's own test
-    adjusted = holm([r["p"] for r in results])
     lines = [f"# What the start, the learning rate and OPDF buy: `{args.folder}`", "",
              f"`python benchmarks/init_effect.py {' '.join(argv if argv else sys.argv[1:])}`. "
              "Test accuracy (%), mean ± std over the seeds that have every cell of the variant; "
              "the lr chosen on dev within each init, then the init too.", "",
              markdown_table(["variant", "student.init", "lr chosen on dev", "seeds", "dev", "test"],
                             rows, pad=False)]  # fmt: skip
-    paired = []
-    for (name, _, _, s), r, h in zip(comps, results, adjusted, strict=True):
-        lo, hi = r["ci_low"], r["ci_high"]
-        ci = "-" if lo is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
-        paired.append([name, " ".join(map(str, s)), f"{100 * r['mean_diff']:+.2f}", ci,
-                       pval(r["p"]), pval(h)])  # fmt: skip
-    heads = ["comparison (test, paired over seeds)", "seeds", "diff (points)", "95% CI", "p",
-             "p (Holm)"]  # fmt: skip
-    lines += ["", markdown_table(heads, paired, pad=False)]
+    lines += ["", paired_table(comps)]
     print_and_write("\n".join(lines) + "\n", args.out)
     return 0
 
