@@ -55,6 +55,7 @@ def group_record(suite: Suite, g: Group) -> dict:
         "chosen_on_dev": g.chosen,
         "chosen_from": g.candidates or None,
         "compared_seeds": " ".join(str(v) for v in g.compared_seeds) or None,
+        "grid_end": "; ".join(g.grid_end) or None,
         "train_params": g.first("train_params"), "inference_params": g.first("inference_params"),
         "seconds_per_step": g.field_mean("seconds_per_step"),
         "peak_rss_mb": g.field_mean("peak_rss_mb"),
@@ -94,6 +95,8 @@ def chosen_table(suite: Suite, chosen: Sequence[Group]) -> str:
         tuned += f" (best of {g.candidates})"
         if g.compared_seeds and len(g.compared_seeds) < len(g.results):  # a partly run suite
             tuned += f" on seeds {' '.join(str(v) for v in g.compared_seeds)}"
+        if g.grid_end:
+            tuned += " (at the grid's end!)"
         rows.append([g.label, _axes_text(untuned_axes(suite, g)), tuned, str(len(g.results)),
                      _pm(g.mean("dev"), g.std("dev")), _pm(g.mean("test"), g.std("test")),
                      *_cost_cells(g)])  # fmt: skip
@@ -171,6 +174,11 @@ class SuiteReport:
         parts = self._preamble()
         if s.tune:
             parts += ["", "## Chosen on dev", "", chosen_table(s, self.chosen)]
+            ends = [" ".join([g.label, *(f"({_axes_text(u)})" for u in [untuned_axes(s, g)] if u)])
+                    + f": {'; '.join(g.grid_end)}" for g in self.chosen if g.grid_end]  # fmt: skip
+            if ends:
+                parts += ["", "At a grid's end, so the best may lie beyond it: extend the grid "
+                          "one step there before reading the choice. " + ". ".join(ends) + "."]
         if self.transfer:
             parts += self._transfer_section()
         if self.comparisons:

@@ -49,6 +49,7 @@ class Group:
     chosen: bool = False
     candidates: int = 0  # chosen groups: how many tuned settings with results it was chosen from
     compared_seeds: tuple = ()  # chosen groups: the seeds the dev choice compared (all shared)
+    grid_end: tuple[str, ...] = ()  # chosen groups: tuned axes whose value is its grid's end
 
     def seeds(self, replicate: str) -> list[Any]:
         return [r.cell.value(replicate) for r in self.results]

@@ -78,6 +78,7 @@ def chosen_groups(suite: Suite, groups: Sequence[Group]) -> list[Group]:
         members[idx].chosen = True
         members[idx].candidates = sum(g.mean("dev") is not None for g in members)
         members[idx].compared_seeds = tuple(sorted(common, key=str))
+        members[idx].grid_end = grid_ends(suite, members[idx], members)
         out.append(members[idx])
     # in the suite's order (base, svd, mpo, ...), not in the order of the first finished cell,
     # which in a sparse or partly run grid can put a variant with an extra setting first
@@ -86,6 +87,33 @@ def chosen_groups(suite: Suite, groups: Sequence[Group]) -> list[Group]:
         untuned = tuple((k, v) for k, v in c.values if k != rep and k not in suite.tune)
         first.setdefault((c.label, axes_key(untuned)), len(first))
     return sorted(out, key=lambda g: first.get(setting(g), len(first)))
+
+
+def _number(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def grid_ends(suite: Suite, chosen: Group, members: Sequence[Group]) -> tuple[str, ...]:
+    """The numeric tuned axes (``lr``) whose dev-chosen value is the lowest or highest of those
+    with results, the other tuned values held at the chosen ones (the lr within the chosen
+    ``student.init``): the best may lie beyond, so the grid should go one step further before
+    the choice is read (a choice among two values is always at an end)."""
+    values = dict(chosen.axes)
+    out = []
+    for axis in suite.tune:
+        mine = _number(values.get(axis))
+        if mine is None:
+            continue  # a categorical axis (student.init) has no ends
+        tried = {x for g in members if g.mean("dev") is not None
+                 and all(dict(g.axes).get(k) == values.get(k) for k in suite.tune if k != axis)
+                 and (x := _number(dict(g.axes).get(axis))) is not None}  # fmt: skip
+        if len(tried) > 1 and mine in (min(tried), max(tried)):
+            end = "lowest" if mine == min(tried) else "highest"
+            out.append(f"{axis}={format_value(values[axis])} is the {end} of {len(tried)} tried")
+    return tuple(out)
 
 
 def paired_stats(a: Sequence[float], b: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES,
