@@ -75,7 +75,7 @@ def paired_table(comps: list[tuple[str, list[float], list[float], list[int]]]) -
     return markdown_table(heads, rows, pad=False)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path, help="an exported suite folder (with cells.csv)")
     ap.add_argument("--baseline", default="base", help="the plain student's variant name")

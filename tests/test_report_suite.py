@@ -8,12 +8,15 @@ import io
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from opdf.bench.suite import load_suite
+from opdf.bench.suite import Cell, load_suite
 from opdf.cli import main
+from opdf.report.results import CellResult, Group
+from opdf.report.stats import grid_ends
 from opdf.report.suite import build_report, choose_on_dev, export, holm, paired_stats
 
 # (variant, lr) -> per seed (dev, test). Dev prefers lr 1e-4 for both variants; test prefers
@@ -101,11 +104,11 @@ def test_a_choice_at_the_grid_end_is_flagged(tmp_path):
     folder = make_suite(tmp_path / "s")
     report = build_report(load_suite(folder / "suite.yaml"), folder)
     base = next(g for g in report.chosen if g.label == "base")
-    assert base.grid_end == ("lr=1e-4 is the lowest of 2 tried",)
+    assert base.grid_end == ("lr=1e-4 is the lowest of the 2 run",)
     md = report.markdown()
-    assert "(at the grid's end!)" in md and "base: lr=1e-4 is the lowest of 2 tried" in md
+    assert "(at an end of the grid run)" in md and "base: lr=1e-4 is the lowest of the 2 run" in md
     rows = list(csv.DictReader(io.StringIO(report.csv_files()["chosen.csv"])))
-    assert rows[0]["grid_end"] == "lr=1e-4 is the lowest of 2 tried"
+    assert rows[0]["grid_end"] == "lr=1e-4 is the lowest of the 2 run"
     scores = dict(SCORES)
     for variant in ("base", "svd", "mpo"):
         scores[(variant, "5e-5")] = [(0.5, 0.99)] * 3  # test is never looked at
@@ -115,9 +118,32 @@ def test_a_choice_at_the_grid_end_is_flagged(tmp_path):
     (folder / "suite.yaml").write_text(yaml.safe_dump(spec))
     report = build_report(load_suite(folder / "suite.yaml"), folder)
     assert [g.grid_end for g in report.chosen] == [(), (), ()]
-    assert "grid's end" not in report.markdown()
+    assert "end of the grid run" not in report.markdown()
     rows = list(csv.DictReader(io.StringIO(report.csv_files()["chosen.csv"])))
     assert [r["grid_end"] for r in rows] == ["", "", ""]
+
+
+def test_the_grid_end_is_judged_within_the_chosen_values_of_the_other_tuned_axes():
+    # tune [student.init, lr]: 2.4e-2 is interior among alternate's rates (1e-4 .. 4.8e-2) but
+    # would be the top of bottom's; rates written as strings and floats alike; a rate with no
+    # dev score yet (9.6e-2) does not count; a categorical axis has no ends
+
+    suite = SimpleNamespace(tune=["student.init", "lr"])
+
+    def group(init, lr, dev):
+        g = Group("base", None, "base", (("student.init", init), ("lr", lr)))
+        if dev is not None:
+            cell = Cell("x", "base", "c.yaml", None, "base", (("seed", 1),), (), 0)
+            g.results.append(CellResult(cell, {"dev": {"accuracy": dev}}))
+        return g
+
+    members = [group("bottom", "1e-4", 0.7), group("bottom", 2.4e-2, 0.8),
+               group("alternate", "1e-4", 0.7), group("alternate", 2.4e-2, 0.9),
+               group("alternate", "4.8e-2", 0.85), group("alternate", "9.6e-2", None)]  # fmt: skip
+    assert grid_ends(suite, members[3], members) == ()
+    assert grid_ends(suite, members[1], members) == ("lr=0.024 is the highest of the 2 run",)
+    assert grid_ends(suite, members[4], members) == ("lr=4.8e-2 is the highest of the 3 run",)
+    assert grid_ends(suite, members[2], members) == ("lr=1e-4 is the lowest of the 3 run",)
 
 
 def _hand_paired(a, b):

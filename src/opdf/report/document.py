@@ -43,6 +43,12 @@ def _axes_text(axes) -> str:
     return ", ".join(f"{k}={format_value(v)}" for k, v in axes) or "-"
 
 
+def _setting_name(suite: Suite, g: Group) -> str:
+    """The variant, and its untuned axes when it has any: ``base (data.name=imdb)``."""
+    untuned = untuned_axes(suite, g)
+    return f"{g.label} ({_axes_text(untuned)})" if untuned else g.label
+
+
 def group_record(suite: Suite, g: Group) -> dict:
     """One row of the groups table as plain values (CSV) ."""
     rec = {"label": g.label, "config": g.config_name, "variant": g.variant}
@@ -96,7 +102,7 @@ def chosen_table(suite: Suite, chosen: Sequence[Group]) -> str:
         if g.compared_seeds and len(g.compared_seeds) < len(g.results):  # a partly run suite
             tuned += f" on seeds {' '.join(str(v) for v in g.compared_seeds)}"
         if g.grid_end:
-            tuned += " (at the grid's end!)"
+            tuned += " (at an end of the grid run)"
         rows.append([g.label, _axes_text(untuned_axes(suite, g)), tuned, str(len(g.results)),
                      _pm(g.mean("dev"), g.std("dev")), _pm(g.mean("test"), g.std("test")),
                      *_cost_cells(g)])  # fmt: skip
@@ -174,11 +180,12 @@ class SuiteReport:
         parts = self._preamble()
         if s.tune:
             parts += ["", "## Chosen on dev", "", chosen_table(s, self.chosen)]
-            ends = [" ".join([g.label, *(f"({_axes_text(u)})" for u in [untuned_axes(s, g)] if u)])
-                    + f": {'; '.join(g.grid_end)}" for g in self.chosen if g.grid_end]  # fmt: skip
+            ends = [f"{_setting_name(s, g)}: {'; '.join(g.grid_end)}"
+                    for g in self.chosen if g.grid_end]  # fmt: skip
             if ends:
-                parts += ["", "At a grid's end, so the best may lie beyond it: extend the grid "
-                          "one step there before reading the choice. " + ". ".join(ends) + "."]
+                parts += ["", "At an end of the grid run so far, so the best may lie beyond it: "
+                          "run one step further there before reading the choice. "
+                          + ". ".join(ends) + "."]  # fmt: skip
         if self.transfer:
             parts += self._transfer_section()
         if self.comparisons:

@@ -22,7 +22,7 @@ from pathlib import Path
 from opdf.bench.suite import format_value
 from opdf.extras import require
 from opdf.report.document import SuiteReport
-from opdf.report.results import Group
+from opdf.report.results import Group, axis_number
 
 
 def _pyplot():
@@ -32,13 +32,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _number(v) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def _short(v: float) -> str:
@@ -67,7 +60,7 @@ def _lr_lines(
     lines: dict[str, list[tuple[float, float, float]]] = {}
     labels: dict[str, str] = {}
     for g in groups:
-        x = _number(dict(g.axes).get(axis))
+        x = axis_number(dict(g.axes).get(axis))
         y = _pct(g.mean("test"))
         if x is None or y is None:
             continue
@@ -146,7 +139,7 @@ def plot_best_lr(report: SuiteReport, path: Path) -> bool:
     series: dict[str, list[tuple[int, float, int]]] = {}
     plain: list[tuple[str, float, int]] = []
     for g in report.chosen:
-        lr = _number(dict(g.axes).get(axis))
+        lr = axis_number(dict(g.axes).get(axis))
         if lr is None:
             continue
         scale = g.scale()
@@ -170,7 +163,7 @@ def plot_best_lr(report: SuiteReport, path: Path) -> bool:
             ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(3, 4), fontsize=6)
     for label, lr, n in plain:
         ax.axhline(lr, color="gray", linestyle="--", label=f"{label} (plain student, n={n})")
-    grid = sorted(v for v in (_number(x) for x in suite.grid.get(axis, [])) if v is not None)
+    grid = sorted(v for v in (axis_number(x) for x in suite.grid.get(axis, [])) if v is not None)
     lrs = grid or sorted({p[1] for pts in series.values() for p in pts})
     ax.set_ylim(lrs[0] / 1.25, lrs[-1] * 1.25)  # also when every choice is the same value
     ax.set_yscale("log")

@@ -21,6 +21,17 @@ from opdf.bench.suite import REUSED, Cell, Suite, format_value
 from opdf.errors import OpdfError
 
 
+def axis_number(v: Any) -> float | None:
+    """An axis value as a number (``"2.4e-2"`` and ``0.024`` alike), None for a categorical one
+    (``alternate``, a flag)."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass
 class CellResult:
     cell: Cell
@@ -49,7 +60,7 @@ class Group:
     chosen: bool = False
     candidates: int = 0  # chosen groups: how many tuned settings with results it was chosen from
     compared_seeds: tuple = ()  # chosen groups: the seeds the dev choice compared (all shared)
-    grid_end: tuple[str, ...] = ()  # chosen groups: tuned axes whose value is its grid's end
+    grid_end: tuple[str, ...] = ()  # chosen groups: a note per numeric tuned axis at an end
 
     def seeds(self, replicate: str) -> list[Any]:
         return [r.cell.value(replicate) for r in self.results]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opdf.bench.suite import Suite, format_value
-from opdf.report.results import Group, axes_key, baseline_label, untuned_axes
+from opdf.report.results import Group, axes_key, axis_number, baseline_label, untuned_axes
 
 BOOTSTRAP_SAMPLES = 10_000
 
@@ -89,30 +89,23 @@ def chosen_groups(suite: Suite, groups: Sequence[Group]) -> list[Group]:
     return sorted(out, key=lambda g: first.get(setting(g), len(first)))
 
 
-def _number(v: Any) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def grid_ends(suite: Suite, chosen: Group, members: Sequence[Group]) -> tuple[str, ...]:
-    """The numeric tuned axes (``lr``) whose dev-chosen value is the lowest or highest of those
-    with results, the other tuned values held at the chosen ones (the lr within the chosen
-    ``student.init``): the best may lie beyond, so the grid should go one step further before
-    the choice is read (a choice among two values is always at an end)."""
+    """A note per numeric tuned axis (``lr``) whose dev-chosen value is the lowest or highest of
+    the values run so far, the other tuned values held at the chosen ones (the lr within the
+    chosen ``student.init``): the best may lie beyond, so the grid should go one step further
+    there before the choice is read (a choice among two values is always at an end)."""
     values = dict(chosen.axes)
     out = []
     for axis in suite.tune:
-        mine = _number(values.get(axis))
+        mine = axis_number(values.get(axis))
         if mine is None:
             continue  # a categorical axis (student.init) has no ends
         tried = {x for g in members if g.mean("dev") is not None
                  and all(dict(g.axes).get(k) == values.get(k) for k in suite.tune if k != axis)
-                 and (x := _number(dict(g.axes).get(axis))) is not None}  # fmt: skip
+                 and (x := axis_number(dict(g.axes).get(axis))) is not None}  # fmt: skip
         if len(tried) > 1 and mine in (min(tried), max(tried)):
             end = "lowest" if mine == min(tried) else "highest"
-            out.append(f"{axis}={format_value(values[axis])} is the {end} of {len(tried)} tried")
+            out.append(f"{axis}={format_value(values[axis])} is the {end} of the {len(tried)} run")
     return tuple(out)
 
 
