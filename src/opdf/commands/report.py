@@ -19,7 +19,8 @@ per step and wall time.
 
 Suites: given a suite file (its results in runs/suites/<name>/ or --out) or a suite folder (one
 that `opdf bench` ran, or an exported one), print mean ± std over seeds per setting, the tuned
-axes (learning rate) chosen on DEV per variant (never on test), the paired difference of each
+axes (learning rate) chosen on DEV per variant (never on test; flagged when the choice is the
+lowest or highest rate run, where the best may lie beyond), the paired difference of each
 variant vs the suite's baseline over the same seeds with a paired t-test and a 95% bootstrap CI,
 and parameters, seconds per step and peak memory. With a tuned axis and a baseline, also whether
 the baseline's dev-chosen learning rate transfers: per variant (scale, lr_scaling) its own dev
