@@ -127,7 +127,6 @@ def test_the_grid_end_is_judged_within_the_chosen_values_of_the_other_tuned_axes
     # tune [student.init, lr]: 2.4e-2 is interior among alternate's rates (1e-4 .. 4.8e-2) but
     # would be the top of bottom's; rates written as strings and floats alike; a rate with no
     # dev score yet (9.6e-2) does not count; a categorical axis has no ends
-
     suite = SimpleNamespace(tune=["student.init", "lr"])
 
     def group(init, lr, dev):

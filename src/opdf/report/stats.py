@@ -95,16 +95,18 @@ def grid_ends(suite: Suite, chosen: Group, members: Sequence[Group]) -> tuple[st
     chosen ``student.init``): the best may lie beyond, so the grid should go one step further
     there before the choice is read (a choice among two values is always at an end)."""
     values = dict(chosen.axes)
+    scored = [dict(g.axes) for g in members if g.mean("dev") is not None]
     out = []
     for axis in suite.tune:
         mine = axis_number(values.get(axis))
         if mine is None:
             continue  # a categorical axis (student.init) has no ends
-        tried = {x for g in members if g.mean("dev") is not None
-                 and all(dict(g.axes).get(k) == values.get(k) for k in suite.tune if k != axis)
-                 and (x := axis_number(dict(g.axes).get(axis))) is not None}  # fmt: skip
-        if len(tried) > 1 and mine in (min(tried), max(tried)):
-            end = "lowest" if mine == min(tried) else "highest"
+        tried = {x for axes in scored
+                 if all(axes.get(k) == values.get(k) for k in suite.tune if k != axis)
+                 and (x := axis_number(axes.get(axis))) is not None}  # fmt: skip
+        lo, hi = min(tried), max(tried)
+        if lo < hi and mine in (lo, hi):
+            end = "lowest" if mine == lo else "highest"
             out.append(f"{axis}={format_value(values[axis])} is the {end} of the {len(tried)} run")
     return tuple(out)
 
