@@ -104,11 +104,14 @@ def test_a_choice_at_the_grid_end_is_flagged(tmp_path):
     folder = make_suite(tmp_path / "s")
     report = build_report(load_suite(folder / "suite.yaml"), folder)
     base = next(g for g in report.chosen if g.label == "base")
-    assert base.grid_end == ("lr=1e-4 is the lowest of the 2 run",)
+    flag = (
+        "lr=1e-4 is the lowest of the 2 run (next: add lr=5e-5 to the grid, one step of x2 further)"
+    )
+    assert base.grid_end == (flag,)
     md = report.markdown()
-    assert "(at an end of the grid run)" in md and "base: lr=1e-4 is the lowest of the 2 run" in md
+    assert "(at an end of the grid run)" in md and f"base: {flag}" in md
     rows = list(csv.DictReader(io.StringIO(report.csv_files()["chosen.csv"])))
-    assert rows[0]["grid_end"] == "lr=1e-4 is the lowest of the 2 run"
+    assert rows[0]["grid_end"] == flag
     scores = dict(SCORES)
     for variant in ("base", "svd", "mpo"):
         scores[(variant, "5e-5")] = [(0.5, 0.99)] * 3  # test is never looked at
@@ -127,7 +130,7 @@ def test_the_grid_end_is_judged_within_the_chosen_values_of_the_other_tuned_axes
     # tune [student.init, lr]: 2.4e-2 is interior among alternate's rates (1e-4 .. 4.8e-2) but
     # would be the top of bottom's; rates written as strings and floats alike; a rate with no
     # dev score yet (9.6e-2) does not count; a categorical axis has no ends
-    suite = SimpleNamespace(tune=["student.init", "lr"])
+    suite = SimpleNamespace(tune=["student.init", "lr"], grid={})  # no rate beyond
 
     def group(init, lr, dev):
         g = Group("base", None, "base", (("student.init", init), ("lr", lr)))
@@ -140,9 +143,30 @@ def test_the_grid_end_is_judged_within_the_chosen_values_of_the_other_tuned_axes
                group("alternate", "1e-4", 0.7), group("alternate", 2.4e-2, 0.9),
                group("alternate", "4.8e-2", 0.85), group("alternate", "9.6e-2", None)]  # fmt: skip
     assert grid_ends(suite, members[3], members) == ()
-    assert grid_ends(suite, members[1], members) == ("lr=0.024 is the highest of the 2 run",)
-    assert grid_ends(suite, members[4], members) == ("lr=4.8e-2 is the highest of the 3 run",)
-    assert grid_ends(suite, members[2], members) == ("lr=1e-4 is the lowest of the 3 run",)
+    assert grid_ends(suite, members[1], members) == (
+        "lr=0.024 is the highest of the 2 run (next: add lr=5.76e0 to the grid, one step of x240 "
+        "further)",)  # fmt: skip
+    assert grid_ends(suite, members[4], members) == (
+        "lr=4.8e-2 is the highest of the 3 run (next: add lr=9.6e-2 to the grid, one step of x2 "
+        "further)",)  # fmt: skip
+    assert grid_ends(suite, members[2], members)[0].startswith("lr=1e-4 is the lowest of the 3 run")
+
+
+def test_the_grid_end_names_the_next_rate_the_suite_holds_or_excludes(tmp_path):
+    # dev chooses 1e-4, the lowest finished rate. With 5e-5 in the grid but excluded for base,
+    # the note names the pattern to narrow; with it included but unrun, says it is still to run
+    folder = make_suite(tmp_path / "s")
+    spec = yaml.safe_load((folder / "suite.yaml").read_text())
+    spec["grid"]["lr"] = ["2.5e-5", "5e-5", "1e-4", "2e-4"]
+    spec["exclude"] = ["base__lr=5e-5__*", "*__lr=2.5e-5__*"]
+    (folder / "suite.yaml").write_text(yaml.safe_dump(spec))
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    ends = {g.label: g.grid_end for g in report.chosen}
+    assert ends["base"] == ("lr=1e-4 is the lowest of the 2 run (next: lr=5e-5, excluded by "
+                            "'base__lr=5e-5__*')",)  # fmt: skip
+    assert ends["mpo"] == ("lr=1e-4 is the lowest of the 2 run (next: lr=5e-5, in the grid, not "
+                           "finished yet)",)  # fmt: skip
+    assert "excluded by 'base__lr=5e-5__*'" in report.markdown()
 
 
 def _hand_paired(a, b):

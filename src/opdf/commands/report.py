@@ -20,18 +20,19 @@ per step and wall time.
 Suites: given a suite file (its results in runs/suites/<name>/ or --out) or a suite folder (one
 that `opdf bench` ran, or an exported one), print mean ± std over seeds per setting, the tuned
 axes (learning rate) chosen on DEV per variant (never on test; flagged when the choice is the
-lowest or highest rate run, where the best may lie beyond), the paired difference of each
-variant vs the suite's baseline over the same seeds with a paired t-test and a 95% bootstrap CI,
-and parameters, seconds per step and peak memory. With a tuned axis and a baseline, also whether
-the baseline's dev-chosen learning rate transfers: per variant (scale, lr_scaling) its own dev
-choice, its test at the baseline's choice and the gap in points (within 0.3 or not). Identical
-finished cells of the suite's `reuse` suites count as its own. --export DIR also writes
-report.md, cells.csv, groups.csv, chosen.csv, paired.csv, transfer.csv and PNG plots (accuracy
-vs learning rate, vs scale, variant bars, dev-chosen learning rate vs scale) into
-DIR/<suite name>/, with every cell's config.yaml, summary.json, metrics.jsonl and log (small
-files only), ready to commit. --baseline VARIANT compares every variant with another one than
-the suite's baseline (printed only: an export keeps the suite's). Cells run with log_to:
-[jsonl, tensorboard] add a last line: the tensorboard --logdir command that shows their scalars."""
+lowest or highest rate run, where the best may lie beyond, with the rate to run next), the
+paired difference of each variant vs the suite's baseline over the same seeds with a paired
+t-test and a 95% bootstrap CI, and parameters, seconds per step and peak memory. With a tuned
+axis and a baseline, also whether the baseline's dev-chosen learning rate transfers: per variant
+(scale, lr_scaling) its own dev choice, its test at the baseline's choice and the gap in points
+(within 0.3 or not). Identical finished cells of the suite's `reuse` suites count as its own.
+--export DIR also writes report.md, cells.csv, groups.csv, chosen.csv, paired.csv, transfer.csv
+and PNG plots (accuracy vs learning rate, vs scale, variant bars, dev-chosen learning rate vs
+scale) into DIR/<suite name>/, with every cell's config.yaml, summary.json, metrics.jsonl and
+log (small files only), ready to commit. --baseline VARIANT compares every variant with another
+one than the suite's baseline (printed only: an export keeps the suite's). Cells run with
+log_to: [jsonl, tensorboard] add a last line: the tensorboard --logdir command that shows their
+scalars."""
 
 EPILOG = """\
 examples:

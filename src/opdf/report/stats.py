@@ -20,6 +20,7 @@ What it computes, and the rules that keep it honest:
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,8 +108,42 @@ def grid_ends(suite: Suite, chosen: Group, members: Sequence[Group]) -> tuple[st
         lo, hi = min(tried), max(tried)
         if lo < hi and mine in (lo, hi):
             end = "lowest" if mine == lo else "highest"
-            out.append(f"{axis}={format_value(values[axis])} is the {end} of the {len(tried)} run")
+            out.append(
+                f"{axis}={format_value(values[axis])} is the {end} of the {len(tried)} run"
+                f" ({next_step(suite, chosen, axis, sorted(tried, reverse=mine == hi))})"
+            )
     return tuple(out)
+
+
+def next_step(suite: Suite, chosen: Group, axis: str, tried: Sequence[float]) -> str:
+    """What to run beyond an end: ``tried`` sorted from the end (the chosen value) inwards. The
+    suite's next grid value out there if it has one (excluded, or not finished yet), else one
+    step of the same ratio as between the end and its neighbour, to add to the grid."""
+    end, inner = tried[0], tried[1]
+    outward = end < inner  # the lowest end: the next value lies below it
+    values = dict(chosen.axes)
+    beyond = sorted((x for v in suite.grid.get(axis, [])
+                     if (x := axis_number(v)) is not None and (x < end if outward else x > end)),
+                    reverse=outward)  # fmt: skip
+    if beyond:
+        nxt = beyond[0]
+        cells = [c for c in suite.grid_cells() if c.label == chosen.label
+                 and axis_number(c.value(axis)) == nxt
+                 and all(c.value(k) == v for k, v in values.items() if k != axis)]  # fmt: skip
+        shown = next((format_value(c.value(axis)) for c in cells), short_number(nxt))
+        if cells and all(suite.excluded(c.id) for c in cells):
+            pats = [p for p in suite.exclude if any(fnmatch.fnmatchcase(c.id, p) for c in cells)]
+            return f"next: {axis}={shown}, excluded by {', '.join(map(repr, pats))}"
+        return f"next: {axis}={shown}, in the grid, not finished yet"
+    ratio = inner / end if outward else end / inner
+    nxt = end / ratio if outward else end * ratio
+    return f"next: add {axis}={short_number(nxt)} to the grid, one step of x{ratio:.3g} further"
+
+
+def short_number(x: float) -> str:
+    """``0.096`` as ``9.6e-2``: the way the suites write their rates."""
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def paired_stats(a: Sequence[float], b: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES,
