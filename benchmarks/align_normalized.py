@@ -31,7 +31,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from init_effect import choose, complete_seeds, fmt, load, paired_table
+from init_effect import choose, fmt, load, paired_table, shared_seeds
 from opdf.report.render import markdown_table, print_and_write
 
 
@@ -49,15 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(names)) < len(names):
         print(f"a variant is named twice among {', '.join(names)}", file=sys.stderr)
         return 2
-    missing = [n for n in names if n not in cells]
-    if missing:
-        print(f"no variant {', '.join(missing)} in {args.folder}/cells.csv (has: "
-              f"{', '.join(sorted(cells))})", file=sys.stderr)  # fmt: skip
-        return 2
-    seeds = sorted(set.intersection(*(set(complete_seeds(cells[n])) for n in names)))
-    if not seeds:
-        print("no seed has every cell of these variants yet", file=sys.stderr)
-        return 2
+    seeds = shared_seeds(cells, names, args.folder)
     chosen = {n: choose(cells[n], seeds) for n in names}
 
     def test(name: str) -> list[float]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from init_effect import choose, complete_seeds, fmt, load, pval
+from init_effect import choose, fmt, load, pval, shared_seeds
 from opdf.report.render import markdown_table, print_and_write
 from opdf.report.stats import holm, paired_stats
 
@@ -84,15 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.suites:
         folder, names = parse_spec(spec)
         cells = load(folder)
-        missing = [n for n in names if n not in cells]
-        if missing:
-            print(f"no variant {', '.join(missing)} in {folder}/cells.csv (has: "
-                  f"{', '.join(sorted(cells))})", file=sys.stderr)  # fmt: skip
-            return 2
-        seeds = sorted(set.intersection(*(set(complete_seeds(cells[n])) for n in names)))
-        if not seeds:
-            print(f"{folder}: no seed has every cell of {', '.join(names)}", file=sys.stderr)
-            return 2
+        seeds = shared_seeds(cells, names, folder)
         ref = names[0]
         chosen = {n: choose(cells[n], seeds) for n in names}
 

@@ -43,6 +43,19 @@ def complete_seeds(settings: dict) -> list[int]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
+def shared_seeds(cells: dict, names: list[str], folder: Path) -> list[int]:
+    """The seeds on which every variant of ``names`` has all its cells; exits with a message
+    naming what is missing (a variant not in the suite, or no such seed yet)."""
+    missing = [n for n in names if n not in cells]
+    if missing:
+        raise SystemExit(f"no variant {', '.join(missing)} in {folder}/cells.csv (has: "
+                         f"{', '.join(sorted(cells))})")  # fmt: skip
+    seeds = sorted(set.intersection(*(set(complete_seeds(cells[n])) for n in names)))
+    if not seeds:
+        raise SystemExit(f"{folder}: no seed has every cell of {', '.join(names)} yet")
+    return seeds
+
+
 def choose(settings: dict, seeds: list[int], init: str | None = None) -> tuple[str, str]:
     """The (init, lr) with the best mean dev over ``seeds`` (within ``init`` when given)."""
     keys = [k for k in settings if init is None or k[0] == init]
