@@ -126,38 +126,35 @@ def step_times(steps: int) -> dict:
     g = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(0, 30522, (8, 128), generator=g),
              "labels": torch.randint(0, 2, (8,), generator=g)}  # fmt: skip
-    policy = op.contract_weight
 
-    def bf16_everywhere(core_list, shape):
-        return contract(core_list).reshape(tuple(shape))
+    def bf16_contraction() -> contextlib.ExitStack:  # precision: bf16-contraction
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        stack.enter_context(op.low_precision_contraction())
+        return stack
 
     variants = {
-        "fp32": (contextlib.nullcontext, policy),
-        "bf16 autocast, contraction fp32 (opdf's policy)": (
-            lambda: torch.autocast("cpu", dtype=torch.bfloat16), policy),
-        "bf16 autocast, contraction bf16": (
-            lambda: torch.autocast("cpu", dtype=torch.bfloat16), bf16_everywhere),
+        "fp32": contextlib.nullcontext,
+        "bf16 autocast, contraction fp32 (opdf's policy)":
+            lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+        "bf16 autocast, contraction bf16 (`precision: bf16-contraction`)": bf16_contraction,
     }  # fmt: skip
     models = {k: student() for k in variants}
     optims = {k: torch.optim.AdamW(m.parameters(), lr=1e-5, fused=True) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in variants}
-    try:
-        for _round in range(2):
-            for key, (ctx, weight_fn) in variants.items():
-                op.contract_weight = weight_fn
-                model, optim = models[key], optims[key]
-                for i in range(2 + steps):
-                    t0 = time.perf_counter()
-                    with ctx():
-                        loss = model(**batch).loss
-                    loss.backward()
-                    optim.step()
-                    optim.zero_grad(set_to_none=True)
-                    if i >= 2:
-                        times[key].append(time.perf_counter() - t0)
-                print(key, times[key])
-    finally:
-        op.contract_weight = policy
+    for _round in range(2):
+        for key, ctx in variants.items():
+            model, optim = models[key], optims[key]
+            for i in range(2 + steps):
+                t0 = time.perf_counter()
+                with ctx():
+                    loss = model(**batch).loss
+                loss.backward()
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+                if i >= 2:
+                    times[key].append(time.perf_counter() - t0)
+            print(key, times[key])
     return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
@@ -172,10 +169,9 @@ def cpu_line() -> str:
     flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
                   if ln.startswith("flags")), [])  # fmt: skip
     isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return (
-        f"{model} ({', '.join(isa) or 'no AVX-512'}; absent: "
-        + ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f not in flags)
-        + ")"
+    absent = [f for f in ("avx512_bf16", "amx_bf16") if f not in flags]
+    return f"{model} ({', '.join(isa) or 'no AVX-512'}" + (
+        f"; absent: {', '.join(absent)})" if absent else ")"
     )
 
 

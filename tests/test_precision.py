@@ -3,12 +3,18 @@ contraction would cost in accuracy (the error bound the docs state)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import opdf
 from opdf.mpo import contract, decompose, mpo_shapes
-from opdf.overparam import contract_weight, cores
+from opdf.overparam import (
+    contract_weight,
+    contraction_follows_autocast,
+    cores,
+    low_precision_contraction,
+)
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 # benchmarks/results/bf16.md: a bf16 contraction of BERT-base-width and MiniLM weights at L=3 is
@@ -64,6 +70,28 @@ def test_under_autocast_the_parametrized_weight_and_the_merge_are_float32():
     assert torch.equal(model[0].weight.detach(), fp32_weight)
 
 
+def test_the_opt_in_bf16_contraction_trains_in_bf16_and_still_merges_in_float32():
+    """``low_precision_contraction`` (``precision: bf16-contraction``): the training weight is
+    contracted under autocast, within the stated error; the merge inside it stays float32."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 96), nn.ReLU(), nn.Linear(96, 48), nn.Linear(48, 2))
+    opdf.overparameterize(model, unit_modes=2)
+    fp32_weight = model[0].weight.detach().clone()
+    x = torch.randn(5, 48)
+    with torch.autocast(**BF16), low_precision_contraction():
+        assert contraction_follows_autocast()
+        w = model[0].weight
+        model(x).float().sum().backward()
+        assert w.dtype == torch.bfloat16
+        assert 0 < rel(w.detach(), fp32_weight.double()) < BF16_CONTRACTION_BOUND
+        assert all(c.grad is not None and c.grad.dtype == torch.float32
+                   for c in cores(model)["0"])  # fmt: skip
+        opdf.merge(model)
+    assert not contraction_follows_autocast()  # reset on exit
+    assert model[0].weight.dtype == torch.float32
+    assert torch.equal(model[0].weight.detach(), fp32_weight)
+
+
 def test_accumulate_under_autocast_contracts_in_float32():
     torch.manual_seed(0)
     model = opdf.overparameterize(nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 2)), unit_modes=1)
@@ -86,17 +114,30 @@ def test_cores_stored_in_bf16_are_contracted_in_float32():
     assert rel(w.detach(), contract([c.double() for c in cs])) < BF16_CONTRACTION_BOUND / 2
 
 
-def test_a_bf16_run_trains_under_autocast_and_saves_the_float32_merge(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "bf16-contraction"])
+def test_a_bf16_run_trains_under_autocast_and_saves_the_float32_merge(
+    tmp_path, monkeypatch, precision
+):
     from safetensors.torch import load_file
 
+    import opdf.run.trainer as trainer
     from opdf.run import load_config, run_distill
     from opdf.run.runner import merge_checkpoint
 
+    entered = []  # the forwards run under the bf16 contraction only when asked for
+
+    def counting():
+        entered.append(True)
+        return low_precision_contraction()
+
+    monkeypatch.setattr(trainer, "low_precision_contraction", counting)
+
     out = tmp_path / "bf16"
-    args = ["max_steps=4", "eval_every=2", "checkpoint_every=2", "precision=bf16",
+    args = ["max_steps=4", "eval_every=2", "checkpoint_every=2", f"precision={precision}",
             f"output_dir={out}"]  # fmt: skip
     summary = run_distill(load_config("configs/smoke-kd.yaml", args), progress=False)
-    assert summary["precision"] == "bf16"
+    assert summary["precision"] == precision
+    assert bool(entered) == (precision == "bf16-contraction")
     saved = load_file(str(out / "student" / "model.safetensors"))
     assert {w.dtype for w in saved.values()} == {torch.float32}
     # the saved student is the float32 merge of the best checkpoint's cores, bit for bit

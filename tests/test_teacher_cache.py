@@ -13,6 +13,7 @@ from torch import nn
 
 from opdf.bench.run import config_diff
 from opdf.distill.teacher_cache import TeacherCache, batch_key
+from opdf.overparam import low_precision_contraction
 from opdf.run import load_config, run_distill
 
 
@@ -77,7 +78,12 @@ def test_bf16_autocast_is_part_of_the_key():
     b = batch()
     plain = batch_key("logits", b)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert batch_key("logits", b) != plain
+        bf16 = batch_key("logits", b)
+        assert bf16 != plain
+        with low_precision_contraction():  # an over-parameterized teacher's bf16 contraction
+            assert batch_key("logits", b) not in (plain, bf16)
+    with low_precision_contraction():  # no autocast: the contraction stays float32
+        assert batch_key("logits", b) == plain
 
 
 def test_a_torn_entry_is_recomputed_and_replaced(tmp_path):

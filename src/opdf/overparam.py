@@ -18,6 +18,7 @@ import math
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,8 @@ __all__ = [
     "accumulate",
     "Accumulation",
     "contract_weight",
+    "low_precision_contraction",
+    "contraction_follows_autocast",
     "param_report",
     "ParamReport",
     "default_targets",
@@ -74,14 +77,45 @@ def core_index(name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def contract_weight(core_list: Sequence[torch.Tensor], weight_shape: Sequence[int]) -> torch.Tensor:
-    """The dense weight from its cores, contracted in float32 (or wider) whatever autocast says.
+#: set by :func:`low_precision_contraction`: the parametrized weights follow autocast
+_FOLLOW_AUTOCAST: ContextVar[bool] = ContextVar("opdf_contraction_follows_autocast", default=False)
+
+
+@contextlib.contextmanager
+def low_precision_contraction() -> Iterator[None]:
+    """Inside it, the training forward's contraction follows autocast (bf16 matmuls), an opt-in
+    exception to :func:`contract_weight`'s float32 policy (``precision: bf16-contraction``).
+
+    Where bf16 matmuls are fast (a CPU with AMX, a GPU) the float32 chain dominates a bf16 step:
+    on an AMX CPU a bf16 contraction is 3.6-6x faster and a whole L=3 step 2.8x faster than float32,
+    against 1.25x with the policy (``benchmarks/results/bf16-amx.md``), at 2.6x the weight error of
+    one bf16 rounding (4.4e-3 relative). ``merge`` and :func:`accumulate` stay float32 inside
+    it, so the deployed student does not depend on it."""
+    token = _FOLLOW_AUTOCAST.set(True)
+    try:
+        yield
+    finally:
+        _FOLLOW_AUTOCAST.reset(token)
+
+
+def contraction_follows_autocast() -> bool:
+    """Whether :func:`low_precision_contraction` is on here (a cache keyed on a forward's
+    precision must know)."""
+    return _FOLLOW_AUTOCAST.get()
+
+
+def contract_weight(
+    core_list: Sequence[torch.Tensor], weight_shape: Sequence[int], *, follow_autocast: bool = False
+) -> torch.Tensor:
+    """The dense weight from its cores, contracted in float32 (or wider) whatever autocast says
+    (unless ``follow_autocast``: :func:`low_precision_contraction`).
 
     This is opdf's mixed-precision policy. Under ``torch.autocast(dtype=torch.bfloat16)`` the
     chain of matmuls would run in bf16; measured on BERT-base-width L=3 matrices that gives a
     relative error of 4.4e-3 in ``W`` (2.6x the error of rounding the exact ``W`` to bf16 once)
-    and was 1.7-1.9x slower than float32 on this machine's CPU (``benchmarks/bf16_contraction.py``,
-    ``benchmarks/results/bf16.md``). So autocast is switched off here, cores stored in bf16/fp16
+    was 1.7-1.9x slower than float32 on a CPU without AMX (``benchmarks/bf16_contraction.py``,
+    ``benchmarks/results/bf16.md``; on one with AMX it is faster: the opt-in above). So
+    autocast is switched off here, cores stored in bf16/fp16
     are upcast for the contraction and the result is cast back to their dtype. Under autocast the
     float32 weight then enters ``F.linear`` like any plain float32 weight (cast to bf16 there).
     ``merge`` uses the same path, so the merged weight never depends on the training precision.
@@ -91,7 +125,7 @@ def contract_weight(core_list: Sequence[torch.Tensor], weight_shape: Sequence[in
     low = dtype in LOW_PRECISION
     off = (
         torch.autocast(device_type, enabled=False)
-        if torch.is_autocast_enabled(device_type)
+        if torch.is_autocast_enabled(device_type) and not follow_autocast
         else contextlib.nullcontext()
     )
     with off:
@@ -169,7 +203,8 @@ class MPOParametrization(nn.Module):
     def forward(self, *cores: torch.Tensor) -> torch.Tensor:
         if self.override is not None:
             return self.override
-        return contract_weight(cores, self.weight_shape)
+        follow = contraction_follows_autocast()
+        return contract_weight(cores, self.weight_shape, follow_autocast=follow)
 
     def right_inverse(self, weight: torch.Tensor) -> list[torch.Tensor]:
         mpo = decompose(weight, self.row_modes, self.col_modes, max_bond=self.max_bond)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from opdf.overparam import contraction_follows_autocast
 from opdf.storage import atomic_write_bytes, cache_dir
 
 VERSION = 1
@@ -54,7 +55,7 @@ def teacher_outputs_dir(root: Path | None = None) -> Path:
 
 def batch_key(kind: str, batch: dict) -> str:
     """Digest of what decides a frozen teacher's outputs on ``batch``: the output kind, the
-    autocast state and every tensor of the batch."""
+    autocast state (with the MPO contraction's) and every tensor of the batch."""
     h = hashlib.sha256(f"v{VERSION}:{kind}".encode())
     tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     if not tensors:
@@ -62,6 +63,8 @@ def batch_key(kind: str, batch: dict) -> str:
     device = next(iter(tensors.values())).device.type
     if torch.is_autocast_enabled(device):
         h.update(f":autocast:{device}:{torch.get_autocast_dtype(device)}".encode())
+        if contraction_follows_autocast():  # an over-parameterized teacher's weights change
+            h.update(b":contraction-follows-autocast")
     for name, t in sorted(tensors.items()):
         _update(h, name, t)
     return h.hexdigest()

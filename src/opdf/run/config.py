@@ -20,7 +20,8 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     # fine-tuned teacher, else new)
     variant: null                   # base | svd | mpo | opdf: sets the three keys below
     overparam: mpo                  # none | svd | mpo
-    precision: fp32                 # fp32 | bf16 (autocast; the MPO contraction stays fp32)
+    precision: fp32                 # fp32 | bf16 (autocast; the MPO contraction stays fp32) |
+                                    # bf16-contraction (that too: faster on AMX CPUs and GPUs)
     unit_modes: 3
     train_cores: all                # all | central | auxiliary: which MPO cores train (the
                                     # others stay as decomposed; an ablation, mpo only)
@@ -84,7 +85,7 @@ from opdf.models.vision import is_vision_model, vision_model_names
 from opdf.run.typed import build_dataclass
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "bf16-contraction")
 
 #: ``variant:`` presets, the paper's four columns. A key set explicitly (in the file or by an
 #: override) replaces the preset's value, but may not contradict what the variant is: its scheme,
@@ -302,7 +303,9 @@ class RunConfig:
     log_every: int = positive(10)
     device: str = choice(*DEVICES, default="auto")
     # bf16: forwards under torch.autocast(bfloat16); the MPO contraction, the optimizer state and
-    # the merged student stay float32 (opdf.overparam.contract_weight)
+    # the merged student stay float32 (opdf.overparam.contract_weight). bf16-contraction: the
+    # training contraction in bf16 too (opdf.overparam.low_precision_contraction), faster where
+    # bf16 matmuls are (AMX CPU, GPU); the merge stays float32
     precision: str = choice(*PRECISIONS, default="fp32")
     threads: int | None = positive(None)
     on_nonfinite: str = choice("stop", "skip", default="stop")

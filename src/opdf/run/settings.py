@@ -35,7 +35,7 @@ class TrainSettings:
     log_every: int = 10
     # a step whose loss or gradient is NaN/inf: "stop" the run (DivergedError) or "skip" it
     on_nonfinite: str = "stop"
-    precision: str = "fp32"  # or "bf16": forwards under torch.autocast
+    precision: str = "fp32"  # "bf16": forwards under autocast; "bf16-contraction": the MPO too
     log_to: tuple[str, ...] | list[str] = ("jsonl",)  # + "tensorboard": OUTPUT_DIR/tb
     channels_last: bool = False  # image batches in channels_last memory format
 

@@ -25,7 +25,7 @@ of an optimizer step; each rank builds its contiguous shard of it, runs its
 one contraction's gradient, :meth:`opdf.overparam.Accumulation.carry`), and DDP all-reduces the
 cores' gradients once. Every rank evaluates a shard of dev/test and the logits are gathered, so
 all ranks take the same decisions; rank 0 alone writes files. ``precision: bf16`` runs the
-forwards under ``torch.autocast``; the contraction stays float32.
+forwards under ``torch.autocast``; the contraction stays float32 (``bf16-contraction``: it too).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch
 from opdf.data.views import split_views
 from opdf.distill.base import Distiller, TrainContext
 from opdf.errors import DivergedError, OpdfError
-from opdf.overparam import accumulate
+from opdf.overparam import accumulate, low_precision_contraction
 from opdf.progress import progress_bar
 from opdf.run import checkpoint as ckpt
 from opdf.run import distributed, optim, owner
@@ -176,11 +176,15 @@ class Trainer:
         self.log = MetricsLog(self.out, settings.log_to, is_main=dist.is_main)
 
     # ------------------------------------------------------------------ helpers
-    def autocast(self):
-        """The forwards' precision context (``precision: bf16``: bf16 autocast)."""
-        if self.s.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forwards' precision context: ``precision: bf16`` bf16 autocast; ``bf16-contraction``
+        the same with the MPO contraction under it too (``low_precision_contraction``)."""
+        stack = contextlib.ExitStack()
+        if self.s.precision in ("bf16", "bf16-contraction"):
+            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+        if self.s.precision == "bf16-contraction":
+            stack.enter_context(low_precision_contraction())
+        return stack
 
     def _own(self, *paths: str) -> None:
         """List files just written in the output folder as opdf's (:mod:`opdf.run.owner`): the
