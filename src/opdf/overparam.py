@@ -86,11 +86,11 @@ def low_precision_contraction() -> Iterator[None]:
     """Inside it, the training forward's contraction follows autocast (bf16 matmuls), an opt-in
     exception to :func:`contract_weight`'s float32 policy (``precision: bf16-contraction``).
 
-    Where bf16 matmuls are fast (a CPU with AMX, a GPU) the float32 chain dominates a bf16 step:
-    on an AMX CPU a bf16 contraction is 3.6-6x faster and a whole L=3 step 2.8x faster than float32,
-    against 1.25x with the policy (``benchmarks/results/bf16-amx.md``), at 2.6x the weight error of
-    one bf16 rounding (4.4e-3 relative). ``merge`` and :func:`accumulate` stay float32 inside
-    it, so the deployed student does not depend on it."""
+    Where bf16 matmuls are fast (a CPU with AMX, a GPU) the float32 chain dominates a bf16
+    step: on an AMX CPU a bf16 contraction is 3.6-6.3x faster and a whole L=3 step 2.8x faster
+    than float32, against 1.25x with the policy (``benchmarks/results/bf16-amx.md``), at 2.6x
+    the weight error of one bf16 rounding (4.4e-3 relative). ``merge`` and :func:`accumulate`
+    stay float32 inside it, so the deployed student does not depend on it."""
     token = _FOLLOW_AUTOCAST.set(True)
     try:
         yield
@@ -114,9 +114,9 @@ def contract_weight(
     chain of matmuls would run in bf16; measured on BERT-base-width L=3 matrices that gives a
     relative error of 4.4e-3 in ``W`` (2.6x the error of rounding the exact ``W`` to bf16 once)
     was 1.7-1.9x slower than float32 on a CPU without AMX (``benchmarks/bf16_contraction.py``,
-    ``benchmarks/results/bf16.md``; on one with AMX it is faster: the opt-in above). So
-    autocast is switched off here, cores stored in bf16/fp16
-    are upcast for the contraction and the result is cast back to their dtype. Under autocast the
+    ``benchmarks/results/bf16.md``; with AMX it is faster: the opt-in above). So autocast is
+    switched off here, cores stored in bf16/fp16 are upcast for the contraction and the result
+    is cast back to their dtype. Under autocast the
     float32 weight then enters ``F.linear`` like any plain float32 weight (cast to bf16 there).
     ``merge`` uses the same path, so the merged weight never depends on the training precision.
     """
