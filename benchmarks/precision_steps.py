@@ -43,7 +43,11 @@ def run(student: str, precision: str, steps: int, out: Path) -> float:
     args = [sys.executable, "-m", "opdf", "distill", CONFIG, *COMMON, *STUDENTS[student],
             f"precision={precision}", f"max_steps={steps}", f"output_dir={out}"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(args, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    if done.returncode:
+        raise SystemExit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return float(json.loads((out / "summary.json").read_text())["seconds_per_step"])
 
 

@@ -120,24 +120,27 @@ def test_a_bf16_run_trains_under_autocast_and_saves_the_float32_merge(
 ):
     from safetensors.torch import load_file
 
-    import opdf.run.trainer as trainer
+    import opdf.overparam as op
     from opdf.run import load_config, run_distill
     from opdf.run.runner import merge_checkpoint
 
-    entered = []  # the forwards run under the bf16 contraction only when asked for
+    seen = set()  # (grad enabled = a training forward, the contraction follows autocast)
+    policy = op.contract_weight
 
-    def counting():
-        entered.append(True)
-        return low_precision_contraction()
+    def recording(core_list, shape, *, follow_autocast=False):
+        seen.add((torch.is_grad_enabled(), follow_autocast))
+        return policy(core_list, shape, follow_autocast=follow_autocast)
 
-    monkeypatch.setattr(trainer, "low_precision_contraction", counting)
+    monkeypatch.setattr(op, "contract_weight", recording)
 
     out = tmp_path / "bf16"
     args = ["max_steps=4", "eval_every=2", "checkpoint_every=2", f"precision={precision}",
             f"output_dir={out}"]  # fmt: skip
     summary = run_distill(load_config("configs/smoke-kd.yaml", args), progress=False)
     assert summary["precision"] == precision
-    assert bool(entered) == (precision == "bf16-contraction")
+    # bf16-contraction: the training forwards contract under autocast, evaluations never do
+    assert seen == ({(True, True), (False, False)} if precision == "bf16-contraction"
+                    else {(True, False), (False, False)})  # fmt: skip
     saved = load_file(str(out / "student" / "model.safetensors"))
     assert {w.dtype for w in saved.values()} == {torch.float32}
     # the saved student is the float32 merge of the best checkpoint's cores, bit for bit

@@ -143,13 +143,33 @@ def test_the_grid_end_is_judged_within_the_chosen_values_of_the_other_tuned_axes
                group("alternate", "1e-4", 0.7), group("alternate", 2.4e-2, 0.9),
                group("alternate", "4.8e-2", 0.85), group("alternate", "9.6e-2", None)]  # fmt: skip
     assert grid_ends(suite, members[3], members) == ()
-    assert grid_ends(suite, members[1], members) == (
-        "lr=0.024 is the highest of the 2 run (next: add lr=5.76e0 to the grid, one step of x240 "
-        "further)",)  # fmt: skip
+    assert grid_ends(suite, members[1], members) == (  # 240x apart: no step to repeat
+        "lr=0.024 is the highest of the 2 run (next: extend the grid above lr=0.024)",)  # fmt: skip
     assert grid_ends(suite, members[4], members) == (
         "lr=4.8e-2 is the highest of the 3 run (next: add lr=9.6e-2 to the grid, one step of x2 "
         "further)",)  # fmt: skip
-    assert grid_ends(suite, members[2], members)[0].startswith("lr=1e-4 is the lowest of the 3 run")
+    assert grid_ends(suite, members[2], members) == ("lr=1e-4 is the lowest of the 3 run (next: "
+                                                     "extend the grid below lr=1e-4)",)  # fmt: skip
+
+
+def test_the_next_step_of_a_grid_with_zero_or_negative_values_is_no_ratio():
+    # tune [align.weight] over 0 .. 1e4: no division by zero, no negative "ratio" step
+    suite = SimpleNamespace(tune=["align.weight"], grid={})
+
+    def group(w, dev):
+        g = Group("opdf", None, "opdf", (("align.weight", w),))
+        cell = Cell("x", "opdf", "c.yaml", None, "opdf", (("seed", 1),), (), 0)
+        g.results.append(CellResult(cell, {"dev": {"accuracy": dev}}))
+        return g
+
+    members = [group(0, 0.8), group(100, 0.7), group(1e4, 0.75)]
+    assert grid_ends(suite, members[0], members) == (
+        "align.weight=0 is the lowest of the 3 run (next: extend the grid below align.weight=0)",
+    )
+    members = [group(-1, 0.7), group(1, 0.8)]
+    assert grid_ends(suite, members[1], members) == (
+        "align.weight=1 is the highest of the 2 run (next: extend the grid above align.weight=1)",
+    )
 
 
 def test_the_grid_end_names_the_next_rate_the_suite_holds_or_excludes(tmp_path):
@@ -164,8 +184,8 @@ def test_the_grid_end_names_the_next_rate_the_suite_holds_or_excludes(tmp_path):
     ends = {g.label: g.grid_end for g in report.chosen}
     assert ends["base"] == ("lr=1e-4 is the lowest of the 2 run (next: lr=5e-5, excluded by "
                             "'base__lr=5e-5__*')",)  # fmt: skip
-    assert ends["mpo"] == ("lr=1e-4 is the lowest of the 2 run (next: lr=5e-5, in the grid, not "
-                           "finished yet)",)  # fmt: skip
+    assert ends["mpo"] == ("lr=1e-4 is the lowest of the 2 run (next: lr=5e-5, in the grid, no "
+                           "result yet (not run, running or failed))",)  # fmt: skip
     assert "excluded by 'base__lr=5e-5__*'" in report.markdown()
 
 

@@ -65,6 +65,8 @@ def test_real_configs_all_valid():
         (["teacher.model=no-such-model"], "built-in model (minilm-l6"),
         (["device=tpu"], "valid choices: auto, cpu, cuda"),
         (["batch_size=10", "grad_accum=3"], "multiple of grad_accum"),
+        (["precision=bf16-contraction", "grad_accum=2"], "would train exactly as precision: bf16"),
+        (["precision=fp16"], "valid choices: fp32, bf16, bf16-contraction"),
     ],
 )
 def test_bad_values_are_clear_errors(overrides, message):

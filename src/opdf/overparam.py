@@ -83,14 +83,16 @@ _FOLLOW_AUTOCAST: ContextVar[bool] = ContextVar("opdf_contraction_follows_autoca
 
 @contextlib.contextmanager
 def low_precision_contraction() -> Iterator[None]:
-    """Inside it, the training forward's contraction follows autocast (bf16 matmuls), an opt-in
-    exception to :func:`contract_weight`'s float32 policy (``precision: bf16-contraction``).
+    """Inside it, the parametrized weights' contraction follows autocast (bf16 matmuls), an
+    opt-in exception to :func:`contract_weight`'s float32 policy (``precision:
+    bf16-contraction``, whose runner enters it for the training forwards only).
 
-    Where bf16 matmuls are fast (a CPU with AMX, a GPU) the float32 chain dominates a bf16
-    step: on an AMX CPU a bf16 contraction is 3.2-3.9x faster and a whole L=3 step 2.9x faster
-    than float32, against 1.2x with the policy (``benchmarks/results/bf16-amx.md``), at 2.6x
-    the weight error of one bf16 rounding (4.4e-3 relative). ``merge`` and :func:`accumulate`
-    stay float32 inside it, so the deployed student does not depend on it."""
+    Where bf16 matmuls are fast (a CPU with AMX; a GPU, not measured) the float32 chain
+    dominates a bf16 step: on an AMX CPU a bf16 contraction is 3.2-3.9x faster and a whole L=3
+    step 2.9x faster than float32, against 1.2x with the policy
+    (``benchmarks/results/bf16-amx.md``), at 2.6x the weight error of one bf16 rounding (4.4e-3
+    relative). ``merge`` and :func:`accumulate` stay float32 inside it, so the deployed student
+    does not depend on it."""
     token = _FOLLOW_AUTOCAST.set(True)
     try:
         yield

@@ -170,7 +170,11 @@ class Suite:
         return [dataclasses.replace(c, order=i) for i, c in enumerate(kept)]
 
     def excluded(self, cell_id: str) -> bool:
-        return any(fnmatch.fnmatchcase(cell_id, pat) for pat in self.exclude)
+        return bool(self.excluding(cell_id))
+
+    def excluding(self, cell_id: str) -> list[str]:
+        """The ``exclude`` patterns that leave ``cell_id`` out."""
+        return [pat for pat in self.exclude if fnmatch.fnmatchcase(cell_id, pat)]
 
     def grid_cells(self, *, tiny: bool = False) -> list[Cell]:
         """Every cell of the full grid, ``exclude`` not applied."""

@@ -63,8 +63,8 @@ def batch_key(kind: str, batch: dict) -> str:
     device = next(iter(tensors.values())).device.type
     if torch.is_autocast_enabled(device):
         h.update(f":autocast:{device}:{torch.get_autocast_dtype(device)}".encode())
-        if contraction_follows_autocast():  # an over-parameterized teacher's weights change
-            h.update(b":contraction-follows-autocast")
+        if contraction_follows_autocast():  # an over-parameterized teacher contracts in bf16
+            h.update(b":contraction-follows-autocast")  # (a plain one recomputes, harmlessly)
     for name, t in sorted(tensors.items()):
         _update(h, name, t)
     return h.hexdigest()

@@ -20,7 +20,6 @@ What it computes, and the rules that keep it honest:
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,10 +114,15 @@ def grid_ends(suite: Suite, chosen: Group, members: Sequence[Group]) -> tuple[st
     return tuple(out)
 
 
+#: the largest ratio between an end and its neighbour that :func:`next_step` repeats outward
+MAX_STEP_RATIO = 10.0
+
+
 def next_step(suite: Suite, chosen: Group, axis: str, tried: Sequence[float]) -> str:
     """What to run beyond an end: ``tried`` sorted from the end (the chosen value) inwards. The
-    suite's next grid value out there if it has one (excluded, or not finished yet), else one
-    step of the same ratio as between the end and its neighbour, to add to the grid."""
+    suite's next grid value out there if it has one (excluded, or without a result yet), else
+    one step of the same ratio as between the end and its neighbour (positive values at most
+    ``MAX_STEP_RATIO`` apart, as a rate grid), else a plain "extend the grid beyond"."""
     end, inner = tried[0], tried[1]
     outward = end < inner  # the lowest end: the next value lies below it
     values = dict(chosen.axes)
@@ -132,12 +136,16 @@ def next_step(suite: Suite, chosen: Group, axis: str, tried: Sequence[float]) ->
                  and all(c.value(k) == v for k, v in values.items() if k != axis)]  # fmt: skip
         shown = next((format_value(c.value(axis)) for c in cells), short_number(nxt))
         if cells and all(suite.excluded(c.id) for c in cells):
-            pats = [p for p in suite.exclude if any(fnmatch.fnmatchcase(c.id, p) for c in cells)]
+            pats = sorted({p for c in cells for p in suite.excluding(c.id)})
             return f"next: {axis}={shown}, excluded by {', '.join(map(repr, pats))}"
-        return f"next: {axis}={shown}, in the grid, not finished yet"
-    ratio = inner / end if outward else end / inner
-    nxt = end / ratio if outward else end * ratio
-    return f"next: add {axis}={short_number(nxt)} to the grid, one step of x{ratio:.3g} further"
+        return f"next: {axis}={shown}, in the grid, no result yet (not run, running or failed)"
+    if end > 0 and inner > 0:
+        ratio = inner / end if outward else end / inner  # > 1: the values are distinct
+        if ratio <= MAX_STEP_RATIO:
+            nxt = short_number(end / ratio if outward else end * ratio)
+            return f"next: add {axis}={nxt} to the grid, one step of x{ratio:.3g} further"
+    side = "below" if outward else "above"
+    return f"next: extend the grid {side} {axis}={format_value(values[axis])}"
 
 
 def short_number(x: float) -> str:

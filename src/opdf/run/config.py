@@ -21,7 +21,7 @@ Layout (every key is optional, ``method`` too: it defaults to ``kd``; ``opdf dis
     variant: null                   # base | svd | mpo | opdf: sets the three keys below
     overparam: mpo                  # none | svd | mpo
     precision: fp32                 # fp32 | bf16 (autocast; the MPO contraction stays fp32) |
-                                    # bf16-contraction (that too: faster on AMX CPUs and GPUs)
+                                    # bf16-contraction (that too: faster on AMX CPUs)
     unit_modes: 3
     train_cores: all                # all | central | auxiliary: which MPO cores train (the
                                     # others stay as decomposed; an ablation, mpo only)
@@ -305,7 +305,7 @@ class RunConfig:
     # bf16: forwards under torch.autocast(bfloat16); the MPO contraction, the optimizer state and
     # the merged student stay float32 (opdf.overparam.contract_weight). bf16-contraction: the
     # training contraction in bf16 too (opdf.overparam.low_precision_contraction), faster where
-    # bf16 matmuls are (AMX CPU, GPU); the merge stays float32
+    # bf16 matmuls are (an AMX CPU; a GPU not measured); evaluation and merge stay float32
     precision: str = choice(*PRECISIONS, default="fp32")
     threads: int | None = positive(None)
     on_nonfinite: str = choice("stop", "skip", default="stop")
@@ -535,6 +535,12 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be a multiple of grad_accum {cfg.grad_accum} "
             "(batch_size is the batch per optimizer step)"
+        )
+    if cfg.precision == "bf16-contraction" and cfg.grad_accum > 1:
+        raise ConfigError(
+            f"precision: bf16-contraction with grad_accum {cfg.grad_accum}: accumulating, opdf "
+            "contracts once per optimizer step and always in float32 (opdf.accumulate), so it "
+            "would train exactly as precision: bf16; use that, or grad_accum: 1"
         )
     if cfg.student.layers is not None and not cfg.student.layers:
         raise ConfigError("config key 'student.layers': give at least one teacher layer, or null")

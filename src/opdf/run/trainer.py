@@ -34,6 +34,7 @@ import contextlib
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -176,15 +177,17 @@ class Trainer:
         self.log = MetricsLog(self.out, settings.log_to, is_main=dist.is_main)
 
     # ------------------------------------------------------------------ helpers
-    def autocast(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def autocast(self, training: bool = True) -> Iterator[None]:
         """The forwards' precision context: ``precision: bf16`` bf16 autocast; ``bf16-contraction``
-        the same with the MPO contraction under it too (``low_precision_contraction``)."""
-        stack = contextlib.ExitStack()
-        if self.s.precision in ("bf16", "bf16-contraction"):
-            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
-        if self.s.precision == "bf16-contraction":
-            stack.enter_context(low_precision_contraction())
-        return stack
+        the same with the MPO contraction under it too (``low_precision_contraction``), in the
+        training forwards only: an evaluation contracts in float32, as the merged student does."""
+        with contextlib.ExitStack() as stack:
+            if self.s.precision in ("bf16", "bf16-contraction"):
+                stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+            if training and self.s.precision == "bf16-contraction":
+                stack.enter_context(low_precision_contraction())
+            yield
 
     def _own(self, *paths: str) -> None:
         """List files just written in the output folder as opdf's (:mod:`opdf.run.owner`): the
@@ -210,7 +213,7 @@ class Trainer:
         mine: list[tuple[list[int], torch.Tensor]] = []
         try:
             for idx, batch in self._eval_batches(split):
-                with self.autocast():
+                with self.autocast(training=False):
                     out = self.distiller.forward_eval(_to(batch, self.device))
                 mine.append((idx, out.float().cpu()))
         finally:
