@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -213,6 +214,35 @@ def test_a_failed_cell_is_reported_and_the_others_go_on(tmp_path):
     assert results == {"base__lr=1e-3__seed=1": 3, "opdf__lr=1e-3__seed=1": 0}
     assert any("FAILED base__lr=1e-3__seed=1 (exit 3" in x and "boom" in x for x in lines)
     assert (out / "opdf__lr=1e-3__seed=1" / "summary.json").is_file()
+
+
+def test_time_left_is_the_mean_cost_of_each_label_over_the_jobs():
+    took = {"base": [100.0, 120.0], "opdf": [300.0]}
+    assert bench.time_left({}, ["base"], [], jobs=2) is None  # nothing finished: no guess
+    # 2 base (110 each) + 1 opdf (300) + the 80 s left of a running opdf, over 2 jobs
+    assert bench.time_left(took, ["base", "base", "opdf"], [("opdf", 220.0)], 2) == 300.0
+    assert bench.time_left(took, ["svd"], [], 4) == (100 + 120 + 300) / 3  # unseen: mean of all
+    assert bench.time_left(took, [], [("base", 500.0)], 2) is None  # overdue: no negative time
+    assert [bench.format_duration(x) for x in (40, 720, 12240)] == ["~40 s", "~12 min", "~3.4 h"]
+
+
+def test_done_lines_say_how_long_the_rest_should_take(tmp_path):
+    suite = load_suite(_tiny_suite(tmp_path))
+    out = tmp_path / "out"
+    planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
+    lines: list[str] = []
+
+    def command(p):
+        ok = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True); " \
+             "(p / 'summary.json').write_text('{}')"  # fmt: skip
+        return [sys.executable, "-c", ok, str(p.folder)]
+
+    bench.run_cells(planned, out, jobs=1, total=2, done_before=0, say=lines.append,
+                    command=command)  # fmt: skip
+    done = [x for x in lines if "] done " in x]
+    assert len(done) == 2
+    assert re.search(r"\(\d+ s; ~\d+ s left\)$", done[0]), done[0]
+    assert done[1].endswith(" s)")  # the last cell: nothing left to estimate
 
 
 def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):

@@ -409,6 +409,7 @@ def run_cells(
     unless ``keep_checkpoints``. Ctrl-C / SIGTERM: stop, then KeyboardInterrupt."""
     queue = [p for p in planned if p.pending]
     pool = _Pool(out, total, done_before, say, command)
+    pool.queue, pool.jobs = queue, jobs
     try:
         with _sigterm_as_stop():
             while queue or pool.running:
@@ -440,6 +441,9 @@ class _Pool:
         self.out, self.total, self.done, self.say, self.command = out, total, done, say, command
         self.running: dict[subprocess.Popen, tuple[Planned, float, Any]] = {}
         self.results: dict[str, int] = {}
+        self.queue: list[Planned] = []  # the cells not started yet (run_cells' own list)
+        self.jobs = 1
+        self.took: dict[str, list[float]] = {}  # label -> seconds of the cells finished here
 
     def write_state(self) -> None:
         _write_state(self.out, [q.cell.id for q, *_ in self.running.values()])
@@ -474,7 +478,13 @@ class _Pool:
             test = (s.get("test") or {}).get(main)
             score = (f" dev {100 * dev:.2f} test {100 * test:.2f}"
                      if dev is not None and test is not None else "")  # fmt: skip
-            self.say(f"[{self.done}/{self.total}] done {p.cell.id}{score} ({secs:.0f} s)")
+            self.took.setdefault(p.cell.label, []).append(secs)
+            now = time.time()
+            left = time_left(self.took, [q.cell.label for q in self.queue],
+                             [(q.cell.label, now - t) for q, t, _ in self.running.values()],
+                             self.jobs)  # fmt: skip
+            eta = f"; {format_duration(left)} left" if left else ""
+            self.say(f"[{self.done}/{self.total}] done {p.cell.id}{score} ({secs:.0f} s{eta})")
             if not keep_checkpoints:
                 _drop_checkpoints(p.folder)
             return p, True, ""
@@ -506,6 +516,39 @@ class _Pool:
         for _p, _t, fh in self.running.values():
             fh.close()
         _write_state(self.out, ids)
+
+
+def time_left(
+    took: dict[str, list[float]],
+    queued: Sequence[str],
+    running: Sequence[tuple[str, float]],
+    jobs: int,
+) -> float | None:
+    """Seconds until the run ends, estimated from the cells finished in it: each cell is
+    expected to take the mean of its label's finished cells (variants differ: OPDF's steps cost
+    more), else of all; a running cell what is left of that. ``None`` before the first finish.
+    A long CPU suite (hours) needs it to plan the next session; resumed cells run shorter."""
+    every = [s for secs in took.values() for s in secs]
+    if not every:
+        return None
+    overall = sum(every) / len(every)
+
+    def expect(label: str) -> float:
+        secs = took.get(label)
+        return sum(secs) / len(secs) if secs else overall
+
+    work = sum(expect(label) for label in queued)
+    work += sum(max(0.0, expect(label) - elapsed) for label, elapsed in running)
+    return work / max(1, min(jobs, len(queued) + len(running))) if work > 0 else None
+
+
+def format_duration(seconds: float) -> str:
+    """``~40 s``, ``~12 min``, ``~3.4 h``: the precision an estimate has."""
+    if seconds < 90:
+        return f"~{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"~{seconds / 60:.0f} min"
+    return f"~{seconds / 3600:.1f} h"
 
 
 def _drop_checkpoints(folder: Path) -> None:
