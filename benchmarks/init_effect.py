@@ -26,14 +26,26 @@ from opdf.report.render import markdown_table, print_and_write
 from opdf.report.stats import holm, paired_stats
 
 
-def load(folder: Path) -> dict:
+def load(folder: Path, config: str | None = None) -> dict:
     """``{variant: {(init, lr): {seed: (dev, test)}}}`` from ``cells.csv`` (init ``-`` for a
-    suite without a ``student.init`` axis, e.g. a vision one)."""
+    suite without a ``student.init`` axis, e.g. a vision one). A suite of several configs
+    (rt-polarity-methods-init: dbkd, adkd, lgtm) is read one ``config`` at a time: their
+    variants share names and each has its own plain student."""
     out: dict = defaultdict(lambda: defaultdict(dict))
     with open(folder / "cells.csv") as f:
-        for row in csv.DictReader(f):
-            key = (row.get("student.init") or "-", row["lr"])
-            out[row["variant"]][key][int(row["seed"])] = (float(row["dev"]), float(row["test"]))
+        rows = list(csv.DictReader(f))
+    configs = sorted({r.get("config") or "" for r in rows})
+    if config is None and len(configs) > 1:
+        raise SystemExit(f"{folder} holds several configs ({', '.join(configs)}): name one "
+                         "(--config)")  # fmt: skip
+    if config is not None and config not in configs:
+        raise SystemExit(f"no config {config!r} in {folder}/cells.csv (has: "
+                         f"{', '.join(c for c in configs if c) or 'none'})")  # fmt: skip
+    for row in rows:
+        if config is not None and row.get("config") != config:
+            continue
+        key = (row.get("student.init") or "-", row["lr"])
+        out[row["variant"]][key][int(row["seed"])] = (float(row["dev"]), float(row["test"]))
     return out
 
 
@@ -92,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path, help="an exported suite folder (with cells.csv)")
     ap.add_argument("--baseline", default="base", help="the plain student's variant name")
+    ap.add_argument("--config", help="of a suite with several configs, the one to read")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    cells = load(args.folder)
+    cells = load(args.folder, args.config)
     if args.baseline not in cells:
         print(f"no variant {args.baseline!r} in {args.folder}/cells.csv", file=sys.stderr)
         return 2
