@@ -177,6 +177,52 @@ def test_one_contraction_per_optimizer_step(parts, tmp_path, monkeypatch):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_bf16_contraction_contracts_the_training_forwards_under_autocast(
+    parts, tmp_path, monkeypatch
+):
+    """``bf16_contraction=True`` with ``bf16=True``: every training forward contracts under
+    autocast, evaluation and the merge never do; refused where it would change nothing."""
+    import opdf.overparam as op
+
+    tokenizer, teacher, data = parts
+    seen = set()  # (grad enabled = a training forward, the contraction follows autocast)
+    policy = op.contract_weight
+
+    def recording(core_list, shape, *, follow_autocast=False):
+        seen.add((torch.is_grad_enabled(), follow_autocast))
+        return policy(core_list, shape, follow_autocast=follow_autocast)
+
+    monkeypatch.setattr(op, "contract_weight", recording)
+
+    def build(out, accumulation=1, bf16=True, **kw):
+        student = student_from_teacher(teacher, [0, 1]).requires_grad_(True)
+        args = TrainingArguments(
+            output_dir=str(out), max_steps=2, per_device_train_batch_size=8, bf16=bf16,
+            gradient_accumulation_steps=accumulation, learning_rate=1e-3, save_strategy="no",
+            eval_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+            dataloader_num_workers=0,
+        )  # fmt: skip
+        return OpdfTrainer(model=student, args=args, train_dataset=data, eval_dataset=data,
+                           processing_class=tokenizer, teacher=teacher, unit_modes=2,
+                           data_collator=DataCollatorWithPadding(tokenizer), merged_dir=False,
+                           bf16_contraction=True, **kw)  # fmt: skip
+
+    trainer = build(tmp_path / "bf16c")
+    trainer.train()
+    assert seen == {(True, True), (False, False)}  # training follows autocast; the merge not
+    seen.clear()
+    trainer = build(tmp_path / "eval")
+    trainer.evaluate()
+    assert seen == {(False, False)}
+    with pytest.raises(OpdfError, match=r"set TrainingArguments\(bf16=True\)"):
+        build(tmp_path / "fp32", bf16=False)
+    with pytest.raises(OpdfError, match="opdf.accumulate\\) is float32 by design"):
+        build(tmp_path / "acc", accumulation=2)
+    build(tmp_path / "each", accumulation=2, one_contraction_per_step=False)  # each micro-batch
+    with pytest.raises(OpdfError, match="a plain model has no contraction"):
+        build(tmp_path / "plain", scheme="none")
+
+
 def test_bad_arguments_are_user_errors(parts, tmp_path):
     tokenizer, teacher, data = parts
     student = student_from_teacher(teacher, [0, 1]).requires_grad_(False)

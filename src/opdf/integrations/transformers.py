@@ -55,7 +55,7 @@ from opdf.errors import OpdfError
 from opdf.extras import require
 from opdf.integrations.methods import build_distiller, num_labels_of
 from opdf.lr_scaling import core_rates, split_groups
-from opdf.overparam import core_index, mpo_modules
+from opdf.overparam import core_index, low_precision_contraction, mpo_modules
 
 # transformers.Trainer cannot be built without accelerate; and where transformers found it at
 # its own import and it is gone since, importing Trainer fails with transformers' own error:
@@ -112,6 +112,13 @@ class OpdfTrainer(Trainer):
     one_contraction_per_step
         Under gradient accumulation, contract once per optimizer step (default True; off under
         DeepSpeed, FSDP and ``sync_each_batch``, where each micro-batch contracts).
+    bf16_contraction
+        With ``TrainingArguments(bf16=True)``: the training forwards contract the cores under the
+        Trainer's bf16 autocast (the CLI's ``precision: bf16-contraction``: on a CPU with AMX
+        its OPDF step ran 1.77x faster than float32, 1.37x with a float32 contraction;
+        ``benchmarks/results/precision-steps.md``); evaluation and the merge stay float32.
+        Refused under the one-per-step contraction of gradient accumulation, which is float32
+        by design (``one_contraction_per_step=False`` lets each micro-batch contract in bf16).
     lr_scaling
         ``"none"`` (default): one rate for every parameter, as the Trainer builds it. ``"auto"``:
         per-core rates and decays from :func:`opdf.lr_groups`'s rule (needs an AdamW ``optim``,
@@ -139,6 +146,7 @@ class OpdfTrainer(Trainer):
         kd_temperature: float | None = None,
         merged_dir: str | os.PathLike | bool | None = None,
         one_contraction_per_step: bool = True,
+        bf16_contraction: bool = False,
         lr_scaling: str = "none",
         distiller: str | Distiller = "kd",
         method_options: Mapping[str, Any] | None = None,
@@ -173,12 +181,33 @@ class OpdfTrainer(Trainer):
             )  # fmt: skip
         self.merged_dir = merged_dir
         self.one_contraction_per_step = one_contraction_per_step
+        self.bf16_contraction = bool(bf16_contraction)
         self._reset_step_state()
         self.merged = False
         self.lr_scaling = lr_scaling
         super().__init__(model=model, args=args, **kwargs)
         if lr_scaling == "auto":
             self._check_auto_optimizer()
+        if self.bf16_contraction:
+            self._check_bf16_contraction()
+
+    def _check_bf16_contraction(self) -> None:
+        """``bf16_contraction=True`` where it would change nothing is an error, not a no-op."""
+        if not self.args.bf16:
+            raise OpdfError(
+                "bf16_contraction=True contracts the cores under the Trainer's bf16 autocast: "
+                "set TrainingArguments(bf16=True) (without it every contraction is float32)"
+            )
+        if self._accumulating():
+            raise OpdfError(
+                "bf16_contraction=True with gradient_accumulation_steps="
+                f"{self.args.gradient_accumulation_steps}: the one contraction per optimizer "
+                "step (opdf.accumulate) is float32 by design; pass one_contraction_per_step="
+                "False to contract each micro-batch in bf16, or drop bf16_contraction"
+            )
+        if not any(True for _ in mpo_modules(self.model)):
+            raise OpdfError("bf16_contraction=True needs an over-parameterized student "
+                            "(scheme svd/mpo): a plain model has no contraction")  # fmt: skip
 
     def _reset_step_state(self) -> None:
         """Per-step bookkeeping: the open accumulation block and the loss terms to log."""
@@ -328,10 +357,12 @@ class OpdfTrainer(Trainer):
         """The method's terms (+ alignment) while training; the model's own loss otherwise."""
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.distiller is not None:
-            terms, outputs = self._method_terms(model, inputs)
-        else:
-            terms, outputs = self._task_terms(model, inputs)
+        low = low_precision_contraction() if self.bf16_contraction else contextlib.nullcontext()
+        with low:  # the forwards only: the backward replays what they recorded
+            if self.distiller is not None:
+                terms, outputs = self._method_terms(model, inputs)
+            else:
+                terms, outputs = self._task_terms(model, inputs)
         if self.align is not None:
             terms["align"] = self.align()
         if not terms:
