@@ -32,3 +32,22 @@ def opdf_cache(tmp_path_factory):
         os.environ.pop("OPDF_CACHE", None)
     else:
         os.environ["OPDF_CACHE"] = old
+
+
+@pytest.fixture
+def contraction_modes(monkeypatch) -> set[tuple[bool, bool]]:
+    """Every MPO contraction from now on, recorded as (grad enabled = a training forward, the
+    contraction follows autocast): what the bf16-contraction opt-ins must switch, and when."""
+    import torch
+
+    import opdf.overparam as op
+
+    seen: set[tuple[bool, bool]] = set()
+    policy = op.contract_weight
+
+    def recording(core_list, shape, *, follow_autocast=False):
+        seen.add((torch.is_grad_enabled(), follow_autocast))
+        return policy(core_list, shape, follow_autocast=follow_autocast)
+
+    monkeypatch.setattr(op, "contract_weight", recording)
+    return seen

@@ -196,6 +196,13 @@ def test_stale_and_reused_cells(tmp_path):
     assert bench.plan(suite, [opdf], out, threads=None)[0].status == NEW
 
 
+def _finishes(p) -> list[str]:
+    """A cell command that finishes at once: it writes the cell's (empty) summary.json."""
+    ok = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True); " \
+         "(p / 'summary.json').write_text('{}')"  # fmt: skip
+    return [sys.executable, "-c", ok, str(p.folder)]
+
+
 def test_a_failed_cell_is_reported_and_the_others_go_on(tmp_path):
     suite = load_suite(_tiny_suite(tmp_path))
     out = tmp_path / "out"
@@ -203,11 +210,9 @@ def test_a_failed_cell_is_reported_and_the_others_go_on(tmp_path):
     lines: list[str] = []
 
     def command(p):
-        ok = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True); " \
-             "(p / 'summary.json').write_text('{}')"  # fmt: skip
         if p.cell.variant == "base":
             return [sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"]
-        return [sys.executable, "-c", ok, str(p.folder)]
+        return _finishes(p)
 
     results = bench.run_cells(planned, out, jobs=2, total=2, done_before=0, say=lines.append,
                               command=command)  # fmt: skip
@@ -232,13 +237,8 @@ def test_done_lines_say_how_long_the_rest_should_take(tmp_path):
     planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
     lines: list[str] = []
 
-    def command(p):
-        ok = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True); " \
-             "(p / 'summary.json').write_text('{}')"  # fmt: skip
-        return [sys.executable, "-c", ok, str(p.folder)]
-
     bench.run_cells(planned, out, jobs=1, total=2, done_before=0, say=lines.append,
-                    command=command)  # fmt: skip
+                    command=_finishes)  # fmt: skip
     done = [x for x in lines if "] done " in x]
     assert len(done) == 2
     assert re.search(r"\(\d+ s; ~\d+ s left\)$", done[0]), done[0]

@@ -178,21 +178,12 @@ def test_one_contraction_per_optimizer_step(parts, tmp_path, monkeypatch):
 
 
 def test_bf16_contraction_contracts_the_training_forwards_under_autocast(
-    parts, tmp_path, monkeypatch
+    parts, tmp_path, contraction_modes
 ):
     """``bf16_contraction=True`` with ``bf16=True``: every training forward contracts under
     autocast, evaluation and the merge never do; refused where it would change nothing."""
-    import opdf.overparam as op
-
     tokenizer, teacher, data = parts
-    seen = set()  # (grad enabled = a training forward, the contraction follows autocast)
-    policy = op.contract_weight
-
-    def recording(core_list, shape, *, follow_autocast=False):
-        seen.add((torch.is_grad_enabled(), follow_autocast))
-        return policy(core_list, shape, follow_autocast=follow_autocast)
-
-    monkeypatch.setattr(op, "contract_weight", recording)
+    seen = contraction_modes
 
     def build(out, accumulation=1, bf16=True, **kw):
         student = student_from_teacher(teacher, [0, 1]).requires_grad_(True)

@@ -116,22 +116,14 @@ def test_cores_stored_in_bf16_are_contracted_in_float32():
 
 @pytest.mark.parametrize("precision", ["bf16", "bf16-contraction"])
 def test_a_bf16_run_trains_under_autocast_and_saves_the_float32_merge(
-    tmp_path, monkeypatch, precision
+    tmp_path, contraction_modes, precision
 ):
     from safetensors.torch import load_file
 
-    import opdf.overparam as op
     from opdf.run import load_config, run_distill
     from opdf.run.runner import merge_checkpoint
 
-    seen = set()  # (grad enabled = a training forward, the contraction follows autocast)
-    policy = op.contract_weight
-
-    def recording(core_list, shape, *, follow_autocast=False):
-        seen.add((torch.is_grad_enabled(), follow_autocast))
-        return policy(core_list, shape, follow_autocast=follow_autocast)
-
-    monkeypatch.setattr(op, "contract_weight", recording)
+    seen = contraction_modes
 
     out = tmp_path / "bf16"
     args = ["max_steps=4", "eval_every=2", "checkpoint_every=2", f"precision={precision}",
