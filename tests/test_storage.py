@@ -29,6 +29,22 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["entry.bin"]
 
 
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_a_written_file_has_the_permissions_open_would_give(tmp_path, mask):
+    """A model or summary another user (a serving process) must read is not left 0600, as the
+    temporary file behind the atomic write was; a restrictive umask is still honoured."""
+    old = os.umask(mask)
+    try:
+        storage.atomic_write_text(tmp_path / "summary.json", "{}")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what open() gives under the same umask
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "summary.json").stat().st_mode & 0o777
+    assert mode == 0o666 & ~mask == plain.stat().st_mode & 0o777
+
+
 def test_text_and_json_and_before_rename(tmp_path):
     seen = []
     path = tmp_path / "a.json"
