@@ -253,3 +253,11 @@ def test_config_values_the_fuzzer_found(tmp_path):
         load_config(broken)
     assert str(exc.value).startswith(f"{broken}, line 3, column 3: not valid YAML (")
     assert "\n" not in str(exc.value)
+    # an empty (or comments-only) file would have run every default: a full MiniLM fine-tune
+    for text in ("", "# method: kd\n"):
+        empty = tmp_path / "empty.yaml"
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match=f"{empty} is empty \\(or holds only comments\\)"):
+            load_config(empty)
+    with pytest.raises(ConfigError, match=f"config file '{tmp_path}' is a folder"):
+        load_config(tmp_path)  # it exists: not "does not exist"

@@ -736,6 +736,9 @@ def _check_image_sources(cfg: RunConfig) -> None:
 def load_config(path: str | Path, overrides=()) -> RunConfig:
     """Read, override and validate a YAML config file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; give a YAML config file (e.g. "
+                          "configs/smoke-kd.yaml)")  # fmt: skip
     if not path.is_file():
         hint = ""
         configs = Path("configs")
@@ -744,13 +747,16 @@ def load_config(path: str | Path, overrides=()) -> RunConfig:
             hint = f"; configs in ./configs: {', '.join(names)}" if names else ""
         raise ConfigError(f"config file {str(path)!r} does not exist{hint}")
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig")) or {}
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}): {e.reason}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
+    if raw is None:  # empty, or comments only: never a silent run of every default
+        raise ConfigError(f"{path} is empty (or holds only comments); a config says at least "
+                          "its method, data and teacher (see configs/smoke-kd.yaml)")  # fmt: skip
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values")
     raw = apply_overrides(drop_variant_keys(raw, overrides), overrides)
