@@ -180,6 +180,25 @@ def test_a_malicious_pickle_is_refused_without_being_executed(tmp_path, capsys):
     assert not marker.exists()
 
 
+def test_merging_a_damaged_last_checkpoint_points_to_the_intact_best_and_writes_nothing(
+    tmp_path, capsys
+):
+    """`opdf merge --which last` with last.pt and previous.pt damaged advised `--overwrite`
+    (which would delete the intact best.pt) and left an empty-looking output folder."""
+    out = tmp_path / "run"
+    assert run_distill(cfg_for(out), progress=False, stop_after_step=4) is None
+    folder = out / "checkpoints"
+    flip(folder / ckpt.LAST)
+    cut(folder / ckpt.PREVIOUS)
+    assert main(["merge", str(out), "--which", "last"]) == 2
+    err = capsys.readouterr().err
+    assert "no intact checkpoint to merge from" in err
+    assert f"Merge the best checkpoint instead (--which best: {folder / ckpt.BEST})" in err
+    assert "--overwrite" not in err and not (out / "merged-last").exists()
+    assert main(["merge", str(out)]) == 0  # the advice works
+    assert (out / "merged-best" / "model.safetensors").is_file()
+
+
 def test_models_are_read_from_safetensors_only(tmp_path):
     from opdf.models.hf import load_model
 

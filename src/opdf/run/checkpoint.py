@@ -309,10 +309,11 @@ def resumable(folder: Path) -> bool:
     return any((Path(folder) / name).is_file() for name in (LAST, PREVIOUS))
 
 
-def read_latest(folder: Path) -> tuple[Path, Checkpoint] | None:
+def read_latest(folder: Path, *, purpose: str = "resume") -> tuple[Path, Checkpoint] | None:
     """The newest intact resumable checkpoint in ``folder``: ``last.pt``, else ``previous.pt``
     (with a warning saying why ``last.pt`` was passed over). None when there is neither; a
-    :class:`CheckpointError` naming both when neither is intact."""
+    :class:`CheckpointError` naming both when neither is intact. ``purpose``: ``"resume"`` (a
+    run continuing) or ``"merge"`` (``opdf merge --which last``), for the advice given."""
     folder = Path(folder)
     problems = []
     for name in (LAST, PREVIOUS):
@@ -327,16 +328,19 @@ def read_latest(folder: Path) -> tuple[Path, Checkpoint] | None:
             problems.append(str(exc))
             continue
         if problems:
+            doing = "resuming from" if purpose == "resume" else "merging"
             warnings.warn(
-                f"{problems[0]}; resuming from {path} (step {found.step}) instead",
+                f"{problems[0]}; {doing} {path} (step {found.step}) instead",
                 UserWarning,
                 stacklevel=2,
             )
         return path, found
     if problems:
+        advice = "Start the run again (--overwrite)"
+        if purpose == "merge" and (folder / BEST).is_file():
+            advice = f"Merge the best checkpoint instead (--which best: {folder / BEST})"
         raise CheckpointError(
-            f"no intact checkpoint to resume from in {folder}: {'; '.join(problems)}. Start the "
-            "run again (--overwrite)"
+            f"no intact checkpoint to {purpose} from in {folder}: {'; '.join(problems)}. {advice}"
         )
     return None
 

@@ -75,11 +75,12 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     raw = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
     scheme, unit_modes = raw.get("overparam", "none"), int(raw.get("unit_modes", 0))
     out = Path(out_dir) if out_dir is not None else run_dir / f"merged-{which}"
-    _prepare_merged_folder(run_dir, out, overwrite)
+    # read before the output folder exists: a damaged checkpoint leaves no empty folder behind
     if which == "last":  # the newest intact one: last.pt, else previous.pt (with a warning)
-        state = ckpt.read_latest(state_file.parent)[1].modules["student"]
+        state = ckpt.read_latest(state_file.parent, purpose="merge")[1].modules["student"]
     else:
         state = ckpt.read_modules(state_file)["student"]
+    _prepare_merged_folder(run_dir, out, overwrite)
     if image:
         return _merge_vision(arch, state, scheme, unit_modes, out)
     return _merge_text(arch, state, scheme, unit_modes, out)
