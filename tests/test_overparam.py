@@ -403,6 +403,17 @@ def test_empty_targets_say_so():
     assert "default targets found none" not in str(e.value)
 
 
+def test_a_model_whose_only_linear_is_the_classifier_is_told_why_nothing_was_chosen():
+    """It said "no nn.Linear ... in this model" of a model holding one (kept as the classifier)."""
+    with pytest.raises(OpdfError, match=r"keep the last nn.Linear \('0'\) dense as the classifier"
+                       r".*targets=\['0'\]"):  # fmt: skip
+        opdf.overparameterize(nn.Sequential(nn.Linear(5, 4)), scheme="mpo", unit_modes=2)
+    with pytest.raises(OpdfError, match="a bare Linear: .*wrap it"):
+        opdf.overparameterize(nn.Linear(5, 4), scheme="mpo", unit_modes=2)
+    model = opdf.overparameterize(nn.Sequential(nn.Linear(5, 4)), targets=["0"], unit_modes=2)
+    assert [name for name, _, _ in opdf.overparam.mpo_modules(model)] == ["0"]  # the advice works
+
+
 def test_inspect_cli_reports_bad_input_without_traceback(capsys):
     assert cli_main(["inspect", "no-such-model-here"]) == 2
     err = capsys.readouterr().err

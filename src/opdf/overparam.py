@@ -282,6 +282,21 @@ def default_targets(model: nn.Module) -> list[str]:
     return layers
 
 
+def _no_targets(model: nn.Module, targets: Sequence[str] | str | None) -> str:
+    """Why no module was selected, in the terms of what the model holds."""
+    if isinstance(model, nn.Linear | nn.Conv2d):
+        return (f"the model is a bare {type(model).__name__}: opdf over-parameterizes the "
+                "weights of a model's submodules; wrap it (nn.Sequential(layer)) and pass "
+                "targets=['0']")  # fmt: skip
+    layers = [n for n, m in model.named_modules() if n and isinstance(m, nn.Linear | nn.Conv2d)]
+    if targets is None and layers:
+        return (f"the default targets keep the last nn.Linear ({layers[-1]!r}) dense as the "
+                "classifier, and this model has no other nn.Linear/nn.Conv2d; pass "
+                f"targets={layers!r} to over-parameterize it too")  # fmt: skip
+    return ("no nn.Linear/nn.Conv2d weights to over-parameterize in this model (the default "
+            "targets found none); pass targets=[...] naming the modules")  # fmt: skip
+
+
 def _matches(pattern: str, name: str) -> bool:
     if name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern):
         return True
@@ -391,10 +406,7 @@ def plan(
             "targets=['query', 'value']; to train the plain model use scheme='none'"
         )
     if not names:
-        raise OpdfError(
-            "no nn.Linear/nn.Conv2d weights to over-parameterize in this model (the default "
-            "targets found none); pass targets=[...] naming the modules"
-        )
+        raise OpdfError(_no_targets(model, targets))
     owners: dict[int, str] = {}
     for name in names:
         module = model.get_submodule(name)
