@@ -261,3 +261,6 @@ def test_config_values_the_fuzzer_found(tmp_path):
             load_config(empty)
     with pytest.raises(ConfigError, match=f"config file '{tmp_path}' is a folder"):
         load_config(tmp_path)  # it exists: not "does not exist"
+    hint = r"\(did you mean 'fashion-mnist'\?\).*images fashion-mnist"
+    with pytest.raises(ConfigError, match=hint):
+        load_config(SMOKE, ["data.name=fashion-mnis"])  # the image datasets were not listed

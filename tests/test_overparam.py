@@ -418,6 +418,14 @@ def test_inspect_cli_reports_bad_input_without_traceback(capsys):
     assert cli_main(["inspect", "no-such-model-here"]) == 2
     err = capsys.readouterr().err
     assert "unknown model" in err and "Traceback" not in err
+    assert cli_main(["inspect", "resnet-8"]) == 2  # every kind of name is listed, not text only
+    err = capsys.readouterr().err
+    assert "(did you mean 'resnet8'?)" in err and "vision resnet8, " in err and "bert-base" in err
+    for bad, says in ((["--init", "middle"], "--init 'middle'"), (["--cores", "99"], "core index"),
+                      (["--layer-map", "0:9"], "9")):  # fmt: skip
+        assert cli_main(["inspect", "tiny-bert", "--teacher", "tiny-bert", *bad]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and says in err  # the error is not under a page of valid-looking output
 
 
 def test_svd_scheme_paper_count_on_the_real_model(bert6_mpo):

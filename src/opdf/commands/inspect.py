@@ -18,7 +18,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from opdf.choices import CORE_SELECTIONS, SCHEMES, STUDENT_HEADS, STUDENT_INITS, STUDENT_SOURCES
+from opdf.choices import (
+    CORE_SELECTIONS,
+    SCHEMES,
+    STUDENT_HEADS,
+    STUDENT_INITS,
+    STUDENT_SOURCES,
+    suggest,
+)
 from opdf.errors import OpdfError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,9 +117,20 @@ def build_model(
     if name in ARCHITECTURES:
         with torch.device("meta"):
             return Bert(BertConfig(num_labels=num_labels, **ARCHITECTURES[name]))
+    from opdf.models import builtin_names
     from opdf.models.hf import SAFE, resolve_model_dir
+    from opdf.models.vision import VISION_MODELS
 
-    config = AutoConfig.from_pretrained(str(resolve_model_dir(name)), num_labels=num_labels, **SAFE)
+    try:
+        folder = resolve_model_dir(name)
+    except FileNotFoundError:
+        names = [*builtin_names(), *ARCHITECTURES, *VISION_MODELS]
+        raise OpdfError(
+            f"unknown model {name!r}{suggest(name, names)}: not a folder, nor a name opdf knows: "
+            f"pretrained {', '.join(builtin_names())}; architectures (random weights) "
+            f"{', '.join(ARCHITECTURES)}; vision {', '.join(VISION_MODELS)}"
+        ) from None
+    config = AutoConfig.from_pretrained(str(folder), num_labels=num_labels, **SAFE)
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config)
 
@@ -179,9 +197,9 @@ def run(args: argparse.Namespace) -> int:
     start = start_text(args.method, args.source, args.head) if args.method else None
     model = build_model(args.model, args.num_labels, args.in_channels, args.image_size)
     entries = plan(model, args.scheme, args.unit_modes, args.targets)
-    print(f"model {args.model}: scheme={args.scheme}, unit_modes={args.unit_modes}")
-    print(ParamReport.from_plan(model, entries))
-    if args.teacher:
+    lines = [f"model {args.model}: scheme={args.scheme}, unit_modes={args.unit_modes}",
+             str(ParamReport.from_plan(model, entries))]  # fmt: skip
+    if args.teacher:  # every check before any output: an error is never under a valid-looking page
         from opdf.align import pairing_plan
 
         teacher = build_model(args.teacher, args.num_labels, args.in_channels, args.image_size)
@@ -195,14 +213,15 @@ def run(args: argparse.Namespace) -> int:
             layer_map=layer_map,
             cores=cores,
         )
-        print(f"\nalignment pairs with teacher {args.teacher} (cores: {args.cores}):")
-        for student_name, teacher_name, shape in pairs:
-            print(f"  {student_name:<58} <- {teacher_name}  {shape}")
-        print(f"pairs: {len(pairs)}; skipped modules (no same-shaped teacher cores): {skipped}")
+        lines.append(f"\nalignment pairs with teacher {args.teacher} (cores: {args.cores}):")
+        lines += [f"  {s:<58} <- {t}  {shape}" for s, t, shape in pairs]
+        lines.append(f"pairs: {len(pairs)}; skipped modules (no same-shaped teacher cores): "
+                     f"{skipped}")  # fmt: skip
         if args.init:
-            print(init_text(model, teacher, args.init, layer_map))
+            lines.append(init_text(model, teacher, args.init, layer_map))
     if start:
-        print(start)
+        lines.append(start)
+    print("\n".join(lines))
     return 0
 
 

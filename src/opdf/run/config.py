@@ -75,7 +75,7 @@ from opdf.choices import (
     suggest,
 )
 from opdf.data import BUILTIN_DATASETS, dataset_names
-from opdf.data.vision import VISION_OPTIONS, is_vision_dataset
+from opdf.data.vision import VISION_DATASETS, VISION_OPTIONS, is_vision_dataset
 from opdf.distill import get_method, method_names, methods
 from opdf.errors import ConfigError, OpdfError
 from opdf.models import builtin_names
@@ -673,11 +673,13 @@ def _check_sources(cfg: RunConfig) -> None:
     name = cfg.data.name
     builtin = name.strip().lower() in BUILTIN_DATASETS or name.lower().startswith("glue")
     if not builtin and not Path(name).expanduser().exists():
+        names = [*dataset_names(), *VISION_DATASETS]
         raise ConfigError(
             f"config key 'data.name': {name!r} is neither a dataset name nor an existing "
-            f"file or folder; valid names: {', '.join(dataset_names())}, or a path to a "
-            "CSV/TSV/JSONL file or folder (relative to the config file or the working "
-            "directory)"
+            f"file or folder{suggest(name, names)}; valid names: text "
+            f"{', '.join(dataset_names())}; images {', '.join(VISION_DATASETS)}; or a path to a "
+            "CSV/TSV/JSONL file or folder "
+            "(relative to the config file or the working directory)"
         )
     for key, model in (("teacher.model", cfg.teacher.model), ("student.model", cfg.student.model)):
         if model is None or model in builtin_names():
