@@ -55,7 +55,7 @@ def test_run_table_keeps_its_text():
         "| 17.39M           | 0.750  | 100      |",
     ]
     assert format_table(rows, "csv").splitlines()[1] == (
-        "runs/a,kd,base,1,0.81234,0.8,17390000,17390000,0.75,100.4"
+        "runs/a,kd,base,1,0.81234,0.8,0.01,17390000,17390000,0.75,100.4"  # the spread has a column
     )
 
 
@@ -66,3 +66,36 @@ def test_print_and_write(tmp_path, capsys):
     assert capsys.readouterr().out == "| a |\n"
     print_and_write("| b |", None)
     assert capsys.readouterr().out == "| b |\n"
+
+
+def test_report_of_run_folders_skips_a_damaged_summary_by_name_and_groups_to_csv(tmp_path, capsys):
+    """One half-written summary.json hid every other run; `{}` became a row labelled "base";
+    the grouped CSV had no spread column and printed float noise."""
+    import csv
+    import io
+    import json
+
+    from opdf.cli import main
+
+    for seed, test in ((1, 0.71), (2, 0.74)):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        summary = {"method": "kd", "overparam": "none", "seed": seed, "dev": {"accuracy": 0.7},
+                   "test": {"accuracy": test}, "seconds_per_step": 0.0321 + 0.0321,
+                   "wall_time": 0.387}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "summary.json").write_text('{"method": "kd", ')
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "summary.json").write_text("{}")
+    assert main(["report", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("| kd ") == 2 and "| 0.4 " in out  # both runs; wall 0.387 s is not "0"
+    assert "skipped" in err and "cut/summary.json: not valid JSON" in err
+    assert "empty/summary.json: not an opdf run summary" in err and "empty" not in out
+    assert main(["report", str(tmp_path), "--group", "--format", "csv"]) == 0
+    head, line = list(csv.reader(io.StringIO(capsys.readouterr().out)))[:2]
+    assert head[4:7] == ["dev", "test", "test_std"]
+    assert line[4:7] == ["0.7", "0.725", "0.0212132"] and "0.0642" in line  # not 0.064200000001
+    assert main(["report", str(tmp_path / "cut")]) == 2  # nothing else to show: the error
+    assert "not valid JSON" in capsys.readouterr().err

@@ -56,8 +56,8 @@ def build_report(suite: Suite, out: Path) -> SuiteReport:
     results = load_results(suite, out)
     if not results:
         raise OpdfError(
-            f"no finished cell of suite {suite.name!r} under {out} (run `opdf bench` first, or "
-            "give --out)"
+            f"no finished cell of suite {suite.name!r} under {out}: none has a summary.json "
+            "(run `opdf bench` first, or point --out at the folder its cells were written to)"
         )
     groups = group_results(suite, results)
     chosen = chosen_groups(suite, groups) if suite.tune else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -126,15 +127,21 @@ def load_rows(paths: Iterable[str | Path]) -> list[dict]:
     files = find_summaries(paths)
     if not files:
         raise OpdfError("no summary.json found under the given paths (finished runs write one)")
-    rows = []
+    rows, skipped = [], []
     for f in files:
         try:
             summary = json.loads(f.read_text())
         except json.JSONDecodeError as e:
-            raise OpdfError(f"{f}: not valid JSON ({e})") from None
-        if not isinstance(summary, dict):
-            raise OpdfError(f"{f}: expected a JSON object (an opdf run summary)")
+            skipped.append(f"{f}: not valid JSON ({e})")
+            continue
+        if not isinstance(summary, dict) or "method" not in summary:
+            skipped.append(f"{f}: not an opdf run summary (a JSON object with its method)")
+            continue
         rows.append({**row(summary, f), "setting": setting(_read_config(f), summary)})
+    if not rows:  # nothing to show: each problem is the error
+        raise OpdfError("; ".join(skipped))
+    for why in skipped:  # one damaged file does not hide every other run; it is named
+        print(f"opdf report: skipped {why}", file=sys.stderr)
     return rows
 
 
@@ -148,8 +155,13 @@ def _fmt(key: str, value) -> str:
     if key == "seconds_per_step":
         return f"{value:.3f}"
     if key == "wall_time":
-        return f"{value:.0f}"
+        return f"{value:.1f}" if value < 10 else f"{value:.0f}"
     return str(value)
+
+
+def _plain(value):
+    """A CSV cell: floats to 6 significant digits (a mean of 0.0642 is not 0.06420000000000001)."""
+    return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
 def group_rows(rows: list[dict]) -> list[dict]:
@@ -210,8 +222,10 @@ def format_table(rows: list[dict], fmt: str = "markdown") -> str:
         if r.get("test_std") is not None:
             line[keys.index("test")] += f" ± {100 * r['test_std']:.2f}"
         cells.append(line)
-    if fmt == "csv":
-        return csv_rows(keys, [[r.get(k) for k in keys] for r in rows])
+    if fmt == "csv":  # fractions, as in summary.json; the spread over seeds has its column
+        if any(r.get("test_std") is not None for r in rows):
+            keys.insert(keys.index("test") + 1, "test_std")
+        return csv_rows(keys, [[_plain(r.get(k)) for k in keys] for r in rows])
     lines = [markdown_table(heads, cells)]
     notes = sorted({r["subsample"] for r in rows if r.get("subsample")})
     notes += [r["note"] for r in rows if r.get("note")]
