@@ -56,7 +56,8 @@ def add_parser(subparsers) -> None:
                    help="run folders, summary.json files, parent folders; or one suite file or "
                         "suite folder")  # fmt: skip
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown",
-                   help="csv: for a suite, the per-setting table (groups.csv)")  # fmt: skip
+                   help="csv: for a suite, the per-setting table (groups.csv); dev, test and "
+                        "test_std as fractions (markdown shows percent)")  # fmt: skip
     p.add_argument("--group", action="store_true",
                    help="one row per (method, variant): mean over seeds, test ± std")  # fmt: skip
     p.add_argument("--sort", default=None, help="sort by a column: run, method, variant, test, ...")
