@@ -137,7 +137,10 @@ def test_a_mapping_variant_value_reaches_the_run_as_written(tmp_path):
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"name": "x", "config": "c.yaml", "grids": {}}, "unknown suite key 'grids'"),
+        (
+            {"name": "x", "config": "c.yaml", "grids": {}},
+            "unknown suite key 'grids' \\(did you mean 'grid'\\?\\)",
+        ),
         ({"name": "x", "config": "c.yaml", "set": {"lr": 1}, "grid": {"lr": [1]}}, "both in set"),
         ({"name": "x", "config": "c.yaml", "grid": {"seed": [1]}, "tune": ["lr"]}, "not a grid"),
         ({"name": "x", "config": "c.yaml", "variants": {"a": {}}, "baseline": "b"}, "not a var"),
@@ -154,6 +157,16 @@ def test_bad_suites_fail_with_a_clear_message(tmp_path, data, message):
     path = write_suite(tmp_path / "s.yaml", **data)
     with pytest.raises(ConfigError, match=message):
         load_suite(path).cells()
+
+
+def test_a_suite_that_is_not_yaml_is_one_line_with_its_place(tmp_path):
+    """PyYAML's own text (a snippet with a caret over several lines) was pasted in whole."""
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nconfig: c.yaml\n  variants:\n")
+    with pytest.raises(ConfigError) as e:
+        load_suite(path)
+    assert str(e.value) == f"{path}, line 3, column 11: not valid YAML (mapping values are not "\
+                           "allowed here)"  # fmt: skip
 
 
 def _tiny_suite(tmp_path: Path, **extra) -> Path:

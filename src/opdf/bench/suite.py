@@ -69,7 +69,8 @@ from typing import Any
 
 import yaml
 
-from opdf.errors import ConfigError
+from opdf.choices import suggest
+from opdf.errors import ConfigError, yaml_file_error
 
 SUITE_KEYS = ("name", "config", "set", "variants", "grid", "tune", "replicates", "baseline",
               "reuse", "exclude", "keep_checkpoints", "tiny", "description")  # fmt: skip
@@ -295,7 +296,8 @@ def _check_keys(data: Any, where: str) -> None:
         raise ConfigError(f"{where}: a suite must be a mapping with name, config, grid, ...")
     unknown = [k for k in data if k not in SUITE_KEYS]
     if unknown:
-        raise ConfigError(f"{where}: unknown suite key {unknown[0]!r}; valid keys: "
+        raise ConfigError(f"{where}: unknown suite key {unknown[0]!r}"
+                          f"{suggest(unknown[0], SUITE_KEYS)}; valid keys: "
                           f"{', '.join(SUITE_KEYS)}")  # fmt: skip
     for need in ("name", "config"):
         if need not in data:
@@ -421,7 +423,7 @@ def load_suite(path: str | Path) -> Suite:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise yaml_file_error(path, e) from None
     return parse_suite(data, path)
 
 

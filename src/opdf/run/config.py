@@ -77,7 +77,7 @@ from opdf.choices import (
 from opdf.data import BUILTIN_DATASETS, dataset_names
 from opdf.data.vision import VISION_DATASETS, VISION_OPTIONS, is_vision_dataset
 from opdf.distill import get_method, method_names, methods
-from opdf.errors import ConfigError, OpdfError
+from opdf.errors import ConfigError, OpdfError, yaml_file_error, yaml_problem
 from opdf.models import builtin_names
 from opdf.models.builtin import model_depth
 from opdf.models.student import default_student_layers, init_layers
@@ -352,7 +352,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(
-            f"override {text!r}: value is not valid YAML ({_yaml_problem(e)})"
+            f"override {text!r}: value is not valid YAML ({yaml_problem(e)})"
         ) from None
     return key.split("."), value
 
@@ -696,14 +696,6 @@ def _check_sources(cfg: RunConfig) -> None:
             )
 
 
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """The one-line gist of a YAML error (PyYAML's own text spans several lines)."""
-    text = ": ".join(
-        str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p
-    )
-    return text or " ".join(str(e).split())
-
-
 def _check_image_sources(cfg: RunConfig) -> None:
     """Image data: both models are vision models (a built-in name or a folder with an
     ``architecture.json``), the student is named, and a built-in teacher gets trained."""
@@ -753,9 +745,7 @@ def load_config(path: str | Path, overrides=()) -> RunConfig:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}): {e.reason}") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
+        raise yaml_file_error(path, e) from None
     if raw is None:  # empty, or comments only: never a silent run of every default
         raise ConfigError(f"{path} is empty (or holds only comments); a config says at least "
                           "its method, data and teacher (see configs/smoke-kd.yaml)")  # fmt: skip
