@@ -60,8 +60,10 @@ def test_real_configs_all_valid():
         (["method=kdd"], "valid choices: adkd, dbkd, dkd, kd, lgtm, theseus, tinyvit"),
         (["overparam=none"], "align.weight > 0 needs an over-parameterized student"),
         (["theseus.scheduler=constant"], "theseus' section but method is 'kd'"),
-        (["kd.alpha=2"], "'kd.alpha': 2.0 must be in [0, 1]"),
-        (["data.name=no-such-data"], "valid names: rt-polarity"),
+        (["kd.alpha=2"], "'kd.alpha': 2 must be in [0, 1]"),  # as written, not 2.0
+        (["epochs=-1"], "'epochs': -1 must be > 0"),
+        (["student.layers=0,1"], "not a list of integers or null (write a list in brackets: [0,1]"),
+        (["data.name=no-such-data"], "valid names: text rt-polarity"),
         (["teacher.model=no-such-model"], "built-in model (minilm-l6"),
         (["device=tpu"], "valid choices: auto, cpu, cuda"),
         (["batch_size=10", "grad_accum=3"], "multiple of grad_accum"),
@@ -86,7 +88,7 @@ def test_theseus_traps():
         load_config(SMOKE_TH, ["theseus.scheduler=constant"])
     with pytest.raises(ConfigError, match="steps_for_replacing must be set"):
         load_config(SMOKE_TH, ["theseus.scheduler=constant", "theseus.steps_for_replacing=0"])
-    with pytest.raises(ConfigError, match="linear_k.: 0.0 must be > 0 or null"):
+    with pytest.raises(ConfigError, match="linear_k.: 0 must be > 0 or null"):
         load_config(SMOKE_TH, ["theseus.linear_k=0"])
     with pytest.raises(ConfigError, match="valid choices: constant, linear"):
         load_config(SMOKE_TH, ["theseus.scheduler=cosine"])

@@ -1,7 +1,7 @@
 """A nested dataclass from a YAML mapping, checked: what ``config.yaml`` and a method's options
 section become. Every unknown key, wrong type and non-finite number is one ConfigError naming the
 dotted key (with a close match for a typo); each field's declared rules
-(:func:`opdf.choices.check_field`) are applied on the way."""
+(:func:`opdf.choices.field_problem`) are applied on the way."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Union
 
-from opdf.choices import check_field
+from opdf.choices import field_problem
 from opdf.errors import ConfigError
 
 __all__ = ["build_dataclass"]
@@ -28,7 +28,8 @@ def _type_name(tp) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(inner)}"
+        plural = {int: "integers", float: "numbers", str: "strings"}.get(inner)
+        return f"a list of {plural or _type_name(inner)}"
     if origin is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
@@ -142,15 +143,20 @@ def build_dataclass(cls, data: dict, where: str = ""):
         if name not in data:
             continue
         key = f"{where}.{name}" if where else name
-        value = data[name]
+        given = data[name]
         try:
-            value = _coerce(value, hints[name], key)
+            value = _coerce(given, hints[name], key)
         except _Mismatch:
+            hint = ""
+            if isinstance(given, str) and "," in given and "list" in _type_name(hints[name]):
+                hint = f" (write a list in brackets: [{given}])"
             raise ConfigError(
-                f"config key {key!r}: {value!r} is not {_type_name(hints[name])}"
+                f"config key {key!r}: {given!r} is not {_type_name(hints[name])}{hint}"
             ) from None
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"config key {key!r}: {value!r} is not a finite number")
-        check_field(f"config key {key!r}", value, f.metadata)
+            raise ConfigError(f"config key {key!r}: {given!r} is not a finite number")
+        problem = field_problem(value, f.metadata)
+        if problem is not None:  # the value as the user wrote it: -1, not the coerced -1.0
+            raise ConfigError(f"config key {key!r}: {given!r} {problem}")
         kwargs[name] = value
     return cls(**kwargs)
