@@ -88,6 +88,11 @@ def test_distill_merge_report_finetune(tmp_path, capsys):
         in json.loads((run / ".opdf-owner.json").read_text())["paths"]
     )
     assert main(["merge", str(tmp_path / "nothing")]) == 2
+    assert (
+        f"{tmp_path / 'nothing'} does not exist; give an opdf run folder" in capsys.readouterr().err
+    )
+    (tmp_path / "empty").mkdir()
+    assert main(["merge", str(tmp_path / "empty")]) == 2
     assert "not an opdf run folder" in capsys.readouterr().err
 
     # report: one row per run

@@ -65,6 +65,9 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path | None = None, *,
     image run ``model.safetensors`` + ``architecture.json`` (:func:`opdf.models.load_vision_model`).
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise OpdfError(f"{run_dir} {what}; give an opdf run folder (output_dir of a run)")
     if run_dir.name == "checkpoints":
         run_dir = run_dir.parent
     if which not in CHECKPOINT_FILES:
