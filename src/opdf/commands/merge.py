@@ -11,12 +11,13 @@ def add_parser(subparsers) -> None:
         "merge",
         help="merge a run's checkpoint (MPO/SVD cores) into a plain model",
         description=(
-            "Contract the over-parameterized cores of a run's checkpoint (best on dev, or the "
-            "last one) back into plain weights and save the model with save_pretrained: stock "
-            "transformers loads it without opdf, with the original parameter count. For an image "
-            "run the folder holds model.safetensors and architecture.json, which "
-            "opdf.models.load_vision_model(folder) rebuilds. Finished runs already hold this in "
-            "OUTPUT_DIR/student; use this verb on an unfinished or interrupted run."
+            "Contract the over-parameterized cores of a run's checkpoint (best on dev, or the\n"
+            "last one) back into plain weights and save the model with save_pretrained: stock\n"
+            "transformers loads it without opdf, with the original parameter count. For an\n"
+            "image run the folder holds model.safetensors and architecture.json, which\n"
+            "opdf.models.load_vision_model(folder) rebuilds. Finished runs already hold this in\n"
+            "OUTPUT_DIR/student; use this verb on an unfinished or interrupted run. The output\n"
+            "inside the run folder belongs to the run: distill --overwrite replaces it too."
         ),
         epilog="examples:\n  opdf merge runs/kd-opdf --which last -o exported/kd-opdf\n"
         "  opdf merge runs/fashion-mnist/kd-opdf",
