@@ -19,6 +19,13 @@ def test_every_verb_has_help(verb, capsys):
     assert len(capsys.readouterr().out) > 200
 
 
+def test_a_misspelled_verb_gets_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["distil", "configs/smoke-kd.yaml"])
+    assert exc.value.code == 2
+    assert "unknown verb 'distil' (did you mean 'distill'?)" in capsys.readouterr().err
+
+
 def test_methods_lists_every_method_with_its_options(capsys):
     from opdf.distill import method_names, methods
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import yaml
 
+from opdf.choices import suggest
 from opdf.errors import DivergedError, OpdfError
 
 # Verb name -> module under opdf.commands. Order is the order of `opdf --help`.
@@ -69,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and not words[0].startswith("-") and words[0] not in VERBS:
+        hint = suggest(words[0], VERBS)  # argparse before Python 3.14 suggests none
+        if hint:
+            parser.error(f"unknown verb {words[0]!r}{hint}; verbs: {', '.join(VERBS)}")
     args = parser.parse_args(argv)
     if not getattr(args, "verb", None):
         parser.print_help()
