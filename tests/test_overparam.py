@@ -453,6 +453,8 @@ def test_tied_and_already_parametrized_weights_are_errors():
 
 def test_no_targets_is_an_error_not_a_silent_noop():
     with pytest.raises(OpdfError, match="no nn.Linear/nn.Conv2d weights"):
+        opdf.overparameterize(nn.Sequential(nn.ReLU()))
+    with pytest.raises(OpdfError, match="dense as the classifier"):
         opdf.overparameterize(nn.Sequential(nn.Linear(4, 2)))
 
 
