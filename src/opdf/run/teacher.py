@@ -58,9 +58,6 @@ def teacher_key(cfg: RunConfig) -> str:
     local_data = Path(d.name).expanduser()
     if d.name not in BUILTIN_DATASETS and local_data.exists():
         spec["data_files"] = fingerprint(local_data)
-        # the files' names and contents, not where they lie: a config and its data copied to
-        # another folder (or named from another working directory) reuse the trained teacher
-        spec["data"]["name"] = "local files"
     image_folder = _image_data_folder(cfg)
     if image_folder is not None:
         spec["data_files"] = fingerprint(image_folder)
