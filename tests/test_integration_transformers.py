@@ -185,13 +185,13 @@ def test_bf16_contraction_contracts_the_training_forwards_under_autocast(
     tokenizer, teacher, data = parts
     seen = contraction_modes
 
-    def build(out, accumulation=1, bf16=True, **kw):
+    def build(out, accumulation=1, bf16=True, checkpointing=False, **kw):
         student = student_from_teacher(teacher, [0, 1]).requires_grad_(True)
         args = TrainingArguments(
             output_dir=str(out), max_steps=2, per_device_train_batch_size=8, bf16=bf16,
             gradient_accumulation_steps=accumulation, learning_rate=1e-3, save_strategy="no",
             eval_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
-            dataloader_num_workers=0,
+            dataloader_num_workers=0, activation_checkpointing=checkpointing,
         )  # fmt: skip
         return OpdfTrainer(model=student, args=args, train_dataset=data, eval_dataset=data,
                            processing_class=tokenizer, teacher=teacher, unit_modes=2,
@@ -209,9 +209,13 @@ def test_bf16_contraction_contracts_the_training_forwards_under_autocast(
         build(tmp_path / "fp32", bf16=False)
     with pytest.raises(OpdfError, match="opdf.accumulate\\) is float32 by design"):
         build(tmp_path / "acc", accumulation=2)
-    build(tmp_path / "each", accumulation=2, one_contraction_per_step=False)  # each micro-batch
+    with pytest.raises(OpdfError, match=r"activation \(gradient\) checkpointing: the recomputed"):
+        build(tmp_path / "ckpt", checkpointing=True)
     with pytest.raises(OpdfError, match="a plain model has no contraction"):
-        build(tmp_path / "plain", scheme="none")
+        build(tmp_path / "plain", scheme="none", bf16=False)  # said first: bf16 would not help
+    seen.clear()
+    build(tmp_path / "each", accumulation=2, one_contraction_per_step=False).train()
+    assert seen == {(True, True), (False, False)}  # every micro-batch contracts in bf16
 
 
 def test_bad_arguments_are_user_errors(parts, tmp_path):

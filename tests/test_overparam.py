@@ -422,10 +422,24 @@ def test_inspect_cli_reports_bad_input_without_traceback(capsys):
     err = capsys.readouterr().err
     assert "(did you mean 'resnet8'?)" in err and "vision resnet8, " in err and "bert-base" in err
     for bad, says in ((["--init", "middle"], "--init 'middle'"), (["--cores", "99"], "core index"),
-                      (["--layer-map", "0:9"], "9")):  # fmt: skip
+                      (["--layer-map", "0:9"], "entry 0: 9 is out of range")):  # fmt: skip
         assert cli_main(["inspect", "tiny-bert", "--teacher", "tiny-bert", *bad]) == 2
         out, err = capsys.readouterr()
         assert out == "" and says in err  # the error is not under a page of valid-looking output
+
+
+def test_inspect_of_a_builtin_whose_package_is_missing_keeps_the_install_advice(
+    monkeypatch, capsys
+):
+    import opdf.models.hf
+
+    def missing(name):
+        raise FileNotFoundError(f"{name}: its weights are not installed; run `make mpnet`")
+
+    monkeypatch.setattr(opdf.models.hf, "resolve_model_dir", missing)
+    assert cli_main(["inspect", "mpnet-base"]) == 2
+    err = capsys.readouterr().err
+    assert "run `make mpnet`" in err and "unknown model" not in err
 
 
 def test_svd_scheme_paper_count_on_the_real_model(bert6_mpo):

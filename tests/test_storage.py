@@ -31,9 +31,11 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
-def test_a_written_file_has_the_permissions_open_would_give(tmp_path, mask):
+def test_a_written_file_has_the_permissions_open_would_give(tmp_path, monkeypatch, mask):
     """A model or summary another user (a serving process) must read is not left 0600, as the
-    temporary file behind the atomic write was; a restrictive umask is still honoured."""
+    temporary file behind the atomic write was; a restrictive umask is still honoured, and a
+    rewrite keeps the mode the file has (as open() does)."""
+    monkeypatch.setattr(storage, "_UMASK", mask)  # read once at import: the process's umask
     old = os.umask(mask)
     try:
         storage.atomic_write_text(tmp_path / "summary.json", "{}")
@@ -43,6 +45,9 @@ def test_a_written_file_has_the_permissions_open_would_give(tmp_path, mask):
         os.umask(old)
     mode = (tmp_path / "summary.json").stat().st_mode & 0o777
     assert mode == 0o666 & ~mask == plain.stat().st_mode & 0o777
+    os.chmod(tmp_path / "summary.json", 0o600)  # the user's own choice survives a rewrite
+    storage.atomic_write_text(tmp_path / "summary.json", '{"a": 1}')
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_text_and_json_and_before_rename(tmp_path):

@@ -91,9 +91,8 @@ def _atomic_write_bytes(path: Path, write, before_rename) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        if hasattr(os, "fchmod"):  # mkstemp makes it 0600: give it what open() would (umask)
-            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
+            _open_mode(f.fileno(), path)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -106,11 +105,25 @@ def _atomic_write_bytes(path: Path, write, before_rename) -> None:
         raise
 
 
-def _umask() -> int:
-    """The process umask (read by setting it and setting it back: there is no getter)."""
+def _read_umask() -> int:
+    """The process umask, read once at import (setting it and back is the only getter; doing so
+    on every write could race another thread creating a file)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def _open_mode(fd: int, path: Path) -> None:
+    """Give a temporary file (mkstemp: 0600) the mode ``open(path, "w")`` would leave: the
+    existing file's when ``path`` exists, else 0666 less the umask. Best effort: a file system
+    without POSIX modes keeps mkstemp's."""
+    if not hasattr(os, "fchmod"):
+        return
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -124,6 +124,8 @@ def build_model(
     try:
         folder = resolve_model_dir(name)
     except FileNotFoundError:
+        if name in builtin_names():
+            raise  # a built-in whose package is not installed: its own error says how to get it
         names = [*builtin_names(), *ARCHITECTURES, *VISION_MODELS]
         raise OpdfError(
             f"unknown model {name!r}{suggest(name, names)}: not a folder, nor a name opdf knows: "

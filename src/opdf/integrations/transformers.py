@@ -192,7 +192,10 @@ class OpdfTrainer(Trainer):
             self._check_bf16_contraction()
 
     def _check_bf16_contraction(self) -> None:
-        """``bf16_contraction=True`` where it would change nothing is an error, not a no-op."""
+        """``bf16_contraction=True`` where it would change nothing (or break) is an error."""
+        if not any(True for _ in mpo_modules(self.model)):
+            raise OpdfError("bf16_contraction=True needs an over-parameterized student "
+                            "(scheme svd/mpo): a plain model has no contraction")  # fmt: skip
         if not self.args.bf16:
             raise OpdfError(
                 "bf16_contraction=True contracts the cores under the Trainer's bf16 autocast: "
@@ -205,9 +208,15 @@ class OpdfTrainer(Trainer):
                 "step (opdf.accumulate) is float32 by design; pass one_contraction_per_step="
                 "False to contract each micro-batch in bf16, or drop bf16_contraction"
             )
-        if not any(True for _ in mpo_modules(self.model)):
-            raise OpdfError("bf16_contraction=True needs an over-parameterized student "
-                            "(scheme svd/mpo): a plain model has no contraction")  # fmt: skip
+        args = self.args  # activation_checkpointing: the name gradient_checkpointing has in v6
+        if getattr(args, "activation_checkpointing", False) or getattr(
+            args, "gradient_checkpointing", False
+        ):
+            raise OpdfError(
+                "bf16_contraction=True with activation (gradient) checkpointing: the recomputed "
+                "forwards run in the backward, outside the step's bf16-contraction switch, so "
+                "they would contract in float32 what the forward contracted in bf16; drop one"
+            )
 
     def _reset_step_state(self) -> None:
         """Per-step bookkeeping: the open accumulation block and the loss terms to log."""
