@@ -241,6 +241,8 @@ def test_time_left_is_the_mean_cost_of_each_label_over_the_jobs():
     assert bench.time_left(took, ["base", "base", "opdf"], [("opdf", 220.0)], 2) == 300.0
     assert bench.time_left(took, ["svd"], [], 4) == (100 + 120 + 300) / 3  # unseen: mean of all
     assert bench.time_left(took, [], [("base", 500.0)], 2) is None  # overdue: no negative time
+    # never less than the longest cell left: a 300 s opdf cell behind two short ones on 4 jobs
+    assert bench.time_left(took, ["base", "base", "opdf"], [], 4) == 300.0
     assert [bench.format_duration(x) for x in (40, 720, 12240)] == ["~40 s", "~12 min", "~3.4 h"]
 
 

@@ -408,8 +408,7 @@ def run_cells(
     would fail the same way within a minute). A finished cell's ``checkpoints/`` is removed
     unless ``keep_checkpoints``. Ctrl-C / SIGTERM: stop, then KeyboardInterrupt."""
     queue = [p for p in planned if p.pending]
-    pool = _Pool(out, total, done_before, say, command)
-    pool.queue, pool.jobs = queue, jobs
+    pool = _Pool(out, total, done_before, say, command, queue, jobs)
     try:
         with _sigterm_as_stop():
             while queue or pool.running:
@@ -437,13 +436,16 @@ class _Pool:
     progress count ``[done/total]`` that every line says."""
 
     def __init__(self, out: Path, total: int, done: int, say: Callable[[str], None],
-                 command: Callable[[Planned], list[str]]) -> None:  # fmt: skip
+                 command: Callable[[Planned], list[str]], queue: list[Planned] | None = None,
+                 jobs: int = 1) -> None:  # fmt: skip
         self.out, self.total, self.done, self.say, self.command = out, total, done, say, command
         self.running: dict[subprocess.Popen, tuple[Planned, float, Any]] = {}
         self.results: dict[str, int] = {}
-        self.queue: list[Planned] = []  # the cells not started yet (run_cells' own list)
-        self.jobs = 1
-        self.took: dict[str, list[float]] = {}  # label -> seconds of the cells finished here
+        self.queue = queue if queue is not None else []  # not started yet: run_cells' own list
+        self.jobs = jobs
+        # label -> seconds of the cells run whole here; resumed cells' (shorter) in the second
+        self.took: dict[str, list[float]] = {}
+        self.took_resumed: dict[str, list[float]] = {}
 
     def write_state(self) -> None:
         _write_state(self.out, [q.cell.id for q, *_ in self.running.values()])
@@ -478,9 +480,10 @@ class _Pool:
             test = (s.get("test") or {}).get(main)
             score = (f" dev {100 * dev:.2f} test {100 * test:.2f}"
                      if dev is not None and test is not None else "")  # fmt: skip
-            self.took.setdefault(p.cell.label, []).append(secs)
+            whole = p.status != RESUME
+            (self.took if whole else self.took_resumed).setdefault(p.cell.label, []).append(secs)
             now = time.time()
-            left = time_left(self.took, [q.cell.label for q in self.queue],
+            left = time_left(self.took or self.took_resumed, [q.cell.label for q in self.queue],
                              [(q.cell.label, now - t) for q, t, _ in self.running.values()],
                              self.jobs)  # fmt: skip
             eta = f"; {format_duration(left)} left" if left else ""
@@ -526,8 +529,10 @@ def time_left(
 ) -> float | None:
     """Seconds until the run ends, estimated from the cells finished in it: each cell is
     expected to take the mean of its label's finished cells (variants differ: OPDF's steps cost
-    more), else of all; a running cell what is left of that. ``None`` before the first finish.
-    A long CPU suite (hours) needs it to plan the next session; resumed cells run shorter."""
+    more), else of all; a running cell what is left of that; the work shared over the jobs, but
+    never less than the longest single cell still to finish. ``None`` before the first finish.
+    A long CPU suite (hours) needs it to plan the next session (the caller passes the cells run
+    whole, when there are any: resumed ones run shorter)."""
     every = [s for secs in took.values() for s in secs]
     if not every:
         return None
@@ -537,9 +542,12 @@ def time_left(
         secs = took.get(label)
         return sum(secs) / len(secs) if secs else overall
 
-    work = sum(expect(label) for label in queued)
-    work += sum(max(0.0, expect(label) - elapsed) for label, elapsed in running)
-    return work / max(1, min(jobs, len(queued) + len(running))) if work > 0 else None
+    each = [expect(label) for label in queued]
+    each += [max(0.0, expect(label) - elapsed) for label, elapsed in running]
+    work = sum(each)
+    if work <= 0:
+        return None
+    return max(work / max(1, min(jobs, len(each))), max(each))
 
 
 def format_duration(seconds: float) -> str:
