@@ -90,10 +90,9 @@ def test_distill_merge_report_finetune(tmp_path, capsys):
     assert main(["merge", str(run)]) == 2
     assert main(["merge", str(run), "--overwrite"]) == 0
     capsys.readouterr()
-    assert (
-        "merged-best/model.safetensors"
-        in json.loads((run / ".opdf-owner.json").read_text())["paths"]
-    )
+    marker = json.loads((run / ".opdf-owner.json").read_text())
+    assert "merged-best/model.safetensors" in marker["paths"]
+    assert marker["derived"] == ["merged-best"]  # what the run's --overwrite will say it removes
     assert main(["merge", str(tmp_path / "nothing")]) == 2
     assert (
         f"{tmp_path / 'nothing'} does not exist; give an opdf run folder" in capsys.readouterr().err

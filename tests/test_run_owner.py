@@ -83,23 +83,24 @@ def test_overwrite_of_an_opdf_run_refuses_while_it_holds_a_users_file(tmp_path, 
     assert [p.name for p in run.iterdir()] == [owner.MARKER]  # a new run's marker only
 
 
-def test_overwrite_says_which_merged_or_exported_outputs_of_the_old_run_it_removes(
-    tmp_path, capsys
-):
+def test_overwrite_says_which_merged_or_exported_outputs_of_the_old_run_it_removes(tmp_path):
     """`opdf merge` / `opdf export` into the run folder list their output as the run's, so
     --overwrite replaces them with the run: said, not silent (they were asked for separately)."""
+    import warnings
+
     run = tmp_path / "run"
     opdf_run(run)
-    assert prepare_output_dir(run, resume=False, overwrite=True, cfg=cfg_for(run)) is False
-    assert "--overwrite removed" not in capsys.readouterr().err  # only the run's own files
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only the run's own files: nothing to say
+        assert prepare_output_dir(run, resume=False, overwrite=True, cfg=cfg_for(run)) is False
     opdf_run(run)
     for derived in ("merged-best", "onnx"):
         (run / derived).mkdir()
         (run / derived / "model.safetensors").write_text("merged")
-        owner.record(run, derived)
-    assert prepare_output_dir(run, resume=False, overwrite=True, cfg=cfg_for(run)) is False
-    err = capsys.readouterr().err
-    assert "--overwrite removed the previous run's merged-best/, onnx/ (written from it" in err
+        owner.record(run, derived, derived=True)  # as opdf merge / export list their output
+    said = "--overwrite removed the previous run's merged-best/, onnx/ \\(written from it"
+    with pytest.warns(UserWarning, match=said):
+        assert prepare_output_dir(run, resume=False, overwrite=True, cfg=cfg_for(run)) is False
     assert not (run / "merged-best").exists()
 
 

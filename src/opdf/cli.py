@@ -19,6 +19,7 @@ import importlib
 import os
 import pickle
 import sys
+import warnings
 from collections.abc import Sequence
 
 import yaml
@@ -80,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        code = int(args.run(args) or 0)
+        with _one_line_warnings(args.verb):
+            code = int(args.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
     except BrokenPipeError:
@@ -94,6 +96,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"opdf {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _one_line_warnings(verb: str):
+    """opdf's own warnings (a damaged checkpoint passed over, what --overwrite removed, a skipped
+    summary) as ``opdf VERB: warning: ...`` lines, not Python's file:line and source echo;
+    other libraries' warnings keep their usual form."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and f"{os.sep}opdf{os.sep}" in str(filename):
+            text = " ".join(str(message).split())
+            print(f"opdf {verb}: warning: {text}", file=file or sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a tool that stopped this way

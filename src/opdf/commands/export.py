@@ -94,7 +94,7 @@ def run(args) -> int:
     if out.resolve().parent == run_dir and owner.read(run_dir) is not None:
         # inside an opdf run folder: listed as opdf's, so a later --overwrite of the run may
         # remove it (listed before the write, as the trainer does)
-        owner.record(run_dir, out.name)
+        owner.record(run_dir, out.name, derived=True)
     if note:
         print(f"opdf export: {note}", file=sys.stderr)
     try:
@@ -104,7 +104,7 @@ def run(args) -> int:
         if note:
             shutil.rmtree(folder.parent, ignore_errors=True)  # the temporary merge
     if out.resolve().parent == run_dir and owner.read(run_dir) is not None:
-        owner.record(run_dir, out.name)  # and the files now in it
+        owner.record(run_dir, out.name, derived=True)  # and the files now in it
     print(f"exported {result.describe()}")
     print(f"onnxruntime vs PyTorch on {result.check}: max abs difference of the logits "
           f"{result.max_abs_diff:.2e} (tolerance {result.tolerance:g})")  # fmt: skip

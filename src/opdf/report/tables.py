@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -141,7 +141,7 @@ def load_rows(paths: Iterable[str | Path]) -> list[dict]:
     if not rows:  # nothing to show: each problem is the error
         raise OpdfError("; ".join(skipped))
     for why in skipped:  # one damaged file does not hide every other run; it is named
-        print(f"opdf report: skipped {why}", file=sys.stderr)
+        warnings.warn(f"skipped {why}", UserWarning, stacklevel=2)
     return rows
 
 

@@ -172,6 +172,6 @@ def _own_merged(run_dir: Path, out: Path) -> None:
     folder, else in ``out``'s own."""
     rel = _inside(run_dir, out)
     if rel is not None:
-        owner.record(run_dir, rel)
+        owner.record(run_dir, rel, derived=True)
     else:
         owner.record(out, *(p.name for p in out.iterdir() if p.name != owner.MARKER))

@@ -8,7 +8,7 @@ caller holds the folder's :class:`~opdf.run.lock.RunLock`.
 
 from __future__ import annotations
 
-import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -22,10 +22,6 @@ from opdf.run.metrics_log import METRICS_FILE
 from opdf.run.tblog import TB_DIR
 
 CONFIG_FILE = "config.yaml"
-# what a run itself writes at the top of its folder; anything else opdf listed there (merged-best/,
-# onnx/) was derived from it later, and a user may not expect --overwrite to take it too
-RUN_OUTPUTS = frozenset({CONFIG_FILE, METRICS_FILE, "summary.json", "student", "checkpoints",
-                         TB_DIR})  # fmt: skip
 # what a run killed before its first checkpoint leaves behind, removed when it restarts
 STALE_FILES = (METRICS_FILE, "summary.json", TB_DIR)
 
@@ -78,11 +74,12 @@ def prepare_output_dir(out: Path, *, resume: bool, overwrite: bool, cfg: RunConf
                 f"continue that run, --overwrite to replace it, or set output_dir=... to a new "
                 "folder"
             )
-        derived = _derived_outputs(out)
+        derived = [f"{p}/" if (out / p).is_dir() else p for p in owner.derived(out)]
         owner.remove_owned(out)  # refuses, deleting nothing, when anything else is there
         if derived:
-            print(f"opdf: --overwrite removed the previous run's {', '.join(derived)} (written "
-                  f"from it by opdf merge / export) with the run", file=sys.stderr)  # fmt: skip
+            warnings.warn(f"--overwrite removed the previous run's {', '.join(derived)} (written "
+                          "from it by opdf merge / export) with the run", UserWarning,
+                          stacklevel=2)  # fmt: skip
     owner.renew(out, "distill")
     return False
 
@@ -130,11 +127,3 @@ def _check_resume(out: Path, cfg: RunConfig) -> None:
             f"{out} holds a finished run (summary.json); nothing to resume. Use --overwrite to "
             "run it again, or another output_dir"
         )
-
-
-def _derived_outputs(out: Path) -> list[str]:
-    """The top-level paths opdf listed in ``out`` that the run itself did not write (``opdf
-    merge``'s ``merged-best/``, ``opdf export``'s ``onnx/``), as ``name/`` for folders."""
-    marker = owner.read(out) or {"paths": []}
-    tops = sorted({p.split("/")[0] for p in marker["paths"]} - RUN_OUTPUTS)
-    return [f"{t}/" if (out / t).is_dir() else t for t in tops if (out / t).exists()]

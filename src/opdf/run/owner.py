@@ -193,12 +193,21 @@ def claim(folder: Path, kind: str, *, what: str = "output_dir") -> dict:
     return marker
 
 
-def record(folder: Path, *paths: str | Path) -> None:
+def record(folder: Path, *paths: str | Path, derived: bool = False) -> None:
     """Add paths opdf has just written under ``folder`` to its marker (a folder with every path
-    under it now). No-op for a folder without a marker (nothing to add to)."""
+    under it now). ``derived``: written from the run by another command (``opdf merge`` /
+    ``export`` into the run folder), listed as such too, so that the run's ``--overwrite`` can
+    say it removes them. No-op for a folder without a marker (nothing to add to)."""
     folder = Path(folder)
     with _marker_locked(folder):
-        _record(folder, paths)
+        _record(folder, paths, derived)
+
+
+def derived(folder: Path) -> list[str]:
+    """The top-level paths of ``folder`` that :func:`record` listed as ``derived`` and that
+    still exist."""
+    marker = read(folder) or {}
+    return [p for p in marker.get("derived", []) if (Path(folder) / p).exists()]
 
 
 @contextlib.contextmanager
@@ -219,21 +228,26 @@ def _marker_locked(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _record(folder: Path, paths: tuple[str | Path, ...]) -> None:
+def _record(folder: Path, paths: tuple[str | Path, ...], derived: bool = False) -> None:
     marker = read(folder)
     if marker is None:
         return
     owned = set(marker["paths"])
-    before = len(owned)
+    tops = set(marker.get("derived", []))
+    before = (len(owned), len(tops))
     for p in paths:
         path = folder / p
         rel = _rel(folder, path) if path.is_absolute() else Path(p).as_posix()
         parts = rel.split("/")
         owned.update("/".join(parts[: i + 1]) for i in range(len(parts)))  # its parent folders
+        if derived:
+            tops.add(parts[0])
         if path.is_dir() and not path.is_symlink():
             owned.update(_rel(folder, q) for q in path.rglob("*"))
-    if len(owned) != before:
+    if (len(owned), len(tops)) != before:
         marker["paths"] = sorted(owned)
+        if tops:
+            marker["derived"] = sorted(tops)
         _write(folder, marker)
 
 
