@@ -19,6 +19,7 @@ differences and their 95% CIs.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics as st
 import sys
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ class Row:
     base_test: list[float]
     start: bool = False  # the start's own effect (plain vs bottom-started plain), not a variant
 
-    @property
+    @functools.cached_property
     def stats(self) -> dict:
         return paired_stats(self.test, self.base_test)
 
@@ -54,14 +55,18 @@ def parse_source(text: str) -> tuple[str, Path, str | None]:
     label, sep, rest = text.partition("=")
     if not sep or not label or not rest:
         raise SystemExit(f"expected LABEL=FOLDER or LABEL=FOLDER@CONFIG, got {text!r}")
-    folder, _, config = rest.partition("@")
+    folder, at, config = rest.rpartition("@")  # a folder's own name may hold an @
+    if not at or not (Path(folder) / "cells.csv").is_file():
+        folder, config = rest, ""
     if not (Path(folder) / "cells.csv").is_file():
         raise SystemExit(f"{folder}: no cells.csv (export the suite with opdf report --export)")
     return label, Path(folder), config or None
 
 
-def rows_of(label: str, folder: Path, config: str | None, baseline: str) -> list[Row]:
-    """The start row (where the plain student's start is tuned) and one row per variant."""
+def rows_of(label: str, folder: Path, config: str | None, baseline: str,
+            left_out: list[str]) -> list[Row]:  # fmt: skip
+    """The start row (where the plain student's start is tuned) and one row per variant; a
+    variant with fewer than 2 seeds shared with the plain student is named in ``left_out``."""
     cells = load(folder, config)
     if baseline not in cells:
         raise SystemExit(f"no variant {baseline!r} in {folder}/cells.csv (has: "
@@ -80,7 +85,10 @@ def rows_of(label: str, folder: Path, config: str | None, baseline: str) -> list
     for variant in suite_order(folder, cells):
         settings = cells[variant]
         vs = [s for s in complete_seeds(settings) if s in seeds]
-        if variant == baseline or len(vs) < 2:
+        if variant == baseline:
+            continue
+        if len(vs) < 2:
+            left_out.append(f"{label} {variant} ({len(vs)} seed(s) shared with the plain student)")
             continue
         k = choose(settings, vs)
         out.append(Row(label, variant, k, b_key, vs, [settings[k][s][1] for s in vs],
@@ -161,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write the markdown here too")
     ap.add_argument("--plot", type=Path, help="write the forest plot here (png)")
     args = ap.parse_args(argv)
-    rows = [r for src in args.sources for r in rows_of(*parse_source(src), args.baseline)]
+    left_out: list[str] = []
+    rows = [r for src in args.sources for r in rows_of(*parse_source(src), args.baseline, left_out)]
     command = " ".join(argv if argv else sys.argv[1:])
     text = "\n".join([
         "# OPDF against the strongest plain student, every setting",
@@ -175,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(rows),
     ])  # fmt: skip
+    if left_out:
+        text += "\n\nLeft out (a paired test needs 2 seeds): " + "; ".join(left_out) + "."
     print_and_write(text + "\n", args.out)
     if args.plot:
         plot(rows, args.plot)

@@ -254,7 +254,7 @@ def test_config_values_the_fuzzer_found(tmp_path):
     assert str(exc.value).startswith(f"{broken}, line 3, column 3: not valid YAML (")
     assert "\n" not in str(exc.value)
     # an empty (or comments-only) file would have run every default: a full MiniLM fine-tune
-    for text in ("", "# method: kd\n"):
+    for text in ("", "# method: kd\n", "{}\n"):
         empty = tmp_path / "empty.yaml"
         empty.write_text(text)
         with pytest.raises(ConfigError, match=f"{empty} is empty \\(or holds only comments\\)"):

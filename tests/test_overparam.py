@@ -412,6 +412,12 @@ def test_a_model_whose_only_linear_is_the_classifier_is_told_why_nothing_was_cho
         opdf.overparameterize(nn.Linear(5, 4), scheme="mpo", unit_modes=2)
     model = opdf.overparameterize(nn.Sequential(nn.Linear(5, 4)), targets=["0"], unit_modes=2)
     assert [name for name, _, _ in opdf.overparam.mpo_modules(model)] == ["0"]  # the advice works
+    bert = tiny_bert()  # conv-only encoder blocks (as HF ResNet's): the Linear rule finds none
+    for name, module in list(bert.named_modules()):
+        if name.startswith("bert.encoder.layer.") and isinstance(module, nn.Linear):
+            bert.set_submodule(name, nn.Conv2d(1, 1, 1))
+    with pytest.raises(OpdfError, match=r"inside the encoder blocks \(bert.encoder.layer.\*\)"):
+        opdf.overparameterize(bert, unit_modes=2)
 
 
 def test_inspect_cli_reports_bad_input_without_traceback(capsys):

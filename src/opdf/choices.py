@@ -12,7 +12,7 @@ and every method's ``Options``) instead of written out as ``raise`` statements::
         scheduler: str = choice("constant", "linear", default="linear")
 
 :func:`check_fields` checks an options object against them (one line naming the key, the value
-and the rule); the config loader checks each key as it reads it (:func:`check_field`).
+and the rule); the config loader checks each key as it reads it (:func:`field_problem`).
 """
 
 from __future__ import annotations

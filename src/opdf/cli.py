@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     if words and not words[0].startswith("-") and words[0] not in VERBS:
-        hint = suggest(words[0], VERBS)  # argparse before Python 3.14 suggests none
+        hint = suggest(words[0], VERBS)  # argparse suggests only from 3.14, when asked to
         if hint:
             parser.error(f"unknown verb {words[0]!r}{hint}; verbs: {', '.join(VERBS)}")
     args = parser.parse_args(argv)

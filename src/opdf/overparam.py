@@ -288,8 +288,13 @@ def _no_targets(model: nn.Module, targets: Sequence[str] | str | None) -> str:
         return (f"the model is a bare {type(model).__name__}: opdf over-parameterizes the "
                 "weights of a model's submodules; wrap it (nn.Sequential(layer)) and pass "
                 "targets=['0']")  # fmt: skip
+    if targets is None and _is_transformers_model(model) and encoder_layers(model) is not None:
+        return (f"the default targets are the nn.Linear layers inside the encoder blocks "
+                f"({encoder_layers(model)[0]}.*), and this model has none there; pass "
+                "targets=[...] naming the modules to over-parameterize")  # fmt: skip
     layers = [n for n, m in model.named_modules() if n and isinstance(m, nn.Linear | nn.Conv2d)]
-    if targets is None and layers:
+    linears = [n for n in layers if isinstance(model.get_submodule(n), nn.Linear)]
+    if targets is None and layers and layers == linears[-1:]:
         return (f"the default targets keep the last nn.Linear ({layers[-1]!r}) dense as the "
                 "classifier, and this model has no other nn.Linear/nn.Conv2d; pass "
                 f"targets={layers!r} to over-parameterize it too")  # fmt: skip

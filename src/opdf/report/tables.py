@@ -160,8 +160,9 @@ def _fmt(key: str, value) -> str:
 
 
 def _plain(value):
-    """A CSV cell: floats to 6 significant digits (a mean of 0.0642 is not 0.06420000000000001)."""
-    return float(f"{value:.6g}") if isinstance(value, float) else value
+    """A CSV cell: floats rounded to 10 decimals (a mean of 0.0642 is not 0.06420000000000001;
+    a wall time of 123456.7 s keeps its digits)."""
+    return round(value, 10) if isinstance(value, float) else value
 
 
 def group_rows(rows: list[dict]) -> list[dict]:
@@ -194,6 +195,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
                 f"{method} {var}{f' ({label})' if label else ''}: seed {', '.join(repeated)} "
                 f"repeats in its {len(rs)} runs of one config: they are not independent samples"
             )
+        agg["test_std"] = None  # a column of every grouped table (set below from 2 seeds on)
         for k in ("dev", "test", "test_top5", "seconds_per_step", "wall_time"):
             vals = [r[k] for r in rs if r[k] is not None]
             agg[k] = float(np.mean(vals)) if vals else None
@@ -222,9 +224,9 @@ def format_table(rows: list[dict], fmt: str = "markdown") -> str:
         if r.get("test_std") is not None:
             line[keys.index("test")] += f" ± {100 * r['test_std']:.2f}"
         cells.append(line)
-    if fmt == "csv":  # fractions, as in summary.json; the spread over seeds has its column
-        if any(r.get("test_std") is not None for r in rows):
-            keys.insert(keys.index("test") + 1, "test_std")
+    if fmt == "csv":  # fractions, as in summary.json; a grouped table's spread: the last column
+        if any("test_std" in r for r in rows):
+            keys.append("test_std")
         return csv_rows(keys, [[_plain(r.get(k)) for k in keys] for r in rows])
     lines = [markdown_table(heads, cells)]
     notes = sorted({r["subsample"] for r in rows if r.get("subsample")})

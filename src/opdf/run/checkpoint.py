@@ -337,8 +337,10 @@ def read_latest(folder: Path, *, purpose: str = "resume") -> tuple[Path, Checkpo
         return path, found
     if problems:
         advice = "Start the run again (--overwrite)"
-        if purpose == "merge" and (folder / BEST).is_file():
-            advice = f"Merge the best checkpoint instead (--which best: {folder / BEST})"
+        if purpose == "merge":
+            advice = (f"Merge the best checkpoint instead (--which best: {folder / BEST})"
+                      if (folder / BEST).is_file()
+                      else "Start the run again (opdf distill CONFIG --overwrite)")  # fmt: skip
         raise CheckpointError(
             f"no intact checkpoint to {purpose} from in {folder}: {'; '.join(problems)}. {advice}"
         )

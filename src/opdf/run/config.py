@@ -746,7 +746,7 @@ def load_config(path: str | Path, overrides=()) -> RunConfig:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}): {e.reason}") from None
     except yaml.YAMLError as e:
         raise yaml_file_error(path, e) from None
-    if raw is None:  # empty, or comments only: never a silent run of every default
+    if raw is None or raw == {}:  # empty, comments only or `{}`: never a run of every default
         raise ConfigError(f"{path} is empty (or holds only comments); a config says at least "
                           "its method, data and teacher (see configs/smoke-kd.yaml)")  # fmt: skip
     if not isinstance(raw, dict):
