@@ -426,12 +426,14 @@ def test_stopping_the_suite_stops_its_cells_and_remembers_them(tmp_path):
 
 def _writes_summary_and_checkpoint(p):
     """A cell run as opdf writes one (its ownership marker first), plus a file of the user's."""
-    listed = ["checkpoints", "checkpoints/last.pt", "summary.json"]
+    listed = ["checkpoints", "checkpoints/last.pt", "summary.json", "student",
+              "student/model.safetensors"]  # fmt: skip
     marker = json.dumps({"format": 1, "kind": "distill", "id": "x", "paths": listed})
     code = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
             "(p / 'checkpoints').mkdir(parents=True); "
             f"(p / '.opdf-owner.json').write_text({marker!r}); "
             "(p / 'checkpoints' / 'last.pt').write_text('x'); "
+            "(p / 'student').mkdir(); (p / 'student' / 'model.safetensors').write_text('w'); "
             "(p / 'summary.json').write_text('{}'); "
             "(p / 'checkpoints' / 'mine.txt').write_text('the user wrote this')")  # fmt: skip
     return [sys.executable, "-c", code, str(p.folder)]
@@ -443,12 +445,13 @@ def test_a_finished_cell_drops_its_checkpoints_unless_kept(tmp_path, keep):
     out = tmp_path / "out"
     planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
     results = bench.run_cells(planned, out, jobs=2, total=2, done_before=0, say=lambda _: None,
-                              command=_writes_summary_and_checkpoint,
-                              keep_checkpoints=keep)  # fmt: skip
+                              command=_writes_summary_and_checkpoint, keep_checkpoints=keep,
+                              keep_students=keep)  # fmt: skip
     assert set(results.values()) == {0}
     for p in planned:
-        assert (p.folder / "summary.json").is_file()
+        assert (p.folder / "summary.json").is_file()  # still done: a report needs no weights
         assert (p.folder / "checkpoints" / "last.pt").is_file() == keep
+        assert (p.folder / "student").is_dir() == keep
         assert (p.folder / "checkpoints" / "mine.txt").read_text() == "the user wrote this"
 
 
@@ -459,6 +462,13 @@ def test_keep_checkpoints_is_a_suite_key(tmp_path):
     assert load_suite(path).keep_checkpoints is True
     path.write_text(path.read_text().replace("keep_checkpoints: true", "keep_checkpoints: 2"))
     with pytest.raises(ConfigError, match="keep_checkpoints: expected true or false, got 2"):
+        load_suite(path)
+    path = _tiny_suite(tmp_path)
+    assert load_suite(path).keep_students is True
+    path.write_text(path.read_text() + "keep_students: false\n")
+    assert load_suite(path).keep_students is False
+    path.write_text(path.read_text().replace("keep_students: false", "keep_students: no-way"))
+    with pytest.raises(ConfigError, match="keep_students: expected true or false, got 'no-way'"):
         load_suite(path)
 
 

@@ -192,5 +192,6 @@ def run_planned(
         if pending and jobs > 1:
             prepare_teachers(pending, out, say)
         results = run_cells(pending, out, jobs=jobs, total=runnable, done_before=finished,
-                            say=say, keep_checkpoints=suite.keep_checkpoints)  # fmt: skip
+                            say=say, keep_checkpoints=suite.keep_checkpoints,
+                            keep_students=suite.keep_students)  # fmt: skip
     return Outcome(results, finished, runnable, len(blocked), len(elsewhere))

@@ -402,11 +402,13 @@ def run_cells(
     command: Callable[[Planned], list[str]] = cell_command,
     grace_seconds: float = 30.0,
     keep_checkpoints: bool = False,
+    keep_students: bool = True,
 ) -> dict[str, int]:
     """Run the pending cells, ``jobs`` at a time; returns ``{cell id: exit code}``. A failed
     cell is reported and the others go on, except on a full disk: then no new cell starts (each
     would fail the same way within a minute). A finished cell's ``checkpoints/`` is removed
-    unless ``keep_checkpoints``. Ctrl-C / SIGTERM: stop, then KeyboardInterrupt."""
+    unless ``keep_checkpoints``, its merged ``student/`` when not ``keep_students``. Ctrl-C /
+    SIGTERM: stop, then KeyboardInterrupt."""
     queue = [p for p in planned if p.pending]
     pool = _Pool(out, total, done_before, say, command, queue, jobs)
     try:
@@ -416,7 +418,7 @@ def run_cells(
                     pool.start(queue.pop(0))
                 time.sleep(0.2)
                 for proc in [q for q in pool.running if q.poll() is not None]:
-                    p, ok, last = pool.finish(proc, keep_checkpoints)
+                    p, ok, last = pool.finish(proc, keep_checkpoints, keep_students)
                     if not ok and queue and DISK_FULL.search(last):
                         say(
                             f"the disk is full: {len(queue)} cell(s) not started. Free "
@@ -465,7 +467,8 @@ class _Pool:
         what = "resume" if p.status == RESUME else "start"
         self.say(f"[{self.done}/{self.total}] {what} {p.cell.id} (log: {p.log})")
 
-    def finish(self, proc: subprocess.Popen, keep_checkpoints: bool) -> tuple[Planned, bool, str]:
+    def finish(self, proc: subprocess.Popen, keep_checkpoints: bool,
+               keep_students: bool = True) -> tuple[Planned, bool, str]:  # fmt: skip
         """Record an exited cell and say how it went: (cell, succeeded, last log line)."""
         p, t0, fh = self.running.pop(proc)
         fh.close()
@@ -490,6 +493,8 @@ class _Pool:
             self.say(f"[{self.done}/{self.total}] done {p.cell.id}{score} ({secs:.0f} s{eta})")
             if not keep_checkpoints:
                 _drop_checkpoints(p.folder)
+            if not keep_students:
+                _drop_checkpoints(p.folder, "student")
             return p, True, ""
         self.results[p.cell.id] = code or 1
         last = _last_line(p.log)
@@ -559,7 +564,8 @@ def format_duration(seconds: float) -> str:
     return f"~{seconds / 3600:.1f} h"
 
 
-def _drop_checkpoints(folder: Path) -> None:
-    """A finished cell's ``checkpoints/``: only the files its run wrote (opdf.run.owner)."""
+def _drop_checkpoints(folder: Path, under: str = "checkpoints") -> None:
+    """A finished cell's ``checkpoints/`` (or its ``student/``): only the files its run wrote
+    (opdf.run.owner)."""
     with contextlib.suppress(owner.NotOwnedError):
-        owner.remove_owned(folder, "checkpoints", check=False, what="bench cell")
+        owner.remove_owned(folder, under, check=False, what="bench cell")

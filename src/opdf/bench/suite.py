@@ -23,6 +23,7 @@ A suite file (everything but ``name`` and ``config`` optional)::
     exclude: ["svd__lr=8e-4__*"]  # cell ids (shell patterns) left out of the grid: not run, not
                                   # counted, not reported
     keep_checkpoints: false  # a finished cell's checkpoints/ (resume state) are removed
+    keep_students: true      # false: its merged student/ (~70 MB a text cell) is removed too
     tiny: {set: {...}, grid: {seed: [1]}}   # `--tiny`: overrides for a seconds-long CPU check
 
 Keys are dotted config keys, as in ``opdf distill CONFIG key=value``; a value replaces the key's
@@ -49,7 +50,9 @@ output_dir=<cell> --no-progress`` plus ``--resume`` when ``<cell>/checkpoints/la
 ``--overwrite`` otherwise; stdout and stderr go to ``<cell>.log``. It is done when
 ``<cell>/summary.json`` exists; then its ``checkpoints/`` folder (the resume state: ~4x the
 student, 270 MB for the rt-polarity student, 40 GB over a 150-cell suite) is removed unless
-``keep_checkpoints: true``; config, summary, metrics, log and the merged ``student/`` stay.
+``keep_checkpoints: true``; config, summary, metrics, log and the merged ``student/`` stay
+(``keep_students: false`` removes the student too: a report needs none, and a 280-cell text
+suite keeps 14 GB of them).
 A cell whose folder a live run holds (``opdf.run.lock``) is left alone. Cells run with the LAST
 grid axis outermost (whole seeds first), then the earlier axes, the variants innermost.
 
@@ -73,7 +76,8 @@ from opdf.choices import suggest
 from opdf.errors import ConfigError, yaml_file_error
 
 SUITE_KEYS = ("name", "config", "set", "variants", "grid", "tune", "replicates", "baseline",
-              "reuse", "exclude", "keep_checkpoints", "tiny", "description")  # fmt: skip
+              "reuse", "exclude", "keep_checkpoints", "keep_students", "tiny",
+              "description")  # fmt: skip
 TINY_KEYS = ("set", "grid")
 SEP = "__"
 _SAFE = re.compile(r"[^A-Za-z0-9._+,=-]")
@@ -151,6 +155,7 @@ class Suite:
     variant_configs: dict[str, str] = field(default_factory=dict)
     description: str | None = None
     keep_checkpoints: bool = False
+    keep_students: bool = True
     exclude: list[str] = field(default_factory=list)
 
     def default_out(self, tiny: bool = False) -> Path:
@@ -279,12 +284,15 @@ def parse_suite(data: Any, path: Path) -> Suite:
     keep = data.get("keep_checkpoints", False)
     if not isinstance(keep, bool):
         raise ConfigError(f"{where}: keep_checkpoints: expected true or false, got {keep!r}")
+    students = data.get("keep_students", True)
+    if not isinstance(students, bool):
+        raise ConfigError(f"{where}: keep_students: expected true or false, got {students!r}")
     exclude = _exclude(data.get("exclude") or [], where)
     suite = Suite(
         name=name, path=path, configs=configs, set=set_, variants=variants, grid=grid,
         tune=tune, replicates=replicates, baseline=baseline, reuse=reuse, tiny=tiny,
         variant_configs=variant_configs, description=data.get("description"),
-        keep_checkpoints=keep, exclude=exclude,
+        keep_checkpoints=keep, keep_students=students, exclude=exclude,
     )  # fmt: skip
     if exclude:
         _check_excluded(suite, where)
