@@ -455,20 +455,14 @@ def test_a_finished_cell_drops_its_checkpoints_unless_kept(tmp_path, keep):
         assert (p.folder / "checkpoints" / "mine.txt").read_text() == "the user wrote this"
 
 
-def test_keep_checkpoints_is_a_suite_key(tmp_path):
+@pytest.mark.parametrize("key, default", [("keep_checkpoints", False), ("keep_students", True)])
+def test_keep_keys_are_suite_keys(tmp_path, key, default):
     path = _tiny_suite(tmp_path)
-    assert load_suite(path).keep_checkpoints is False
-    path.write_text(path.read_text() + "keep_checkpoints: true\n")
-    assert load_suite(path).keep_checkpoints is True
-    path.write_text(path.read_text().replace("keep_checkpoints: true", "keep_checkpoints: 2"))
-    with pytest.raises(ConfigError, match="keep_checkpoints: expected true or false, got 2"):
-        load_suite(path)
-    path = _tiny_suite(tmp_path)
-    assert load_suite(path).keep_students is True
-    path.write_text(path.read_text() + "keep_students: false\n")
-    assert load_suite(path).keep_students is False
-    path.write_text(path.read_text().replace("keep_students: false", "keep_students: no-way"))
-    with pytest.raises(ConfigError, match="keep_students: expected true or false, got 'no-way'"):
+    assert getattr(load_suite(path), key) is default
+    path.write_text(path.read_text() + f"{key}: {str(not default).lower()}\n")
+    assert getattr(load_suite(path), key) is (not default)
+    path.write_text(path.read_text().replace(f"{key}: {str(not default).lower()}", f"{key}: 2"))
+    with pytest.raises(ConfigError, match=f"{key}: expected true or false, got 2"):
         load_suite(path)
 
 
