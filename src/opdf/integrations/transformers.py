@@ -153,12 +153,7 @@ class OpdfTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         _check_arguments(model, kwargs, teacher, scheme, align_weight, lr_scaling)
-        if (
-            teacher is None
-            and not isinstance(distiller, Distiller)
-            and (distiller != "kd" or method_options is not None)
-        ):
-            raise OpdfError(f"distiller={distiller!r} and method_options need a teacher=")
+        _check_distiller_has_teacher(distiller, method_options, teacher)
         _prepare_student(model, scheme=scheme, unit_modes=unit_modes, targets=targets,
                          shapes=shapes, freeze_central=freeze_central)  # fmt: skip
         options = _kd_options(distiller, method_options, kd_alpha, kd_temperature)
@@ -468,6 +463,16 @@ def _check_arguments(model, kwargs: dict, teacher, scheme: str, align_weight: fl
             "the model has no parameter that requires grad (a copy of a frozen teacher?); "
             "call model.requires_grad_(True) before building the OpdfTrainer"
         )
+
+
+def _check_distiller_has_teacher(distiller, method_options, teacher) -> None:
+    """A method named or configured without a teacher to distil from is refused."""
+    if (
+        teacher is None
+        and not isinstance(distiller, Distiller)
+        and (distiller != "kd" or method_options is not None)
+    ):
+        raise OpdfError(f"distiller={distiller!r} and method_options need a teacher=")
 
 
 def _prepare_student(model: nn.Module, **overparam: Any) -> None:
