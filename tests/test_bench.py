@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -464,6 +465,30 @@ def test_keep_keys_are_suite_keys(tmp_path, key, default):
     path.write_text(path.read_text().replace(f"{key}: {str(not default).lower()}", f"{key}: 2"))
     with pytest.raises(ConfigError, match=f"{key}: expected true or false, got 2"):
         load_suite(path)
+
+
+def test_the_disk_warning_says_when_the_students_left_will_not_fit():
+    mb70 = 70_000_000
+    assert bench.disk_warning(mb70, 100, 50e9) is None  # 7 GB of 50 free
+    line = bench.disk_warning(mb70, 100, 8e9)  # 7 GB of 8 free: too close
+    assert line and "70 MB" in line and "~7.0 GB" in line and "8.0 GB is free" in line
+    assert "keep_students: false" in line
+    assert bench.disk_warning(mb70, 0, 1e6) is None  # nothing left to run
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_suite_that_keeps_students_warns_once_before_the_disk_fills(tmp_path, monkeypatch,
+                                                                       keep):  # fmt: skip
+    suite = load_suite(_tiny_suite(tmp_path))
+    out = tmp_path / "out"
+    planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
+    monkeypatch.setattr(bench.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(9, 8, 1))
+    lines: list[str] = []
+    bench.run_cells(planned, out, jobs=1, total=2, done_before=0, say=lines.append,
+                    command=_writes_summary_and_checkpoint, keep_students=keep)  # fmt: skip
+    warned = [x for x in lines if "keeps its merged student/" in x]
+    # the first finished cell's 1-byte student, one cell left, 1 byte free: warned, once
+    assert len(warned) == (0 if not keep else 1), lines
 
 
 def test_a_full_disk_starts_no_new_cell(tmp_path):

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -448,6 +449,7 @@ class _Pool:
         # label -> seconds of the cells run whole here; resumed cells' (shorter) in the second
         self.took: dict[str, list[float]] = {}
         self.took_resumed: dict[str, list[float]] = {}
+        self.disk_checked = False  # after the first finished cell that keeps its student
 
     def write_state(self) -> None:
         _write_state(self.out, [q.cell.id for q, *_ in self.running.values()])
@@ -495,12 +497,24 @@ class _Pool:
                 _drop_checkpoints(p.folder)
             if not keep_students:
                 _drop_checkpoints(p.folder, "student")
+            elif not self.disk_checked:
+                self.check_disk(p.folder / "student")
             return p, True, ""
         self.results[p.cell.id] = code or 1
         last = _last_line(p.log)
         self.say(f"[{self.done}/{self.total}] FAILED {p.cell.id} (exit {code}, {secs:.0f} s): "
                  f"{last}; log: {p.log}")  # fmt: skip
         return p, False, last
+
+    def check_disk(self, student: Path) -> None:
+        """Once, after the first finished cell that keeps its student: will the rest fit?"""
+        self.disk_checked = True
+        if not student.is_dir():
+            return
+        left = len(self.queue) + len(self.running)
+        line = disk_warning(_folder_bytes(student), left, shutil.disk_usage(self.out).free)
+        if line:
+            self.say(line)
 
     def stop(self, grace_seconds: float) -> None:
         """Ctrl-C to every running cell, then terminate / kill what outlives the grace; the
@@ -562,6 +576,29 @@ def format_duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"~{seconds / 60:.0f} min"
     return f"~{seconds / 3600:.1f} h"
+
+
+def disk_warning(kept_bytes: int, cells_left: int, free_bytes: int) -> str | None:
+    """A line when the merged students the cells left will keep need about the free disk or
+    more: the suite would stop half way on a full disk (each cell's checkpoints need room too)."""
+    need = kept_bytes * cells_left
+    if cells_left <= 0 or kept_bytes <= 0 or need < 0.8 * free_bytes:
+        return None
+    return (f"warning: each finished cell keeps its merged student/ ({format_bytes(kept_bytes)}): "
+            f"the {cells_left} cell(s) left need ~{format_bytes(need)}, and "
+            f"{format_bytes(free_bytes)} is free. Set keep_students: false in the suite (no "
+            "report needs the students), or free space before the disk fills")  # fmt: skip
+
+
+def format_bytes(n: float) -> str:
+    """``70 MB``, ``7.5 GB``: sizes as a disk warning needs them."""
+    if n < 1e9:
+        return f"{n / 1e6:.0f} MB"
+    return f"{n / 1e9:.1f} GB"
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def _drop_checkpoints(folder: Path, under: str = "checkpoints") -> None:
