@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from opdf.bench import launch
 from opdf.bench import run as bench
 from opdf.bench.launch import copy_suite_file
 from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, format_value, load_suite
@@ -465,6 +467,14 @@ def test_keep_keys_are_suite_keys(tmp_path, key, default):
     path.write_text(path.read_text().replace(f"{key}: {str(not default).lower()}", f"{key}: 2"))
     with pytest.raises(ConfigError, match=f"{key}: expected true or false, got 2"):
         load_suite(path)
+
+
+@pytest.mark.parametrize("word", ["lr='2.5e-5'", "plain", "a b", "it's $HOME", 'say "hi"', ""])
+def test_the_next_command_quotes_words_as_a_person_would_and_the_shell_reads_them_back(word):
+    quoted = launch.shell_word(word)
+    assert shlex.split(quoted) == [word]
+    if word == "lr='2.5e-5'":
+        assert quoted == "\"lr='2.5e-5'\""
 
 
 def test_the_disk_warning_says_when_the_students_left_will_not_fit():

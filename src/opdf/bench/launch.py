@@ -78,8 +78,18 @@ def plan_lines(planned: Sequence[Planned]) -> list[str]:
     lines.append(tally(planned))
     pending = [p for p in planned if p.pending]
     if pending:
-        lines.append("next: " + shlex.join(["python", *cell_command(pending[0])[1:]]))
+        words = ["python", *cell_command(pending[0])[1:]]
+        lines.append("next: " + " ".join(map(shell_word, words)))
     return lines
+
+
+def shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell as a person would: ``"lr='2.5e-5'"``, not
+    ``'lr='"'"'2.5e-5'"'"''`` (shlex's form, also correct, for words double quotes cannot hold)."""
+    quoted = shlex.quote(word)
+    if quoted != word and "'" in word and not any(c in word for c in '"$`\\!'):
+        return f'"{word}"'
+    return quoted
 
 
 def refuse_active(planned: Sequence[Planned], force: bool) -> None:
