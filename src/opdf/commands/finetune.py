@@ -11,7 +11,9 @@ HELP = """\
 Fine-tune the config's teacher (teacher.model) on its task (data) with teacher.finetune settings.
 The result is cached under $OPDF_CACHE (default ~/.cache/opdf)/teachers/<model>-<hash>, the hash
 covering the model, the data selection and the fine-tuning settings; later calls (and
-`opdf distill`) reuse it. Prints the folder and the teacher's dev/test metrics. An image teacher
+`opdf distill`) reuse it. Prints the model's folder, <...>/teachers/<model>-<hash>/student
+(the trainer names every model it saves student/; pass it as teacher.model with
+teacher.finetune: null to use it elsewhere), and the teacher's dev/test metrics. An image teacher
 (a vision architecture such as resnet20) is trained from scratch the same way."""
 
 
