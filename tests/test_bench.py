@@ -477,6 +477,13 @@ def test_the_next_command_quotes_words_as_a_person_would_and_the_shell_reads_the
         assert quoted == "\"lr='2.5e-5'\""
 
 
+def test_a_resumed_cells_seconds_count_as_its_whole_run():
+    assert bench.whole_run_seconds(100.0, {"steps": 600, "resumed_from_step": 300}) == 200.0
+    assert bench.whole_run_seconds(100.0, {"steps": 600, "resumed_from_step": 590}) == 400.0
+    assert bench.whole_run_seconds(100.0, {"steps": 600, "resumed_from_step": None}) == 100.0
+    assert bench.whole_run_seconds(100.0, {}) == 100.0  # an older summary: as measured
+
+
 def test_the_disk_warning_says_when_the_students_left_will_not_fit():
     mb70 = 70_000_000
     assert bench.disk_warning(mb70, 100, 50e9) is None  # 7 GB of 50 free

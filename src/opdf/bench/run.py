@@ -485,8 +485,10 @@ class _Pool:
             test = (s.get("test") or {}).get(main)
             score = (f" dev {100 * dev:.2f} test {100 * test:.2f}"
                      if dev is not None and test is not None else "")  # fmt: skip
-            whole = p.status != RESUME
-            (self.took if whole else self.took_resumed).setdefault(p.cell.label, []).append(secs)
+            if p.status != RESUME:
+                self.took.setdefault(p.cell.label, []).append(secs)
+            else:
+                self.took_resumed.setdefault(p.cell.label, []).append(whole_run_seconds(secs, s))
             now = time.time()
             left = time_left(self.took or self.took_resumed, [q.cell.label for q in self.queue],
                              [(q.cell.label, now - t) for q, t, _ in self.running.values()],
@@ -567,6 +569,17 @@ def time_left(
     if work <= 0:
         return None
     return max(work / max(1, min(jobs, len(each))), max(each))
+
+
+def whole_run_seconds(secs: float, summary: dict) -> float:
+    """A resumed cell's seconds scaled to its whole run by the steps it ran now (its summary's
+    ``resumed_from_step`` of ``steps``): the time of the part alone would put the first ETA of
+    a resumed suite hours short. The scale is capped at 4x (a resume near the end is mostly the
+    start and the final evaluations, which do not scale)."""
+    steps, start = summary.get("steps"), summary.get("resumed_from_step")
+    if not isinstance(steps, int) or not isinstance(start, int) or not 0 <= start < steps:
+        return secs
+    return secs * min(4.0, steps / (steps - start))
 
 
 def format_duration(seconds: float) -> str:
