@@ -496,9 +496,9 @@ class _Pool:
             eta = f"; {format_duration(left)} left" if left else ""
             self.say(f"[{self.done}/{self.total}] done {p.cell.id}{score} ({secs:.0f} s{eta})")
             if not keep_checkpoints:
-                _drop_checkpoints(p.folder)
+                _drop_owned(p.folder, "checkpoints")
             if not keep_students:
-                _drop_checkpoints(p.folder, "student")
+                _drop_owned(p.folder, "student")
             elif not self.disk_checked:
                 self.check_disk(p.folder / "student")
             return p, True, ""
@@ -614,8 +614,8 @@ def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def _drop_checkpoints(folder: Path, under: str = "checkpoints") -> None:
-    """A finished cell's ``checkpoints/`` (or its ``student/``): only the files its run wrote
+def _drop_owned(folder: Path, under: str) -> None:
+    """A finished cell's ``checkpoints/`` or ``student/``: only the files its run wrote
     (opdf.run.owner)."""
     with contextlib.suppress(owner.NotOwnedError):
         owner.remove_owned(folder, under, check=False, what="bench cell")
