@@ -284,6 +284,30 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
     assert main(["bench", str(path), "--out", str(out), "--dry-run", "--only", "nope*"]) == 2
 
 
+def test_a_suite_run_at_another_jobs_warns_that_thread_counts_would_mix(
+    tmp_path, capsys, monkeypatch
+):
+    """A suite that does not set ``threads`` gives each cell cores // jobs: a finished cell
+    that ran with 2 threads and new cells planned with 1 (--jobs 2 on 2 cores) are named in
+    one warning; the same --jobs as before says nothing."""
+    path = _tiny_suite(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    del data["set"]["threads"]
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    done = out / "base__lr=1e-3__seed=1"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "threads": 2}))
+    monkeypatch.setattr(bench, "cores", lambda: 2)
+
+    assert main(["bench", str(path), "--out", str(out), "--dry-run", "--jobs", "1"]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert main(["bench", str(path), "--out", str(out), "--dry-run", "--jobs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "finished cells ran with 2 thread(s), the cells to start will run with 1" in text
+    assert "set `threads: 2` in the suite" in text
+
+
 def test_excluded_cells_are_not_part_of_the_suite(tmp_path, capsys):
     """A sparse grid: the cells ``exclude`` names are neither listed, run, nor counted, and the
     rest keep their ids and run order."""

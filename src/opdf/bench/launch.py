@@ -22,6 +22,7 @@ from opdf.bench.run import (
     prepare_teachers,
     run_cells,
     suite_lock,
+    threads_of,
 )
 from opdf.bench.suite import (
     BLOCKED,
@@ -121,6 +122,27 @@ def settle_stale(planned: Sequence[Planned], rerun: bool, say: Say) -> None:
             if link.is_symlink():
                 link.unlink()
         p.status = NEW
+
+
+def thread_mix_warning(planned: Sequence[Planned]) -> str | None:
+    """A warning when the cells still to start would run with another thread count than the
+    finished ones: kernels split their sums by thread, so the same cell differs in the last bits
+    across counts, and a suite run partly at ``--jobs 1`` and partly at ``--jobs 2`` (each cell
+    gets ``cores // jobs`` unless the suite sets ``threads``) mixes them silently. A resumed
+    cell keeps its own count and is not counted here."""
+    ran = sorted({p.ran_threads for p in planned
+                  if p.status in (DONE, REUSED, STALE) and p.ran_threads is not None})  # fmt: skip
+    new = sorted({t for p in planned if p.status == NEW
+                  for t in [threads_of(p.overrides)] if t is not None})  # fmt: skip
+    if not ran or not new or len(set(ran) | set(new)) == 1:
+        return None
+    return (
+        f"warning: finished cells ran with {' or '.join(map(str, ran))} thread(s), the cells "
+        f"to start will run with {' or '.join(map(str, new))}; results then differ in the "
+        "last bits by thread count. "
+        f"Run with the --jobs that gives {ran[0]} (cores // jobs), or set `threads: "
+        f"{ran[0]}` in the suite"
+    )
 
 
 def copy_suite_file(suite_file: str | Path, out: Path, *, tiny: bool) -> None:

@@ -77,6 +77,7 @@ class Planned:
     holder: dict | None = None
     test: float | None = None
     dev: float | None = None
+    ran_threads: int | None = None  # a finished cell's thread count, from its summary
 
     @property
     def pending(self) -> bool:
@@ -205,6 +206,8 @@ def plan(
             main = s.get("main_metric", "accuracy")
             p.test = (s.get("test") or {}).get(main)
             p.dev = (s.get("dev") or {}).get(main)
+            t = s.get("threads")
+            p.ran_threads = t if isinstance(t, int) and not isinstance(t, bool) else None
         planned.append(p)
     return planned
 
@@ -286,7 +289,8 @@ def child_env(threads: int | None) -> dict[str, str]:
     return env
 
 
-def _threads_of(overrides: Sequence[str]) -> int | None:
+def threads_of(overrides: Sequence[str]) -> int | None:
+    """The ``threads=N`` a cell's overrides set (the last one wins); None where none does."""
     for o in reversed(overrides):
         if o.startswith("threads="):
             try:
@@ -375,7 +379,7 @@ def prepare_teachers(planned: Sequence[Planned], out: Path, say: Callable[[str],
                "--no-progress"]  # fmt: skip
         with open(log, "w") as fh:
             code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                   env=child_env(_threads_of(p.overrides)))  # fmt: skip
+                                   env=child_env(threads_of(p.overrides)))  # fmt: skip
         if code != 0:
             raise OpdfError(f"fine-tuning the teacher failed (exit {code}): {_last_line(log)}; "
                             f"log: {log}")  # fmt: skip
@@ -461,7 +465,7 @@ class _Pool:
         fh.write(f"# opdf bench: {' '.join(cmd)}\n")
         fh.flush()
         proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env(_threads_of(p.overrides)),
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env(threads_of(p.overrides)),
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )  # fmt: skip
         self.running[proc] = (p, time.time(), fh)

@@ -89,10 +89,13 @@ def run(args) -> int:
     thread_note = (f"threads {threads} per cell (cores // jobs)" if threads is not None
                    else "threads as the suite sets them")  # fmt: skip
     header = f"suite {suite.name}: {len(planned)} cells in {out}; jobs {args.jobs}, {thread_note}"
+    mix = launch.thread_mix_warning(planned)
     if args.dry_run:
-        for line in [header, *launch.plan_lines(planned)]:
+        for line in [header, *launch.plan_lines(planned), *filter(None, [mix])]:
             _say(line)
         return 0
+    if mix:
+        _say(mix)
     launch.refuse_active(planned, args.force)
     launch.settle_stale(planned, args.rerun_stale, _say)
     try:
