@@ -66,7 +66,12 @@ def parse_source(text: str) -> tuple[str, Path, str | None]:
 def rows_of(label: str, folder: Path, config: str | None, baseline: str,
             left_out: list[str]) -> list[Row]:  # fmt: skip
     """The start row (where the plain student's start is tuned) and one row per variant; a
-    variant with fewer than 2 seeds shared with the plain student is named in ``left_out``."""
+    variant with fewer than 2 seeds shared with the plain student is named in ``left_out``.
+
+    Each choice is made on the seeds on which every setting of its variant ran (in a full grid
+    all of them; in a suite that replicates only the chosen settings beyond its first seed, that
+    seed), as ``opdf report`` makes it; each comparison is paired over every seed on which both
+    chosen settings ran."""
     cells = load(folder, config)
     if baseline not in cells:
         raise SystemExit(f"no variant {baseline!r} in {folder}/cells.csv (has: "
@@ -80,20 +85,32 @@ def rows_of(label: str, folder: Path, config: str | None, baseline: str,
     inits = {k[0] for k in base}
     if "bottom" in inits and len(inits) > 1 and b_key[0] != "bottom":
         bottom = choose(base, seeds, "bottom")
-        out.append(Row(label, baseline, b_key, bottom, seeds, [base[b_key][s][1] for s in seeds],
-                       [base[bottom][s][1] for s in seeds], start=True))  # fmt: skip
+        out.append(_row(label, baseline, b_key, bottom, base[b_key], base[bottom], left_out,
+                        start=True))  # fmt: skip
     for variant in suite_order(folder, cells):
         settings = cells[variant]
-        vs = [s for s in complete_seeds(settings) if s in seeds]
+        chosen_on = complete_seeds(settings)
         if variant == baseline:
             continue
-        if len(vs) < 2:
-            left_out.append(f"{label} {variant} ({len(vs)} seed(s) shared with the plain student)")
+        if not chosen_on:
+            left_out.append(f"{label} {variant} (no seed has all its cells)")
             continue
-        k = choose(settings, vs)
-        out.append(Row(label, variant, k, b_key, vs, [settings[k][s][1] for s in vs],
-                       [base[b_key][s][1] for s in vs]))  # fmt: skip
-    return out
+        k = choose(settings, chosen_on)
+        out.append(_row(label, variant, k, b_key, settings[k], base[b_key], left_out))
+    return [r for r in out if r is not None]
+
+
+def _row(label: str, variant: str, key: tuple[str, str], base_key: tuple[str, str], runs: dict,
+         base_runs: dict, left_out: list[str], start: bool = False) -> Row | None:  # fmt: skip
+    """``variant`` at ``key`` against the plain student at ``base_key``, paired over the seeds
+    both ran; None (named in ``left_out``) with fewer than 2."""
+    seeds = sorted(set(runs) & set(base_runs))
+    if len(seeds) < 2:
+        what = "the start" if start else variant
+        left_out.append(f"{label} {what} ({len(seeds)} seed(s) shared with the plain student)")
+        return None
+    return Row(label, variant, key, base_key, seeds, [runs[s][1] for s in seeds],
+               [base_runs[s][1] for s in seeds], start=start)  # fmt: skip
 
 
 def suite_order(folder: Path, cells: dict) -> list[str]:
@@ -176,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         "# OPDF against the strongest plain student, every setting",
         "",
         f"`python benchmarks/tuned_base.py {command}`. Each student at the (student.init and) lr "
-        "its suite chose on dev; test accuracy (%) mean ± std over the seeds shared with the "
-        "plain student, the paired difference against it, a 95% bootstrap CI, the paired t-test "
-        "and Holm's adjustment over all settings, within each family (the variants' rows; the "
-        "start's rows). Variant names are the suites' own (each folder's suite.yaml gives their "
+        "its suite chose on dev (mean dev over the seeds on which all of its settings ran); test "
+        "accuracy (%) mean ± std over the seeds on which it and the chosen plain student ran, "
+        "the paired difference against it, a 95% bootstrap CI, the paired t-test and Holm's "
+        "adjustment over all settings, within each family (the variants' rows; the start's "
+        "rows). Variant names are the suites' own (each folder's suite.yaml gives their "
         "settings).",
         "",
         table(rows),
