@@ -28,6 +28,13 @@ def temporaries(run: Path) -> list[Path]:
     return sorted((run / "checkpoints").glob(".*.tmp")) if (run / "checkpoints").is_dir() else []
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child: SIGINT back to its default, so that Python turns it into KeyboardInterrupt.
+    A suite started in the background (`nohup make test &`) inherits SIGINT ignored, and a
+    process that starts with SIGINT ignored rightly keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_wait_for_a_write(run: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OPDF_TEST_WRITE_DELAY": "2",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
@@ -35,6 +42,7 @@ def start_and_wait_for_a_write(run: Path) -> subprocess.Popen:
         [sys.executable, "-m", "opdf", "distill", SMOKE, *ARGS, f"output_dir={run}",
          "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_ctrl_c_as_at_a_terminal,
     )  # fmt: skip
     deadline = time.time() + 240
     while not temporaries(run):

@@ -67,13 +67,19 @@ def test_text_and_json_and_before_rename(tmp_path):
 
 def test_a_ctrl_c_inside_a_write_waits_until_the_file_is_whole(tmp_path):
     path = tmp_path / "f"
+    # as at a terminal: a suite started in the background (`nohup make test &`) inherits SIGINT
+    # ignored, and then the write rightly ignores it too
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def write(f):
         os.kill(os.getpid(), signal.SIGINT)  # arrives mid-write
         f.write(b"whole")
 
-    with pytest.raises(KeyboardInterrupt):
-        storage.atomic_write_bytes(path, write)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            storage.atomic_write_bytes(path, write)
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert path.read_bytes() == b"whole"
 
 
