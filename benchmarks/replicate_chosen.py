@@ -36,7 +36,8 @@ def kept_settings(cells: dict, baseline: str) -> dict[str, set[tuple[str, str]]]
 
 
 def seed_pattern(seeds: list[int]) -> str:
-    """``[23]`` for single-digit seeds (one pattern covers them); else one seed per pattern."""
+    """``[23]``: one character class covers single-digit seeds; seeds above 9 are refused (a
+    class cannot hold them: write their patterns by hand)."""
     if all(0 <= s <= 9 for s in seeds):
         return f"[{''.join(map(str, seeds))}]" if len(seeds) > 1 else str(seeds[0])
     raise SystemExit("seeds above 9: write one pattern per seed")
