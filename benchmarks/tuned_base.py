@@ -88,10 +88,10 @@ def rows_of(label: str, folder: Path, config: str | None, baseline: str,
         out.append(_row(label, baseline, b_key, bottom, base[b_key], base[bottom], left_out,
                         start=True))  # fmt: skip
     for variant in suite_order(folder, cells):
-        settings = cells[variant]
-        chosen_on = complete_seeds(settings)
         if variant == baseline:
             continue
+        settings = cells[variant]
+        chosen_on = complete_seeds(settings)
         if not chosen_on:
             left_out.append(f"{label} {variant} (no seed has all its cells)")
             continue
