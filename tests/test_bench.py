@@ -16,6 +16,7 @@ import yaml
 from opdf.bench import launch
 from opdf.bench import run as bench
 from opdf.bench.launch import copy_suite_file
+from opdf.bench.restore import restore_cells
 from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, format_value, load_suite
 from opdf.cli import main
 from opdf.errors import ConfigError, OpdfError
@@ -582,3 +583,71 @@ def test_a_users_suite_yaml_in_the_results_folder_is_never_replaced(tmp_path):
     copy_suite_file(suite_file, out, tiny=True)  # its own copies (tiny or not) are refreshed
     copy_suite_file(suite_file, out, tiny=False)
     assert (out / "suite.yaml").read_text().endswith("name: mine\n")
+
+
+def _export_finished(cell, export: Path, accuracy: float) -> None:
+    """``cell`` as `opdf report --export` leaves it: its small files and its log."""
+    folder = cell.folder(export)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(dump_config(_config_of(cell, export)))
+    (folder / "metrics.jsonl").write_text('{"step": 8}\n')
+    (folder / "summary.json").write_text(
+        json.dumps({"main_metric": "accuracy", "test": {"accuracy": accuracy}, "threads": 1})
+    )
+    cell.log(export).write_text(f"log of {cell.id}\n")
+
+
+def test_restore_resumes_a_suite_on_a_fresh_machine_from_its_export(tmp_path, capsys):
+    path = _tiny_suite(tmp_path)
+    suite = load_suite(path)
+    base, opdf = suite.cells()
+    export = tmp_path / "results" / "tiny"  # `--export results` writes results/tiny
+    for cell, acc in ((base, 0.7), (opdf, 0.8)):
+        _export_finished(cell, export, acc)
+    out = tmp_path / "fresh"
+    assert (
+        main(["bench", str(path), "--out", str(out), "--restore", str(tmp_path / "results")]) == 0
+    )
+    text = capsys.readouterr().out
+    assert f"restored 2 finished cells from {export}" in text
+    assert "done 2, reused 0, to resume 0, to run 0" in text and "start" not in text
+    assert json.loads((opdf.folder(out) / "summary.json").read_text())["test"]["accuracy"] == 0.8
+    assert (opdf.folder(out) / "metrics.jsonl").is_file() and "log of" in opdf.log(out).read_text()
+    # again: nothing is copied over what is already here
+    assert main(["bench", str(path), "--out", str(out), "--restore", str(export)]) == 0
+    assert "restored 0 finished cells" in capsys.readouterr().out
+    assert "2 already finished here" in restore_cells(suite.cells(), export, out).line(export)
+
+
+def test_restore_leaves_a_started_run_alone_and_counts_what_the_export_lacks(tmp_path):
+    suite = load_suite(_tiny_suite(tmp_path))
+    base, opdf = suite.cells()
+    export, out = tmp_path / "export", tmp_path / "out"
+    _export_finished(base, export, 0.7)
+    _export_finished(opdf, export, 0.8)
+    (opdf.folder(export) / "summary.json").unlink()  # an export without it is not finished
+    started = base.folder(out) / "checkpoints"
+    started.mkdir(parents=True)
+    (started / "last.pt").write_bytes(b"work the export lacks")
+    done = restore_cells(suite.cells(), export, out)
+    assert (done.copied, done.busy, done.missing) == ([], [base.id], 1)
+    assert not (base.folder(out) / "summary.json").exists()
+    assert f"1 left to the run started here ({base.id})" in done.line(export)
+    assert "1 not in the export" in done.line(export)
+    with pytest.raises(OpdfError, match="not a folder"):
+        restore_cells(suite.cells(), tmp_path / "nowhere", out)
+    with pytest.raises(OpdfError, match="the results folder itself"):
+        restore_cells(suite.cells(), out, out)
+
+
+def test_a_restored_cell_with_another_config_is_stale(tmp_path):
+    suite = load_suite(_tiny_suite(tmp_path))
+    base, _ = suite.cells()
+    export, out = tmp_path / "export", tmp_path / "out"
+    _export_finished(base, export, 0.7)
+    cfg = load_config(base.config, [*base.overrides, "lr=0.5"])
+    (base.folder(export) / "config.yaml").write_text(dump_config(cfg))
+    restore_cells([base], export, out)
+    assert [(p.status, p.stale_keys) for p in bench.plan(suite, [base], out, threads=None)] == [
+        ("stale", ["lr"])
+    ]

@@ -107,6 +107,9 @@ def override_text(key: str, value: Any) -> str:
     return f"{key}={dumped}"
 
 
+#: a finished cell's small files: what an export copies and a restore brings back (never weights)
+CELL_FILES = ("config.yaml", "summary.json", "metrics.jsonl")
+
 #: the first line of ``opdf bench``'s copy of a suite file in the results folder
 COPY_HEADER = "# copied by opdf bench from "
 #: the first line ``opdf bench --tiny`` writes into the results folder's copy of the suite file
@@ -485,3 +488,10 @@ def last_activity(cell: Cell, out: str | Path) -> float | None:
         if ck.is_dir():
             times += [q.stat().st_mtime for q in ck.iterdir()]
     return max(times) if times else None
+
+
+def export_dir(base: str | Path, suite: Suite) -> Path:
+    """``opdf report --export DIR`` and ``opdf bench --restore DIR``: the suite's folder is
+    ``DIR/<suite name>``, or DIR itself when it already ends with the suite's name."""
+    base = Path(base)
+    return base if base.name == suite.name else base / suite.name

@@ -6,7 +6,8 @@ import argparse
 import fnmatch
 from pathlib import Path
 
-from opdf.bench.suite import load_suite
+from opdf.bench.restore import restore_cells
+from opdf.bench.suite import export_dir, load_suite
 from opdf.errors import OpdfError
 
 HELP = """\
@@ -26,6 +27,7 @@ examples:
   opdf bench benchmarks/suites/rt-polarity-kd.yaml --jobs 2
   opdf bench benchmarks/suites/rt-polarity-kd.yaml --only 'opdf__*seed=1'
   opdf bench benchmarks/suites/gpu-mpnet.yaml --tiny             # seconds on a CPU
+  opdf bench benchmarks/suites/imdb-short-init.yaml --restore benchmarks/results  # fresh machine
   opdf report benchmarks/suites/rt-polarity-kd.yaml              # tables of the results"""
 
 
@@ -52,6 +54,13 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--only", nargs="+", metavar="PATTERN",
                    help="only cells whose id matches one of these shell patterns")  # fmt: skip
+    p.add_argument(
+        "--restore",
+        metavar="EXPORT",
+        help="first copy the finished cells of an `opdf report --export` folder (e.g. "
+        "benchmarks/results, or benchmarks/results/<name>) into the results folder, so that a "
+        "suite resumes on a fresh machine from its committed export; cells already here are kept",
+    )
     p.add_argument(
         "--rerun-stale",
         action="store_true",
@@ -83,6 +92,12 @@ def run(args) -> int:
         if not cells:
             raise OpdfError(f"--only {' '.join(args.only)}: no cell of {suite.name} matches")
     out = Path(args.out) if args.out else suite.default_out(args.tiny)
+    if args.restore:
+        source = export_dir(args.restore, suite)
+        if args.dry_run:
+            _say(f"--restore {source}: not applied in a dry run")
+        else:
+            _say(restore_cells(cells, source, out).line(source))
     threads = None if suite.sets_threads(args.tiny) else max(1, bench.cores() // args.jobs)
     planned = bench.plan(suite, cells, out, threads=threads,
                          previous_running=bench.read_state(out).get("running", []))  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from opdf.bench.suite import TINY_HEADER, Suite, load_suite
+from opdf.bench.suite import CELL_FILES, TINY_HEADER, Suite, export_dir, load_suite
 from opdf.errors import OpdfError
 from opdf.report.document import SuiteReport
 from opdf.report.plots import write_plots
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: what an export copies of each cell (never weights)
-SMALL_FILES = ("config.yaml", "summary.json", "metrics.jsonl")
+SMALL_FILES = CELL_FILES
 
 
 def build_report(suite: Suite, out: Path) -> SuiteReport:
@@ -111,10 +111,3 @@ def export(report: SuiteReport, dest: Path) -> Path:
         (dest / name).write_text(text)
     write_plots(report, dest)
     return dest
-
-
-def export_dir(base: str | Path, suite: Suite) -> Path:
-    """``--export DIR``: results go to ``DIR/<suite name>`` (or DIR itself when it already ends
-    with the suite's name)."""
-    base = Path(base)
-    return base if base.name == suite.name else base / suite.name
