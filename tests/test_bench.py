@@ -605,9 +605,11 @@ def test_restore_resumes_a_suite_on_a_fresh_machine_from_its_export(tmp_path, ca
     for cell, acc in ((base, 0.7), (opdf, 0.8)):
         _export_finished(cell, export, acc)
     out = tmp_path / "fresh"
-    assert (
-        main(["bench", str(path), "--out", str(out), "--restore", str(tmp_path / "results")]) == 0
-    )
+    restore = ["--out", str(out), "--restore", str(tmp_path / "results")]
+    assert main(["bench", str(path), *restore, "--dry-run"]) == 0
+    assert f"would restore 2 finished cells from {export}" in capsys.readouterr().out
+    assert not out.exists()  # a dry run writes nothing
+    assert main(["bench", str(path), *restore]) == 0
     text = capsys.readouterr().out
     assert f"restored 2 finished cells from {export}" in text
     assert "done 2, reused 0, to resume 0, to run 0" in text and "start" not in text

@@ -26,8 +26,9 @@ class Restored:
     busy: list[str] = field(default_factory=list)  # a started run's folder: never overwritten
     missing: int = 0
 
-    def line(self, source: Path) -> str:
-        parts = [f"restored {len(self.copied)} finished cells from {source}"]
+    def line(self, source: Path, *, dry_run: bool = False) -> str:
+        verb = "would restore" if dry_run else "restored"
+        parts = [f"{verb} {len(self.copied)} finished cells from {source}"]
         if self.present:
             parts.append(f"{len(self.present)} already finished here")
         if self.busy:
@@ -39,10 +40,13 @@ class Restored:
         return "; ".join(parts)
 
 
-def restore_cells(cells: Sequence[Cell], source: Path, out: Path) -> Restored:
+def restore_cells(
+    cells: Sequence[Cell], source: Path, out: Path, *, dry_run: bool = False
+) -> Restored:
     """Copy each of ``cells`` that ``source`` holds finished (a ``summary.json`` and a
     ``config.yaml``) into ``out``, with its log. A cell already finished in ``out`` is kept, and
-    so is a folder a run has started there (its checkpoints are work the export lacks)."""
+    so is a folder a run has started there (its checkpoints are work the export lacks).
+    ``dry_run`` counts the same and copies nothing."""
     source = Path(source)
     if not source.is_dir():
         raise OpdfError(f"--restore {source}: not a folder (give an `opdf report --export` folder)")
@@ -61,6 +65,9 @@ def restore_cells(cells: Sequence[Cell], source: Path, out: Path) -> Restored:
         if dest.exists() and any(dest.iterdir()):
             done.busy.append(cell.id)
             continue
+        done.copied.append(cell.id)
+        if dry_run:
+            continue
         dest.mkdir(parents=True, exist_ok=True)
         log = cell.log(source)
         if log.is_file() and not cell.log(out).exists():
@@ -69,5 +76,4 @@ def restore_cells(cells: Sequence[Cell], source: Path, out: Path) -> Restored:
         for name in sorted(CELL_FILES, key=lambda n: n == "summary.json"):
             if (src / name).is_file():
                 shutil.copy2(src / name, dest / name)
-        done.copied.append(cell.id)
     return done

@@ -94,10 +94,8 @@ def run(args) -> int:
     out = Path(args.out) if args.out else suite.default_out(args.tiny)
     if args.restore:
         source = export_dir(args.restore, suite)
-        if args.dry_run:
-            _say(f"--restore {source}: not applied in a dry run")
-        else:
-            _say(restore_cells(cells, source, out).line(source))
+        restored = restore_cells(cells, source, out, dry_run=args.dry_run)
+        _say(restored.line(source, dry_run=args.dry_run))
     threads = None if suite.sets_threads(args.tiny) else max(1, bench.cores() // args.jobs)
     planned = bench.plan(suite, cells, out, threads=threads,
                          previous_running=bench.read_state(out).get("running", []))  # fmt: skip
