@@ -612,3 +612,30 @@ def test_a_reader_that_closes_the_pipe_ends_the_report_quietly(tmp_path):
     proc.stdout.close()  # `| head -0`: nobody reads
     err = proc.stderr.read().decode()
     assert proc.wait() in (0, 141) and err == "", err
+
+
+def test_a_teacher_fine_tuned_twice_into_other_weights_is_named_in_the_report(tmp_path):
+    """A suite resumed on another machine re-fine-tunes its teacher; if the weights came out
+    different, the report says so (cells without a digest, run before it was recorded, and
+    cells of another teacher do not count)."""
+    folder = make_suite(tmp_path / "s")
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    assert "loaded" not in report.markdown()
+    cells = sorted(p for p in folder.iterdir() if (p / "summary.json").is_file())
+    for cell in cells:
+        s = json.loads((cell / "summary.json").read_text())
+        s["teacher"] = "/cache/teachers/minilm-l6-abc/student"
+        s["teacher_digest"] = "1111aaaa2222bbbb"
+        (cell / "summary.json").write_text(json.dumps(s))
+    report = build_report(load_suite(folder / "suite.yaml"), folder)
+    assert "loaded" not in report.markdown()  # one teacher, one set of weights
+    for cell, digest in ((cells[0], "ffff0000ffff0000"), (cells[1], None)):
+        s = json.loads((cell / "summary.json").read_text())
+        s["teacher_digest"] = digest
+        (cell / "summary.json").write_text(json.dumps(s))
+    text = build_report(load_suite(folder / "suite.yaml"), folder).markdown()
+    n = len(cells) - 2
+    assert (
+        "Note: the cells of teacher `/cache/teachers/minilm-l6-abc/student` loaded 2 different "
+        f"sets of weights (1111aaaa2222bbbb in {n} cells, ffff0000ffff0000 in 1 cells)" in text
+    )

@@ -4,6 +4,7 @@ trains bitwise as one that computes them."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,9 @@ def test_a_run_reading_its_teacher_from_the_cache_trains_bitwise_as_one_computin
     warm = run("warm", "teacher.cache_outputs=true")
     other_seed = run("seed", "teacher.cache_outputs=true", "seed=7")
     assert plain["teacher_cache"] is None
+    # the teacher's content digest: one fine-tuned teacher, whatever the run's seed or cache
+    assert re.fullmatch(r"[0-9a-f]{16}", plain["teacher_digest"])
+    assert {s["teacher_digest"] for s in (cold, warm, other_seed)} == {plain["teacher_digest"]}
     assert cold["teacher_cache"]["misses"] == 6 and cold["teacher_cache"]["hits"] == 0
     assert warm["teacher_cache"] == {**cold["teacher_cache"], "hits": 6, "misses": 0}
     assert other_seed["teacher_cache"]["misses"] == 6  # another data order: other batches

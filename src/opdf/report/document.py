@@ -9,7 +9,7 @@ from pathlib import Path
 
 from opdf.bench.suite import Suite, format_value
 from opdf.report.render import csv_records, markdown_table
-from opdf.report.results import CellResult, Group, untuned_axes
+from opdf.report.results import CellResult, Group, teacher_drift, untuned_axes
 from opdf.report.stats import Comparison
 from opdf.report.transfer import (
     TOLERANCE_POINTS,
@@ -199,6 +199,7 @@ class SuiteReport:
         s = self.suite
         total = len(s.cells(tiny=self.tiny))
         notes = sorted({r.summary["subsample"] for r in self.results if r.summary.get("subsample")})
+        notes += teacher_drift(self.results)
         parts = [
             f"# Suite {s.name}",
             "",

@@ -44,7 +44,7 @@ import torch
 from opdf.align import AlignmentLoss
 from opdf.distill import get_method
 from opdf.distill.finetune import FineTune
-from opdf.distill.teacher_cache import TeacherCache
+from opdf.distill.teacher_cache import TeacherCache, digest_tensors
 from opdf.errors import ConfigError
 from opdf.models import load_model, set_dropout
 from opdf.models.hf import has_task_head
@@ -110,12 +110,15 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
     method.check_task(dataset.num_labels, cfg)  # before the teacher fine-tune, too
     teacher_dir = finetune_teacher(cfg, progress=progress, dist=dist, device=device)
     teacher, student, tokenizer = _load_models(cfg, method, teacher_dir, dataset)
+    # the teacher's identity by content: a suite's cells resumed on another machine re-fine-tune
+    # it, and a report says when they did not all get the same weights
+    teacher_digest = digest_tensors(teacher)[:16]
     teacher_overparam = _overparameterize(cfg, method, student, teacher)
     distiller = method(student, teacher, cfg.method_options, num_labels=dataset.num_labels)
     _attach_teacher_cache(cfg, method, distiller)
     align = _alignment_loss(cfg, student, distiller.teacher)
     info = run_info(cfg, method, student, align, dataset, teacher_dir=teacher_dir,
-                    teacher_overparam=teacher_overparam)  # fmt: skip
+                    teacher_overparam=teacher_overparam, teacher_digest=teacher_digest)  # fmt: skip
     return distiller, dataset, tokenizer, align, info
 
 
@@ -191,7 +194,7 @@ def _alignment_loss(cfg: RunConfig, student, teacher) -> AlignmentLoss | None:
 
 
 def run_info(cfg: RunConfig, method, student, align, dataset, *, teacher_dir: Path,
-             teacher_overparam: bool) -> dict:  # fmt: skip
+             teacher_overparam: bool, teacher_digest: str | None = None) -> dict:  # fmt: skip
     """What identifies the run in its ``summary.json`` (with the Trainer's numbers added)."""
     return {
         "method": cfg.method,
@@ -206,6 +209,7 @@ def run_info(cfg: RunConfig, method, student, align, dataset, *, teacher_dir: Pa
         "data": cfg.data.name,
         "teacher": str(teacher_dir),
         "teacher_test": (teacher_summary(cfg) or {}).get("test"),
+        "teacher_digest": teacher_digest,  # sha256 of its weights as loaded, 16 hex digits
         "teacher_trains": not method.teacher_frozen,
         "teacher_overparam": teacher_overparam,
         "student_model": cfg.student.model,
