@@ -188,17 +188,21 @@ def baseline_label(suite: Suite, g: Group) -> str | None:
 def teacher_drift(results: Sequence[CellResult]) -> list[str]:
     """One note per teacher (its folder) whose cells did not all load the same weights
     (``teacher_digest``): a fine-tune repeated on another machine, torch or transformers and
-    not reproduced bitwise. Their comparisons then mix teachers. Cells run before summaries
-    recorded the digest are not counted."""
+    not reproduced bitwise. Their comparisons then mix teachers. A teacher is named by the last
+    two parts of its path (the cache folder of its fine-tune recipe and ``student``), the same
+    on every machine. Cells run before summaries recorded the digest are not counted."""
     digests: dict[str, dict[str, int]] = {}
     for r in results:
         d = r.summary.get("teacher_digest")
         if d:
-            by = digests.setdefault(str(r.summary.get("teacher")), {})
+            teacher = "/".join(Path(str(r.summary.get("teacher"))).parts[-2:])
+            by = digests.setdefault(teacher, {})
             by[d] = by.get(d, 0) + 1
     return [
         f"the cells of teacher `{teacher}` loaded {len(by)} different sets of weights ("
-        + ", ".join(f"{d} in {n} cells" for d, n in sorted(by.items(), key=lambda x: -x[1]))
+        + ", ".join(
+            f"{d} in {n} cell{'s' * (n > 1)}" for d, n in sorted(by.items(), key=lambda x: -x[1])
+        )  # fmt: skip
         + "): its fine-tune was not reproduced bitwise where they ran, so comparisons between "
         "them mix teachers"
         for teacher, by in digests.items()
