@@ -140,6 +140,7 @@ def test_a_run_reading_its_teacher_from_the_cache_trains_bitwise_as_one_computin
     # the teacher's content digest: one fine-tuned teacher, whatever the run's seed or cache
     assert re.fullmatch(r"[0-9a-f]{16}", plain["teacher_digest"])
     assert {s["teacher_digest"] for s in (cold, warm, other_seed)} == {plain["teacher_digest"]}
+    assert plain["versions"]["torch"] == torch.__version__ and plain["versions"]["opdf"]
     assert cold["teacher_cache"]["misses"] == 6 and cold["teacher_cache"]["hits"] == 0
     assert warm["teacher_cache"] == {**cold["teacher_cache"], "hits": 6, "misses": 0}
     assert other_seed["teacher_cache"]["misses"] == 6  # another data order: other batches

@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import platform
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -221,7 +223,21 @@ def run_info(cfg: RunConfig, method, student, align, dataset, *, teacher_dir: Pa
         "method_options": dataclasses.asdict(cfg.method_options),
         "config_hash": cfg.hash(),
         "subsample": subsample_note(cfg, dataset),
+        "versions": versions(),
     }
+
+
+def versions() -> dict[str, str | None]:
+    """The software a run's numbers depend on (a teacher fine-tuned under another torch or
+    transformers need not come out bitwise the same). Read from the installed metadata, so
+    that a vision run does not import transformers to say which one is installed."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("opdf", "torch", "transformers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def build_text_student(cfg: RunConfig, method, teacher, num_labels: int):
