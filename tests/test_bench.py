@@ -592,7 +592,14 @@ def _export_finished(cell, export: Path, accuracy: float) -> None:
     (folder / "config.yaml").write_text(dump_config(_config_of(cell, export)))
     (folder / "metrics.jsonl").write_text('{"step": 8}\n')
     (folder / "summary.json").write_text(
-        json.dumps({"main_metric": "accuracy", "test": {"accuracy": accuracy}, "threads": 1})
+        json.dumps(
+            {
+                "main_metric": "accuracy",
+                "dev": {"accuracy": accuracy},
+                "test": {"accuracy": accuracy},
+                "threads": 1,
+            }
+        )  # fmt: skip
     )
     cell.log(export).write_text(f"log of {cell.id}\n")
 
@@ -653,3 +660,26 @@ def test_a_restored_cell_with_another_config_is_stale(tmp_path):
     assert [(p.status, p.stale_keys) for p in bench.plan(suite, [base], out, threads=None)] == [
         ("stale", ["lr"])
     ]
+
+
+def test_export_writes_the_suites_finished_cells_after_each_one_and_when_none_ran(tmp_path, capsys):
+    """`--export`: after every finished cell (run_cells' on_done), and once when every cell was
+    already done (here: restored), so that the export always holds what has finished."""
+    path = _tiny_suite(tmp_path)
+    suite = load_suite(path)
+    base, opdf = suite.cells()
+    out, results = tmp_path / "out", tmp_path / "results"
+    planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
+    seen: list[str] = []
+    bench.run_cells(planned, out, jobs=2, total=2, done_before=0, say=lambda _: None,
+                    command=_finishes, on_done=lambda p: seen.append(p.cell.id))  # fmt: skip
+    assert sorted(seen) == [base.id, opdf.id]
+    _export_finished(base, tmp_path / "old" / "tiny", 0.7)
+    _export_finished(opdf, tmp_path / "old" / "tiny", 0.8)
+    args = ["bench", str(path), "--out", str(tmp_path / "fresh"), "--export", str(results)]
+    assert main([*args, "--restore", str(tmp_path / "old")]) == 0
+    text = capsys.readouterr().out
+    assert f"exported 2 finished cells to {results / 'tiny'}" in text
+    assert (results / "tiny" / "report.md").is_file()
+    exported = json.loads((results / "tiny" / opdf.id / "summary.json").read_text())
+    assert exported["test"]["accuracy"] == 0.8

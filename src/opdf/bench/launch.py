@@ -201,10 +201,12 @@ def run_planned(
     tiny: bool,
     header: str,
     say: Say,
+    on_done: Callable[[Planned], None] | None = None,
 ) -> Outcome:
     """Run the pending cells under the suite lock, after copying the suite file and linking
-    reused cells (and, with several jobs, fine-tuning each uncached teacher once first).
-    KeyboardInterrupt propagates (the running cells were stopped; a rerun resumes them)."""
+    reused cells (and, with several jobs, fine-tuning each uncached teacher once first);
+    ``on_done`` after each finished cell. KeyboardInterrupt propagates (the running cells were
+    stopped; a rerun resumes them)."""
     blocked = [p for p in planned if p.status == BLOCKED]
     if blocked:
         missing = sorted({p.cell.config for p in blocked})
@@ -225,5 +227,5 @@ def run_planned(
             prepare_teachers(pending, out, say)
         results = run_cells(pending, out, jobs=jobs, total=runnable, done_before=finished,
                             say=say, keep_checkpoints=suite.keep_checkpoints,
-                            keep_students=suite.keep_students)  # fmt: skip
+                            keep_students=suite.keep_students, on_done=on_done)  # fmt: skip
     return Outcome(results, finished, runnable, len(blocked), len(elsewhere))

@@ -408,12 +408,14 @@ def run_cells(
     grace_seconds: float = 30.0,
     keep_checkpoints: bool = False,
     keep_students: bool = True,
+    on_done: Callable[[Planned], None] | None = None,
 ) -> dict[str, int]:
     """Run the pending cells, ``jobs`` at a time; returns ``{cell id: exit code}``. A failed
     cell is reported and the others go on, except on a full disk: then no new cell starts (each
     would fail the same way within a minute). A finished cell's ``checkpoints/`` is removed
-    unless ``keep_checkpoints``, its merged ``student/`` when not ``keep_students``. Ctrl-C /
-    SIGTERM: stop, then KeyboardInterrupt."""
+    unless ``keep_checkpoints``, its merged ``student/`` when not ``keep_students``; then
+    ``on_done(cell)`` (``opdf bench --export``). Ctrl-C / SIGTERM: stop, then
+    KeyboardInterrupt."""
     queue = [p for p in planned if p.pending]
     pool = _Pool(out, total, done_before, say, command, queue, jobs)
     try:
@@ -424,6 +426,8 @@ def run_cells(
                 time.sleep(0.2)
                 for proc in [q for q in pool.running if q.poll() is not None]:
                     p, ok, last = pool.finish(proc, keep_checkpoints, keep_students)
+                    if ok and on_done is not None:
+                        on_done(p)
                     if not ok and queue and DISK_FULL.search(last):
                         say(
                             f"the disk is full: {len(queue)} cell(s) not started. Free "

@@ -27,7 +27,9 @@ examples:
   opdf bench benchmarks/suites/rt-polarity-kd.yaml --jobs 2
   opdf bench benchmarks/suites/rt-polarity-kd.yaml --only 'opdf__*seed=1'
   opdf bench benchmarks/suites/gpu-mpnet.yaml --tiny             # seconds on a CPU
-  opdf bench benchmarks/suites/imdb-short-init.yaml --restore benchmarks/results  # fresh machine
+  # a suite that outlives its machine: export as cells land (commit it), restore elsewhere
+  opdf bench benchmarks/suites/imdb-short-init.yaml --export benchmarks/results
+  opdf bench benchmarks/suites/imdb-short-init.yaml --restore benchmarks/results
   opdf report benchmarks/suites/rt-polarity-kd.yaml              # tables of the results"""
 
 
@@ -60,6 +62,13 @@ def add_parser(subparsers) -> None:
         help="first copy the finished cells of an `opdf report --export` folder (e.g. "
         "benchmarks/results, or benchmarks/results/<name>) into the results folder, so that a "
         "suite resumes on a fresh machine from its committed export; cells already here are kept",
+    )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="after each finished cell, export the suite's finished cells and tables as "
+        "`opdf report --export DIR` does (DIR/<name>), so that a long suite's progress can be "
+        "committed as it lands and resumed elsewhere with --restore",
     )
     p.add_argument(
         "--rerun-stale",
@@ -111,11 +120,34 @@ def run(args) -> int:
         _say(mix)
     launch.refuse_active(planned, args.force)
     launch.settle_stale(planned, args.rerun_stale, _say)
+    exporter = _exporter(suite, out, args.export) if args.export else None
     try:
         outcome = launch.run_planned(suite, args.suite, planned, out, jobs=args.jobs,
-                                     tiny=args.tiny, header=header, say=_say)  # fmt: skip
+                                     tiny=args.tiny, header=header, say=_say,
+                                     on_done=exporter)  # fmt: skip
     except KeyboardInterrupt:
         _say(f"interrupted; rerun `opdf bench {args.suite}` to resume")
         return 130
+    if exporter is not None and not outcome.results:
+        exporter(None)  # nothing ran (every cell done or restored): the export still catches up
     _say(outcome.summary(suite.name))
     return 1 if outcome.failed else 0
+
+
+def _exporter(suite, out: Path, base: str):
+    """``--export DIR``: a function that exports the suite's finished cells (and says where);
+    a failed export is said and the suite goes on (its cells are safe in ``out``)."""
+    from opdf.report.suite import build_report, export
+
+    dest = export_dir(base, suite)
+
+    def run(_cell=None) -> None:
+        try:
+            report = build_report(suite, out)
+            export(report, dest)
+        except (OpdfError, OSError) as e:
+            _say(f"export to {dest} failed, the suite goes on: {e}")
+            return
+        _say(f"exported {len(report.results)} finished cells to {dest}")
+
+    return run
