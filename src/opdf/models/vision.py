@@ -65,6 +65,19 @@ FORMAT_VERSION = 1
 # ------------------------------------------------------------------------------------ ResNet
 
 
+def _init_conv_net(net: nn.Module, *, zero_linear_bias: bool = False) -> None:
+    """The CIFAR ResNets' initialisation: Kaiming-normal convolutions (fan-out), BatchNorm at
+    identity, and (WideResNet) zero Linear biases; modules in order, so the draws are fixed."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif zero_linear_bias and isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BN; a 1x1 conv + BN shortcut when the shape changes (mdistiller's)."""
 
@@ -107,12 +120,7 @@ class CifarResNet(nn.Module):
                 planes = stage
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _init_conv_net(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -166,14 +174,7 @@ class WideResNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.bn = nn.BatchNorm2d(planes)
         self.fc = nn.Linear(planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        _init_conv_net(self, zero_linear_bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
