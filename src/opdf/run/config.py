@@ -263,8 +263,13 @@ def _without_legacy_start(student: dict) -> dict:
 
 def drop_neutral(config: dict) -> dict:
     """A copy of a config dict without :data:`NEUTRAL_KEYS` (for comparing two configs)."""
+    return without_keys(config, NEUTRAL_KEYS)
+
+
+def without_keys(config: dict, keys) -> dict:
+    """A copy of a nested config dict without the dotted ``keys`` (absent ones ignored)."""
     out = copy.deepcopy(config)
-    for key in NEUTRAL_KEYS:
+    for key in keys:
         *parents, last = key.split(".")
         node = out
         for name in parents:
@@ -763,15 +768,7 @@ def drop_variant_keys(raw: dict, overrides) -> dict:
     named = [value for key, value in map(parse_override, overrides or ()) if key == ["variant"]]
     if not named or named[-1] is None:
         return raw
-    raw = copy.deepcopy(raw)
-    for key in {k for preset in VARIANTS.values() for k in preset}:
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return raw
+    return without_keys(raw, {k for preset in VARIANTS.values() for k in preset})
 
 
 def dump_config(cfg: RunConfig) -> str:
