@@ -185,11 +185,14 @@ def _column_values(rows, columns, column, path) -> list:
     return [r.get(column) for r in rows]
 
 
+def _blank_rows(values: list) -> list[int]:
+    """Rows with no value in a column: absent, null, empty or whitespace only."""
+    return [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+
+
 def _texts(raw: _Raw, values: list, column: str) -> list[str]:
     """Texts as strings; empty, blank or non-text cells are an error naming the first one."""
-    missing = [
-        i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())
-    ]
+    missing = _blank_rows(values)
     if missing:
         raise OpdfError(
             f"{raw.where(missing[0])}: no text in {column!r} (empty or blank; {len(missing)} "
@@ -214,9 +217,7 @@ def _read_split(path: Path, text_column, text_pair_column, label_column) -> _Raw
     raw.texts = _texts(raw, texts, text_column)
     if pairs is not None:
         raw.pairs = _texts(raw, pairs, text_pair_column)
-    missing = [
-        i for i, v in enumerate(labels) if v is None or (isinstance(v, str) and not v.strip())
-    ]
+    missing = _blank_rows(labels)
     if missing:
         raise OpdfError(
             f"{raw.where(missing[0])}: no label in {label_column!r} ({len(missing)} row(s) have "
