@@ -19,6 +19,7 @@ from opdf.bench.launch import copy_suite_file
 from opdf.bench.restore import restore_cells
 from opdf.bench.suite import BLOCKED, DONE, NEW, RESUME, REUSED, format_value, load_suite
 from opdf.cli import main
+from opdf.commands import bench as bench_cli
 from opdf.errors import ConfigError, OpdfError
 from opdf.run.config import dump_config, load_config
 
@@ -377,9 +378,17 @@ def test_bench_resumes_an_interrupted_cell_runs_the_rest_and_then_nothing(tmp_pa
     assert run_distill(_config_of(base, out), progress=False, stop_after_step=4) is None
     assert bench.cell_status(base, out) == RESUME
     _age(base.folder(out), 900)  # interrupted minutes ago (a fresh one: see the next test)
-    assert main(["bench", str(path), "--out", str(out), "--jobs", "2"]) == 0
+    results = tmp_path / "results"
+    assert (
+        main(["bench", str(path), "--out", str(out), "--jobs", "2", "--export", str(results)]) == 0
+    )
     text = capsys.readouterr().out
     assert "resume base__lr=1e-3__seed=1" in text and "start opdf__lr=1e-3__seed=1" in text
+    # --export: after each finished cell (the last one holds both)
+    exports = [x for x in text.splitlines() if x.startswith("exported ")]
+    assert len(exports) == 2 and exports[-1].startswith("exported 2 finished cells")
+    assert (results / "tiny" / opdf.id / "summary.json").is_file()
+    assert "Paired differences vs base" in (results / "tiny" / "report.md").read_text()
     assert "2/2 cells done" in text
     summaries = {c.id: json.loads((c.folder(out) / "summary.json").read_text())
                  for c in (base, opdf)}  # fmt: skip
@@ -683,3 +692,65 @@ def test_export_writes_the_suites_finished_cells_after_each_one_and_when_none_ra
     assert (results / "tiny" / "report.md").is_file()
     exported = json.loads((results / "tiny" / opdf.id / "summary.json").read_text())
     assert exported["test"]["accuracy"] == 0.8
+
+
+def test_a_failing_after_cell_step_is_said_and_the_suite_goes_on(tmp_path):
+    suite = load_suite(_tiny_suite(tmp_path))
+    out = tmp_path / "out"
+    planned = bench.plan(suite, suite.cells(), out, threads=None, validate=False)
+    lines: list[str] = []
+
+    def broken(p):
+        raise RuntimeError("plots fell over")
+
+    results = bench.run_cells(planned, out, jobs=1, total=2, done_before=0, say=lines.append,
+                              command=_finishes, on_done=broken)  # fmt: skip
+    assert results == {c.cell.id: 0 for c in planned}  # both cells ran
+    assert sum("RuntimeError: plots fell over; the suite goes on" in x for x in lines) == 2
+
+
+def test_restore_finishes_a_restore_cut_short_and_skips_linked_cells(tmp_path):
+    suite = load_suite(_tiny_suite(tmp_path))
+    base, opdf = suite.cells()
+    export, out = tmp_path / "export", tmp_path / "out"
+    _export_finished(base, export, 0.7)
+    _export_finished(opdf, export, 0.8)
+    base.folder(out).mkdir(parents=True)  # a restore cut short: config and metrics only
+    (base.folder(out) / "config.yaml").write_text("partial")
+    base.log(out).write_text("a failed attempt's log\n")
+    elsewhere = tmp_path / "other-suite" / opdf.id  # a reused suite's cell, linked in
+    elsewhere.mkdir(parents=True)
+    opdf.folder(out).symlink_to(elsewhere)
+    done = restore_cells(suite.cells(), export, out)
+    assert (done.copied, done.present) == ([base.id], [opdf.id])
+    assert (base.folder(out) / "config.yaml").read_text() != "partial"
+    assert base.log(out).read_text() == f"log of {base.id}\n"  # the result's own log
+    assert not any(elsewhere.iterdir())  # nothing written through the link
+
+
+def test_tiny_neither_restores_nor_exports_and_an_export_is_not_the_results_folder(tmp_path):
+    path = _tiny_suite(tmp_path)
+    for flag in ("--restore", "--export"):
+        with pytest.raises(OpdfError, match="--tiny .* neither restores nor exports"):
+            bench_cli.run(_bench_args(path, tiny=True, **{flag[2:]: str(tmp_path)}))
+    out = tmp_path / "runs" / "tiny"
+    with pytest.raises(OpdfError, match="that is the results folder itself"):
+        bench_cli.run(_bench_args(path, out=str(out), export=str(tmp_path / "runs")))
+
+
+def test_a_restore_waits_for_no_bench_running_the_suite(tmp_path):
+    path = _tiny_suite(tmp_path)
+    suite = load_suite(path)
+    export, out = tmp_path / "export", tmp_path / "out"
+    for cell in suite.cells():
+        _export_finished(cell, export / "tiny", 0.7)
+    with bench.suite_lock(out), pytest.raises(OpdfError, match="another opdf bench is running"):
+        bench_cli.run(_bench_args(path, out=str(out), restore=str(export)))
+    assert not any(c.folder(out).exists() for c in suite.cells())  # nothing copied
+
+
+def _bench_args(path: Path, **given) -> SimpleNamespace:
+    args = {"suite": str(path), "jobs": 1, "dry_run": False, "out": None, "tiny": False,
+            "only": None, "restore": None, "export": None, "rerun_stale": False,
+            "force": False}  # fmt: skip
+    return SimpleNamespace(**{**args, **given})

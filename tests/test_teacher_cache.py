@@ -178,3 +178,21 @@ def test_a_run_resumes_with_the_cache_turned_on(tmp_path):
     summary = run_distill(cached, resume=True, progress=False)
     assert summary["resumed_from_step"] == 2
     assert summary["teacher_cache"]["misses"] + summary["teacher_cache"]["hits"] == 2
+
+
+@pytest.mark.parametrize(("config", "whole"), [("smoke-kd", True), ("smoke-vision-kd", True),
+                                               ("smoke-lgtm", False)])  # fmt: skip
+def test_the_teacher_digest_is_its_weights_and_absent_where_each_run_seeds_its_head(
+    config, whole, tmp_path
+):
+    """smoke-lgtm's teacher is tiny-bert without a task head (teacher.finetune: null): each run
+    gives it a new head from its seed, so no digest would name one teacher."""
+    from opdf.run.runner import build
+
+    digests = set()
+    for seed in (1, 2):
+        cfg = load_config(f"configs/{config}.yaml", [f"output_dir={tmp_path / str(seed)}",
+                                                      f"seed={seed}"])  # fmt: skip
+        digests.add(build(cfg, progress=False)[-1]["teacher_digest"])
+    assert len(digests) == 1
+    assert (digests.pop() is not None) == whole

@@ -37,6 +37,8 @@ class Restored:
                          f"({', '.join(self.busy[:3])}{more})")  # fmt: skip
         if self.missing:
             parts.append(f"{self.missing} not in the export")
+        if dry_run and self.copied:
+            parts.append("the plan below counts them as still to run")
         return "; ".join(parts)
 
 
@@ -59,10 +61,10 @@ def restore_cells(
             done.missing += 1
             continue
         dest = cell.folder(out)
-        if (dest / "summary.json").is_file():
-            done.present.append(cell.id)
+        if (dest / "summary.json").is_file() or dest.is_symlink():
+            done.present.append(cell.id)  # finished here, or a reused suite's cell linked in
             continue
-        if dest.exists() and any(dest.iterdir()):
+        if (dest.exists() and not _restorable(dest)) or cell.log(out).is_symlink():
             done.busy.append(cell.id)
             continue
         done.copied.append(cell.id)
@@ -70,10 +72,16 @@ def restore_cells(
             continue
         dest.mkdir(parents=True, exist_ok=True)
         log = cell.log(source)
-        if log.is_file() and not cell.log(out).exists():
+        if log.is_file():  # the restored result's own log, over a failed attempt's
             shutil.copy2(log, cell.log(out))
         # summary.json last: a restore cut short leaves a cell that is not yet done
         for name in sorted(CELL_FILES, key=lambda n: n == "summary.json"):
             if (src / name).is_file():
                 shutil.copy2(src / name, dest / name)
     return done
+
+
+def _restorable(folder: Path) -> bool:
+    """An empty folder, or one holding only a finished cell's small files without its
+    ``summary.json``: what a restore cut short leaves (a started run writes more)."""
+    return set(p.name for p in folder.iterdir()) <= set(CELL_FILES) - {"summary.json"}

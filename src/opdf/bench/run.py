@@ -427,7 +427,7 @@ def run_cells(
                 for proc in [q for q in pool.running if q.poll() is not None]:
                     p, ok, last = pool.finish(proc, keep_checkpoints, keep_students)
                     if ok and on_done is not None:
-                        on_done(p)
+                        _after(p, on_done, say)
                     if not ok and queue and DISK_FULL.search(last):
                         say(
                             f"the disk is full: {len(queue)} cell(s) not started. Free "
@@ -440,6 +440,17 @@ def run_cells(
         pool.stop(grace_seconds)
         raise KeyboardInterrupt from None
     return pool.results
+
+
+def _after(p: Planned, on_done: Callable[[Planned], None], say: Callable[[str], None]) -> None:
+    """``on_done(p)``; whatever it raises is said and the suite goes on (its cells are safe
+    on disk), except a stop (SIGTERM) that arrived during it."""
+    try:
+        on_done(p)
+    except _Stop:
+        raise
+    except Exception as e:  # noqa: BLE001 - a callback's failure must not kill running cells
+        say(f"after {p.cell.id}: {type(e).__name__}: {e}; the suite goes on")
 
 
 class _Pool:

@@ -94,6 +94,11 @@ def run(args) -> int:
 
     if args.jobs < 1:
         raise OpdfError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.tiny and (args.restore or args.export):
+        raise OpdfError(
+            "--tiny runs a seconds-long check whose cells have the suite's ids: it neither "
+            "restores nor exports (an export of it would overwrite the suite's real results)"
+        )
     suite = load_suite(args.suite)
     cells = suite.cells(tiny=args.tiny)
     if args.only:
@@ -101,9 +106,14 @@ def run(args) -> int:
         if not cells:
             raise OpdfError(f"--only {' '.join(args.only)}: no cell of {suite.name} matches")
     out = Path(args.out) if args.out else suite.default_out(args.tiny)
+    exporter = _exporter(suite, out, args.export) if args.export else None
     if args.restore:
         source = export_dir(args.restore, suite)
-        restored = restore_cells(cells, source, out, dry_run=args.dry_run)
+        if args.dry_run:
+            restored = restore_cells(cells, source, out, dry_run=True)
+        else:
+            with bench.suite_lock(out):  # never under a bench running this suite
+                restored = restore_cells(cells, source, out)
         _say(restored.line(source, dry_run=args.dry_run))
     threads = None if suite.sets_threads(args.tiny) else max(1, bench.cores() // args.jobs)
     planned = bench.plan(suite, cells, out, threads=threads,
@@ -120,7 +130,6 @@ def run(args) -> int:
         _say(mix)
     launch.refuse_active(planned, args.force)
     launch.settle_stale(planned, args.rerun_stale, _say)
-    exporter = _exporter(suite, out, args.export) if args.export else None
     try:
         outcome = launch.run_planned(suite, args.suite, planned, out, jobs=args.jobs,
                                      tiny=args.tiny, header=header, say=_say,
@@ -135,19 +144,20 @@ def run(args) -> int:
 
 
 def _exporter(suite, out: Path, base: str):
-    """``--export DIR``: a function that exports the suite's finished cells (and says where);
-    a failed export is said and the suite goes on (its cells are safe in ``out``)."""
+    """``--export DIR``: a function that copies the suite's finished cells into DIR/<name> and
+    writes the tables there from every cell the export holds (it may hold cells this folder
+    lacks: restored with --only, or finished elsewhere). Run after each finished cell, where a
+    failure is said and the suite goes on (its cells are safe in ``out``)."""
     from opdf.report.suite import build_report, export
 
     dest = export_dir(base, suite)
+    if dest.resolve() == out.resolve():
+        raise OpdfError(f"--export {base}: that is the results folder itself ({out})")
 
     def run(_cell=None) -> None:
-        try:
-            report = build_report(suite, out)
-            export(report, dest)
-        except (OpdfError, OSError) as e:
-            _say(f"export to {dest} failed, the suite goes on: {e}")
-            return
+        export(build_report(suite, out), dest)  # the cells
+        report = build_report(suite, dest)  # the tables, over everything exported
+        export(report, dest)
         _say(f"exported {len(report.results)} finished cells to {dest}")
 
     return run

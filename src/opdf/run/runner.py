@@ -112,9 +112,7 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
     method.check_task(dataset.num_labels, cfg)  # before the teacher fine-tune, too
     teacher_dir = finetune_teacher(cfg, progress=progress, dist=dist, device=device)
     teacher, student, tokenizer = _load_models(cfg, method, teacher_dir, dataset)
-    # the teacher's identity by content: a suite's cells resumed on another machine re-fine-tune
-    # it, and a report says when they did not all get the same weights
-    teacher_digest = digest_tensors(teacher)[:16]
+    teacher_digest = _teacher_digest(cfg, teacher, teacher_dir, dataset)
     teacher_overparam = _overparameterize(cfg, method, student, teacher)
     distiller = method(student, teacher, cfg.method_options, num_labels=dataset.num_labels)
     _attach_teacher_cache(cfg, method, distiller)
@@ -122,6 +120,18 @@ def build(cfg: RunConfig, *, progress: bool | None = None, dist: DistEnv = SINGL
     info = run_info(cfg, method, student, align, dataset, teacher_dir=teacher_dir,
                     teacher_overparam=teacher_overparam, teacher_digest=teacher_digest)  # fmt: skip
     return distiller, dataset, tokenizer, align, info
+
+
+def _teacher_digest(cfg: RunConfig, teacher, teacher_dir: Path, dataset) -> str | None:
+    """The teacher's identity by content (16 hex digits of the sha256 of its weights): a suite's
+    cells resumed on another machine re-fine-tune it, and a report says when they did not all
+    get the same weights. None when the weights are not all the teacher folder's: a text
+    teacher without a task head of this task gets a new head seeded by each run."""
+    if is_image(cfg):
+        whole = Path(teacher_dir).is_dir()
+    else:
+        whole = has_task_head(teacher_dir, dataset.num_labels)
+    return digest_tensors(teacher)[:16] if whole else None
 
 
 def _check_config(cfg: RunConfig, method) -> None:
