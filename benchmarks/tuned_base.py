@@ -170,8 +170,8 @@ def plot(rows: list[Row], path: Path) -> None:
         names.append(f"{r.setting}: {what} ({len(r.seeds)} seeds)")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(rows)), list(reversed(names)), fontsize=8)
-    ax.set_xlabel("test accuracy difference (points), paired over seeds, 95% bootstrap CI")
-    ax.set_title("Each student at its own dev-chosen (start,) lr, against the tuned plain one",
+    ax.set_xlabel("test accuracy difference (points)\npaired over seeds, 95% bootstrap CI")
+    ax.set_title("Each student at its own dev-chosen (start,) lr,\nagainst the tuned plain one",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
